@@ -1,0 +1,11 @@
+"""boltzflow: sample Boltzmann distributions with learned flows.
+
+Two methods on one set of parts:
+- Stochastic Normalizing Flows (Wu, Koehler & Noe, NeurIPS 2020): ``boltzflow.snf``.
+- Flow Annealed Importance Sampling Bootstrap (Midgley et al., ICLR 2023): ``boltzflow.train.fab``.
+
+Targets live in ``boltzflow.targets``, flows in ``boltzflow.flows``, MCMC kernels in ``boltzflow.mcmc``,
+annealed importance sampling in ``boltzflow.ais`` and estimators in ``boltzflow.estimators``.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,121 @@
+"""The one contract every layer obeys, deterministic or stochastic (bgflow's idea, in JAX).
+
+A layer maps a batch forward (latent -> data direction) or backward and returns, per sample, its log
+path-probability ratio ``dS``:
+
+    forward(x, key)  -> (y, dS)      x, y: (n, dim);  dS: (n,)
+    inverse(y, key)  -> (x, dS_inv)
+
+- For a bijection, ``dS = log|det dy/dx|`` and ``dS_inv = log|det dx/dy| = -dS``; ``key`` is ignored.
+- For a stochastic block (SNF paper, eq. 8), ``dS = log [q_backward(y -> x) / q_forward(x -> y)]`` of the
+  sampled move, so that for a chain z = y_0 -> y_1 -> ... -> y_T = x the importance weight is, with no special
+  case for any layer,
+
+      log w = log p(x) - log q0(z) + sum_t dS_t       (SNF eq. 11, with log p = -u_X and log q0 = -u_Z).
+
+  For a purely deterministic chain this is log p(x) - log q(x), the ordinary flow importance weight.
+
+A :class:`Flow` is a base distribution and a tuple of layers; it is an equinox module (a pytree), so its
+parameters are its array leaves and optax trains it directly.
+"""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from boltzflow.targets.base import check_batch
+
+
+class Layer(eqx.Module):
+    """Abstract layer. ``key`` may be ``None`` for deterministic layers."""
+
+    def forward(self, x: jax.Array, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        raise NotImplementedError
+
+    def inverse(self, y: jax.Array, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        raise NotImplementedError
+
+    @property
+    def stochastic(self) -> bool:
+        return False
+
+
+class Base(eqx.Module):
+    """Abstract base (latent) distribution q0 with ``sample(key, n)`` and batched ``log_prob``."""
+
+    dim: int = eqx.field(static=True)
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        raise NotImplementedError
+
+    def log_prob(self, z: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+
+def _split(key, n):
+    return [None] * n if key is None else list(jax.random.split(key, n))
+
+
+class Flow(eqx.Module):
+    """q(x): push a base distribution through ``layers`` (applied in order in the forward direction).
+
+    For deterministic layers ``log_prob`` is exact (change of variables). With stochastic layers the model is an
+    SNF: ``log_prob`` is undefined and one uses :meth:`sample_with_path` and path weights instead.
+    """
+
+    base: Base
+    layers: tuple[Layer, ...]
+
+    @property
+    def dim(self) -> int:
+        return self.base.dim
+
+    @property
+    def stochastic(self) -> bool:
+        return any(layer.stochastic for layer in self.layers)
+
+    def forward(self, z: jax.Array, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """Push z through all layers; returns (x, sum_t dS_t)."""
+        check_batch(z, self.dim, "z")
+        total = jnp.zeros(z.shape[0], z.dtype)
+        for layer, k in zip(self.layers, _split(key, len(self.layers))):
+            z, ds = layer.forward(z, k)
+            total = total + ds
+        return z, total
+
+    def inverse(self, x: jax.Array, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """Pull x back through all layers in reverse order; returns (z, sum_t dS_inv_t)."""
+        check_batch(x, self.dim)
+        total = jnp.zeros(x.shape[0], x.dtype)
+        for layer, k in zip(reversed(self.layers), _split(key, len(self.layers))):
+            x, ds = layer.inverse(x, k)
+            total = total + ds
+        return x, total
+
+    def sample_with_path(self, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """Returns (x, log q0(z), sum dS): everything a path weight needs (SNF eq. 11)."""
+        kz, kl = jax.random.split(key)
+        z = self.base.sample(kz, n)
+        x, ds = self.forward(z, kl if self.stochastic else None)
+        return x, self.base.log_prob(z), ds
+
+    def sample_and_log_prob(self, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+        """Exact samples of q and log q(x) from one pass (deterministic flows only)."""
+        self._require_deterministic()
+        x, log_q0, ds = self.sample_with_path(key, n)
+        return x, log_q0 - ds
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        return self.sample_with_path(key, n)[0]
+
+    def log_prob(self, x: jax.Array) -> jax.Array:
+        """log q(x) = log q0(f^-1(x)) + log|det d f^-1 / dx| (deterministic flows only)."""
+        self._require_deterministic()
+        z, ds_inv = self.inverse(x)
+        return self.base.log_prob(z) + ds_inv
+
+    def _require_deterministic(self) -> None:
+        if self.stochastic:
+            raise TypeError("log q(x) is intractable for a flow with stochastic layers; use path weights")

@@ -1,0 +1,59 @@
+"""The target contract: a batched log density, its dimension, and where known log Z and exact samples.
+
+A target is a plain Python object (hashed by identity, so it can be closed over or be a static field of an
+equinox module). Subclasses implement ``_log_prob`` on a checked ``(n, dim)`` batch; the public ``log_prob``
+checks shapes at trace time, so the check costs nothing inside ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+import jax
+
+from boltzflow.errors import BoltzflowError
+
+
+def check_batch(x, dim: int, what: str = "x") -> None:
+    """Raise a one-line :class:`BoltzflowError` unless ``x`` has shape ``(n, dim)``."""
+    shape = getattr(x, "shape", None)
+    if shape is None or len(shape) != 2 or shape[1] != dim:
+        raise BoltzflowError(f"{what} must have shape (n, {dim}), got {shape}")
+
+
+class Target:
+    """Unnormalised density p(x) = exp(-u(x)) / Z on R^dim.
+
+    Attributes:
+        name: short name used in reports.
+        dim: dimension of x.
+        log_z: exact log normaliser of exp(-u) when known, else ``None``.
+    """
+
+    name: str = "target"
+    dim: int
+    log_z: float | None = None
+
+    def log_prob(self, x: jax.Array) -> jax.Array:
+        """Unnormalised log density, ``(n, dim) -> (n,)``."""
+        check_batch(x, self.dim)
+        out = self._log_prob(x)
+        assert out.shape == x.shape[:1], (out.shape, x.shape)
+        return out
+
+    def _log_prob(self, x: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    @property
+    def can_sample(self) -> bool:
+        return type(self).sample is not Target.sample
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """Exact samples ``(n, dim)``; only targets that can sample override this."""
+        raise BoltzflowError(f"target {self.name!r} has no exact sampler")
+
+    def energy(self, x: jax.Array) -> jax.Array:
+        """u(x) = -log p(x) (unnormalised)."""
+        return -self.log_prob(x)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(dim={self.dim})"
+
