@@ -1,0 +1,71 @@
+"""Pictures people look at: target contours with samples, and training curves. Files only (Agg backend)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+
+def _pairs(dim: int, max_pairs: int = 3) -> list[tuple[int, int]]:
+    return [(2 * i, 2 * i + 1) for i in range(min(dim // 2, max_pairs))] or [(0, 0)]
+
+
+def plot_samples(target, x, path, title: str = "", exact=None, max_points: int = 3000) -> Path:
+    """Scatter of samples over contours of log p (2-D targets) or of the pair marginal (``pair_log_prob``).
+
+    For dim > 2 one panel per coordinate pair (x0, x1), (x2, x3), ... (at most three).
+    """
+    x = np.asarray(x)[:max_points]
+    pairs = _pairs(target.dim)
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 4), squeeze=False)
+    for ax, (i, j) in zip(axes[0], pairs):
+        ref = np.asarray(exact)[:, [i, j]] if exact is not None else x[:, [i, j]]
+        finite = ref[np.all(np.isfinite(ref), axis=1)]
+        lo, hi = np.percentile(finite, 0.5, axis=0), np.percentile(finite, 99.5, axis=0)
+        pad = 0.15 * (hi - lo) + 0.5
+        lo, hi = lo - pad, hi + pad
+        log_prob_2d = target.log_prob if target.dim == 2 else getattr(target, "pair_log_prob", None)
+        if log_prob_2d is not None:
+            g0, g1 = np.meshgrid(np.linspace(lo[0], hi[0], 200), np.linspace(lo[1], hi[1], 200))
+            lp = np.asarray(log_prob_2d(jnp.asarray(np.stack([g0.ravel(), g1.ravel()], 1), jnp.float32)))
+            lp = np.maximum(lp.reshape(g0.shape), lp.max() - 30)
+            ax.contour(g0, g1, lp, levels=20, linewidths=0.6, cmap="viridis")
+        ax.scatter(x[:, i], x[:, j], s=2, alpha=0.4, color="C3", label="samples")
+        ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), xlabel=f"x{i}", ylabel=f"x{j}")
+    axes[0][0].set_title(title or target.name)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def read_metrics(run_dir) -> list[dict]:
+    path = Path(run_dir) / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def plot_training(run_dir, path=None) -> Path:
+    """Loss against step, and flow ESS against training wall-clock."""
+    rows = read_metrics(run_dir)
+    path = Path(path or Path(run_dir) / "training.png")
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    steps = [r["step"] for r in rows]
+    a.plot(steps, [r.get("loss", np.nan) for r in rows], lw=0.8)
+    a.set(xlabel="step", ylabel="loss", title="training loss")
+    for key, label in (("flow_ess", "flow IS"), ("ais_ess", "AIS (training target)"), ("ess", "batch")):
+        pts = [(r["time_s"], r[key]) for r in rows if key in r]
+        if pts:
+            b.plot(*zip(*pts), marker="o" if key == "flow_ess" else None, ms=3, lw=0.8, label=label)
+    b.set(xlabel="training wall-clock (s)", ylabel="ESS (fraction)", ylim=(0, 1.02), title="effective sample size")
+    b.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

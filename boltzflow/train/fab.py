@@ -1,0 +1,145 @@
+"""Flow Annealed Importance Sampling Bootstrap (FAB; Midgley et al., ICLR 2023).
+
+FAB trains a flow q_theta by minimising the (Amari) alpha-divergence, alpha = 2 by default (paper eq. 5),
+
+    D_alpha(p||q) = -1/(alpha(1-alpha)) int p^alpha q^(1-alpha) dx,
+    grad_theta D_alpha = -(1/alpha) int p^alpha q^(1-alpha) grad_theta log q dx,
+
+estimated with annealed importance sampling (AIS) that starts from q and targets the minimum-variance importance
+distribution of the alpha-divergence, g = p^alpha q^(1-alpha) (p^2/q for alpha = 2; paper eq. 7 and
+Algorithm 2). With AIS samples x_i and log weights log w_i (w.r.t. g), the surrogate loss is
+
+    S'(theta) = - sum_i softmax(log w)_i  log q_theta(x_i)                 (FAB without buffer, eq. 8 / Alg. 2)
+
+where the AIS samples and weights carry no gradient. With the prioritised replay buffer (Algorithm 1,
+boltzflow.train.buffer) each AIS pass adds its batch to the buffer, and L gradient steps follow, each on a
+minibatch drawn with probability proportional to w (so the loss needs no further weights) and corrected for the
+change of q since the sample was stored:
+
+    L(theta) = - 1/N sum_i min(c_max, exp((1-alpha)(log q_theta(x_i) - log q_old(x_i)))) log q_theta(x_i),
+
+after which the buffer's weights are multiplied by that correction and log q_old is replaced by log q_theta.
+
+The AIS transition kernel's step sizes are adapted during training (boltzflow.mcmc.step_size) and frozen at
+evaluation. The whole iteration (AIS pass, buffer insertion, L optimiser steps) is one jitted function.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from boltzflow.ais import ais_from_config
+from boltzflow.errors import BoltzflowError
+from boltzflow.estimators import effective_sample_size
+from boltzflow.train.buffer import build_prioritised_buffer
+from boltzflow.train.methods import Method, gradient_step, masked_mean
+
+DEFAULTS = {
+    "alpha": 2.0,
+    "buffer": True,
+    "buffer_size": None,  # default 100 x batch
+    "min_buffer_length": None,  # default 10 x batch
+    "n_updates": 4,  # L: gradient steps per AIS pass (with buffer)
+    "w_adjust_clip": 10.0,  # c_max
+}
+
+
+class FabState(NamedTuple):
+    ais_state: object
+    buffer: object  # BufferState, or () without a buffer
+
+
+def fab_settings(method_cfg: dict) -> dict:
+    unknown = set(method_cfg) - set(DEFAULTS) - {"name"}
+    if unknown:
+        raise BoltzflowError(f"unknown FAB setting(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    s = DEFAULTS | {k: v for k, v in method_cfg.items() if k != "name"}
+    if s["alpha"] <= 0 or s["n_updates"] < 1 or s["w_adjust_clip"] <= 0:
+        raise BoltzflowError("FAB needs alpha > 0, n_updates >= 1 and w_adjust_clip > 0")
+    return s
+
+
+def fab_no_buffer_loss(model, x, log_w):
+    """S'(theta) = -sum_i softmax(log w)_i log q_theta(x_i) (no gradient through x or w)."""
+    log_q = model.log_prob(x)
+    ok = jnp.isfinite(log_w) & jnp.isfinite(log_q)
+    w = jax.nn.softmax(jnp.where(ok, log_w, -jnp.inf))
+    return -jnp.sum(jnp.where(ok, w * log_q, 0.0)), {"n_nonfinite": jnp.sum(~ok)}
+
+
+def fab_buffer_loss(model, x, log_q_old, valid, alpha: float, clip: float):
+    """Algorithm 1's loss on a buffer minibatch; aux carries the log weight correction and the new log q."""
+    log_q = model.log_prob(x)
+    log_correction = (1.0 - alpha) * (jax.lax.stop_gradient(log_q) - log_q_old)
+    ok = valid & jnp.isfinite(log_q) & jnp.isfinite(log_correction)
+    correction = jnp.minimum(jnp.exp(jnp.where(ok, log_correction, 0.0)), clip)
+    loss = -masked_mean(correction * log_q, ok)
+    return loss, (log_correction, jax.lax.stop_gradient(log_q))
+
+
+def build_fab(cfg, target, optimizer) -> Method:
+    s = fab_settings(cfg.method)
+    alpha, n = float(s["alpha"]), cfg.train.batch_size
+    ais = ais_from_config(target.log_prob, cfg.ais, alpha=alpha)
+
+    def run_ais(model, ais_state, key):
+        q = jax.lax.stop_gradient(model)
+        return ais.run(key, ais_state, q.sample_and_log_prob, q.log_prob, n, adapt=True)
+
+    def ais_metrics(res, ais_state):
+        return {"ais_ess": effective_sample_size(res.log_w), "ais_accept": res.info.accept.mean(),
+                "ais_step_size": jnp.mean(ais_state.step_sizes), "ais_nonfinite": res.info.n_nonfinite}
+
+    if not s["buffer"]:
+        def step(model, opt_state, state: FabState, key):
+            res, ais_state = run_ais(model, state.ais_state, key)
+            model, opt_state, loss, aux, gnorm = gradient_step(fab_no_buffer_loss, model, opt_state, optimizer,
+                                                               res.x, res.log_w)
+            return model, opt_state, FabState(ais_state, ()), {
+                "loss": loss, "grad_norm": gnorm, **aux, **ais_metrics(res, ais_state)}
+
+        return Method(init=lambda key, model: FabState(ais.init_state(), ()), step=step)
+
+    max_len = s["buffer_size"] or 100 * n
+    min_len = s["min_buffer_length"] or 10 * n
+    if min_len < n:
+        raise BoltzflowError(f"min_buffer_length ({min_len}) must be at least the batch size ({n})")
+    buffer = build_prioritised_buffer(target.dim, max_len, min_len)
+    n_updates, clip = int(s["n_updates"]), float(s["w_adjust_clip"])
+
+    def fill_once(model, state: FabState, key):
+        res, ais_state = run_ais(model, state.ais_state, key)
+        return FabState(ais_state, buffer.add(state.buffer, res.x, res.log_w, res.log_q)), res
+
+    def init(key, model) -> FabState:
+        dtype = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))[0].dtype
+        state = FabState(ais.init_state(), buffer.init(dtype))
+        fill = eqx.filter_jit(fill_once)
+        for k in jax.random.split(key, math.ceil(min_len / n)):
+            state, _ = fill(model, state, k)
+        return state
+
+    def step(model, opt_state, state: FabState, key):
+        k_ais, k_buf = jax.random.split(key)
+        state, res = fill_once(model, state, k_ais)
+
+        def update(carry, k):
+            model, opt_state, buf = carry
+            batch = buffer.sample(k, buf, n)
+            model, opt_state, loss, (log_corr, log_q), gnorm = gradient_step(
+                fab_buffer_loss, model, opt_state, optimizer, batch.x, batch.log_q_old, batch.valid, alpha, clip)
+            buf = buffer.adjust(buf, batch.idx, jnp.where(batch.valid, log_corr, -jnp.inf), log_q)
+            return (model, opt_state, buf), (loss, gnorm)
+
+        (model, opt_state, buf), (losses, gnorms) = jax.lax.scan(
+            update, (model, opt_state, state.buffer), jax.random.split(k_buf, n_updates))
+        metrics = {"loss": losses.mean(), "grad_norm": gnorms.mean(),
+                   "buffer_ess": effective_sample_size(buf.log_w), **ais_metrics(res, state.ais_state)}
+        return model, opt_state, FabState(state.ais_state, buf), metrics
+
+    return Method(init=init, step=step)

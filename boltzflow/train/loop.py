@@ -1,0 +1,176 @@
+"""The training loop shared by every method: optimiser, jitted steps, progress, metrics, checkpoints, resume.
+
+A *method* (boltzflow.train.methods) supplies ``init(key, model) -> method_state`` and a pure
+``step(model, opt_state, method_state, key) -> (model, opt_state, method_state, metrics)``. This module owns
+everything around it, once:
+
+- optax: global-norm clipping -> Adam with linear warm-up and cosine decay; ``optax.apply_if_finite`` skips any
+  update whose gradient is not finite (counted in the metrics as ``skipped_steps``);
+- the whole step is one ``eqx.filter_jit`` call;
+- ``metrics.jsonl`` (one JSON object per logged step, with the wall-clock ``time_s`` of training excluding
+  evaluation), a progress bar with loss, ESS and ETA, a flow-IS ESS every ``eval_every`` steps;
+- ``checkpoint.eqx`` + ``checkpoint.json`` every ``checkpoint_every`` steps, at the time limit and at the end;
+  running ``train`` again on the same directory resumes from the checkpoint bit-for-bit (same keys);
+- a time limit.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import yaml
+
+from boltzflow.config import Config, config_from_dict
+from boltzflow.errors import BoltzflowError
+from boltzflow.estimators import effective_sample_size
+
+
+class TrainState(NamedTuple):
+    model: Any
+    opt_state: Any
+    method_state: Any
+    key: jax.Array
+    step: jax.Array  # () int32
+
+
+def make_optimizer(train) -> optax.GradientTransformation:
+    """Clip by global norm, then Adam on a warm-up + cosine schedule; non-finite updates are skipped."""
+    warmup = min(train.warmup_steps, max(train.steps - 1, 0))
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0 if warmup else train.lr,
+        peak_value=train.lr,
+        warmup_steps=warmup,
+        decay_steps=max(train.steps, warmup + 1),
+        end_value=train.lr * train.final_lr_fraction,
+    )
+    opt = optax.chain(optax.clip_by_global_norm(train.clip_norm), optax.adam(schedule))
+    return optax.apply_if_finite(opt, max_consecutive_errors=50)
+
+
+def make_flow_ess_fn(target, n: int):
+    """Jitted ``(model, key) -> ESS fraction`` of importance sampling p with the flow's own samples."""
+
+    @eqx.filter_jit
+    def flow_ess(model, key):
+        x, log_q = model.sample_and_log_prob(key, n)
+        return effective_sample_size(target.log_prob(x) - log_q)
+
+    return flow_ess
+
+
+def _scalar_metrics(metrics: dict) -> dict:
+    out = {}
+    for k, v in jax.device_get(metrics).items():
+        v = np.asarray(v)
+        out[k] = float(v) if v.size == 1 else [float(a) for a in v.ravel()]
+    return out
+
+
+def _write_checkpoint(out: Path, state: TrainState, info: dict) -> None:
+    tmp = out / "checkpoint.eqx.tmp"
+    eqx.tree_serialise_leaves(tmp, state)
+    tmp.replace(out / "checkpoint.eqx")
+    (out / "checkpoint.json").write_text(json.dumps(info, indent=1))
+
+
+def _resume(out: Path, config: Config, like: TrainState) -> tuple[TrainState, dict] | None:
+    ckpt, info_path, cfg_path = out / "checkpoint.eqx", out / "checkpoint.json", out / "config.yaml"
+    if not (ckpt.exists() and info_path.exists() and cfg_path.exists()):
+        return None
+    old = config_from_dict(yaml.safe_load(cfg_path.read_text()), str(cfg_path))
+    # A run may be extended (more steps, a longer time limit); anything else is a different experiment.
+    if old.with_train(steps=1, time_limit_s=None) != config.with_train(steps=1, time_limit_s=None):
+        raise BoltzflowError(f"{out} holds a run with a different config; choose another --out")
+    return eqx.tree_deserialise_leaves(ckpt, like), json.loads(info_path.read_text())
+
+
+class Progress:
+    """tqdm progress bar that can be switched off (tests, CI logs)."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+
+    def update(self, n: int, **postfix) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train(config: Config, out: str | Path, *, progress: bool = True, log_every: int = 10) -> dict:
+    """Train ``config`` into the run directory ``out`` (resuming if it holds a checkpoint); returns a summary."""
+    from boltzflow.experiment import build_experiment, initial_state, state_like
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ts = config.train
+    exp = build_experiment(config)
+    optimizer = make_optimizer(ts)
+    method = exp.build_method(optimizer)
+    key = jax.random.key(ts.seed)
+    info = {"time_s": 0.0, "evals": []}
+    resumed = _resume(out, config, state_like(exp, optimizer, method, key))
+    if resumed is None:
+        state = initial_state(exp, optimizer, method, key)
+    else:
+        state, info = resumed
+    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+
+    step_fn = eqx.filter_jit(method.step)
+    flow_ess = make_flow_ess_fn(exp.target, ts.eval_samples) if exp.can_eval_flow_ess else None
+    start_step = int(state.step)
+    bar = Progress(ts.steps, start_step, progress)
+    t_train = info["time_s"]
+    t0 = time.perf_counter()
+    last_ess = info["evals"][-1]["ess"] if info["evals"] else float("nan")
+    stopped_by_time = False
+    bar_at = start_step
+    with open(out / "metrics.jsonl", "a") as log:
+        for step in range(start_step, ts.steps):
+            key, k_step, k_eval = jax.random.split(state.key, 3)
+            model, opt_state, method_state, metrics = step_fn(state.model, state.opt_state, state.method_state, k_step)
+            state = TrainState(model, opt_state, method_state, key, jnp.asarray(step + 1, jnp.int32))
+            done = step + 1
+            if done % log_every == 0 or done == ts.steps or done == 1:
+                m = _scalar_metrics(metrics)
+                jax.block_until_ready(state.model)
+                t_train += time.perf_counter() - t0
+                t0 = time.perf_counter()
+                m.update(step=done, time_s=round(t_train, 3), skipped_steps=int(opt_state.notfinite_count))
+                if flow_ess is not None and (done % ts.eval_every == 0 or done == ts.steps):
+                    last_ess = float(flow_ess(state.model, k_eval))
+                    m["flow_ess"] = last_ess
+                    info["evals"].append({"step": done, "time_s": m["time_s"], "ess": last_ess})
+                    t0 = time.perf_counter()  # evaluation does not count as training time
+                log.write(json.dumps(m) + "\n")
+                log.flush()
+                bar.update(done - bar_at, loss=m.get("loss", float("nan")), ess=last_ess)
+                bar_at = done
+                if ts.time_limit_s is not None and t_train >= ts.time_limit_s:
+                    stopped_by_time = done < ts.steps
+                if stopped_by_time or done % ts.checkpoint_every == 0 or done == ts.steps:
+                    info["time_s"] = t_train
+                    _write_checkpoint(out, state, info | {"step": done})
+                if stopped_by_time:
+                    break
+    bar.close()
+    summary = {"steps": int(state.step), "time_s": t_train, "stopped_by_time_limit": stopped_by_time,
+               "flow_ess": last_ess, "evals": info["evals"]}
+    eqx.tree_serialise_leaves(out / "model.eqx", state.model)
+    return summary
