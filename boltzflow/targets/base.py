@@ -46,6 +46,19 @@ class Target:
     def can_sample(self) -> bool:
         return type(self).sample is not Target.sample
 
+    @property
+    def has_modes(self) -> bool:
+        """Whether the target knows its modes (``mode_points`` and ``modes_covered`` work)."""
+        return type(self).mode_points is not Target.mode_points
+
+    def mode_points(self) -> jax.Array:
+        """One point on every mode, ``(n_modes, dim)``; only targets with a known mode set override this."""
+        raise BoltzflowError(f"target {self.name!r} has no known mode set")
+
+    def modes_covered(self, samples) -> int:
+        """How many modes the samples ``(n, dim)`` visit (each target documents its rule)."""
+        raise BoltzflowError(f"target {self.name!r} has no known mode set")
+
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         """Exact samples ``(n, dim)``; only targets that can sample override this."""
         raise BoltzflowError(f"target {self.name!r} has no exact sampler")

@@ -1,0 +1,207 @@
+"""Build a target from a spec: a preset name, a dict with keyword arguments, or a user's ``module:function``.
+
+Accepted specs (:func:`make_target`):
+
+- a preset name: ``"double_well"``, ``"many_well"`` (kwarg ``dim``, default 32; ``"many_well_50"`` is short for
+  ``{"name": "many_well", "dim": 50}``), ``"gmm40"``, ``"gmm4"``, ``"funnel"`` (kwarg ``dim``), ``"smiley"``,
+  ``"dog"``, ``"text"`` (kwarg ``text``) -- see :func:`list_targets`;
+- a dict ``{"name": PRESET, **kwargs}``;
+- ``"module:function"`` or ``{"function": "module:function", **kwargs}``: ``function(**kwargs)`` returns a
+  :class:`Target` or a pair ``(log_prob, dim)`` with ``log_prob: (n, dim) -> (n,)``, wrapped in a validated
+  :class:`FunctionTarget`. ``module`` is a dotted module name importable from the current directory or a path to a
+  ``.py`` file (``path/to/my_target.py:make``);
+- a :class:`Target` instance, returned as is.
+
+Every user mistake raises :class:`BoltzflowError` with one line naming the problem.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import os
+import re
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from boltzflow.errors import BoltzflowError
+from boltzflow.targets.base import Target
+from boltzflow.targets.function import FunctionTarget
+
+
+@dataclass(frozen=True)
+class TargetInfo:
+    """One preset: how to build it and what it knows."""
+
+    name: str
+    factory: Callable[..., Target]
+    description: str
+    log_z_known: bool
+    exact_samples: bool
+
+
+_PRESETS: dict[str, TargetInfo] = {}
+
+
+def register_target(name: str, factory: Callable[..., Target], description: str, log_z_known: bool,
+                    exact_samples: bool) -> None:
+    """Add (or replace) a preset so that ``make_target(name)`` and ``boltzflow targets`` know it."""
+    _PRESETS[name] = TargetInfo(name, factory, description, bool(log_z_known), bool(exact_samples))
+
+
+def _builtin_presets() -> None:
+    from boltzflow.targets.funnel import Funnel
+    from boltzflow.targets.gmm import GMM40, GaussianMixture
+    from boltzflow.targets.images import ImageTarget
+    from boltzflow.targets.wells import DoubleWell, ManyWell
+
+    register_target("double_well", DoubleWell, "2-D double well of the SNF paper and FAB (2 modes)", True, True)
+    register_target("many_well", ManyWell, "FAB Many Well: dim/2 double wells (dim=32: 2^16 modes)", True, True)
+    register_target("gmm40", GMM40, "FAB 2-D mixture of 40 Gaussians, std softplus(1)", True, True)
+    register_target("gmm4", GaussianMixture.grid4, "small 2-D mixture of 4 well-separated Gaussians", True, True)
+    register_target("funnel", Funnel, "Neal's funnel (dim=10): x0 ~ N(0, 9), x_i ~ N(0, exp(x0))", True, True)
+    register_target("smiley", ImageTarget.smiley, "2-D image density: a smiley face (SNF paper)", True, True)
+    register_target("dog", ImageTarget.dog, "2-D image density: a dog silhouette (SNF paper)", True, True)
+    register_target("text", ImageTarget.text, "2-D image density: a line of text (kwarg text='boltzflow')",
+                    True, True)
+
+
+_builtin_presets()
+
+
+def list_targets() -> list[TargetInfo]:
+    """All presets, sorted by name."""
+    return [_PRESETS[k] for k in sorted(_PRESETS)]
+
+
+def targets_table() -> str:
+    """A plain-text table of the presets for ``boltzflow targets``."""
+    infos = list_targets()
+    width = max(len(i.name) for i in infos)
+    lines = [f"{'name':<{width}}  log Z  exact samples  description"]
+    for i in infos:
+        lines.append(f"{i.name:<{width}}  {'yes' if i.log_z_known else 'no':<5}  "
+                     f"{'yes' if i.exact_samples else 'no':<13}  {i.description}")
+    return "\n".join(lines)
+
+
+def _known() -> str:
+    return ", ".join(sorted(_PRESETS))
+
+
+def _call(fn: Callable, kwargs: dict, what: str):
+    """Call ``fn(**kwargs)``, turning a signature mismatch into a one-line BoltzflowError."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is not None:
+        try:
+            sig.bind(**kwargs)
+        except TypeError as e:
+            params = ", ".join(p for p in sig.parameters if p not in ("self", "cls")) or "none"
+            raise BoltzflowError(f"{what}: bad arguments {sorted(kwargs)} ({e}); it accepts: {params}") from None
+    return fn(**kwargs)
+
+
+def _make_preset(name: str, kwargs: dict) -> Target:
+    key = name.strip().lower().replace("-", "_")
+    m = re.fullmatch(r"many_well_(\d+)", key)
+    if m and "dim" not in kwargs:
+        key, kwargs = "many_well", {**kwargs, "dim": int(m.group(1))}
+    info = _PRESETS.get(key)
+    if info is None:
+        raise BoltzflowError(f"unknown target {name!r}; known presets: {_known()} (or use 'module:function')")
+    try:
+        return _call(info.factory, kwargs, f"target {key!r}")
+    except BoltzflowError:
+        raise
+    except (TypeError, ValueError) as e:
+        raise BoltzflowError(f"target {key!r} with arguments {kwargs}: {e}") from None
+
+
+def _import_module(mod_name: str, spec: str):
+    if mod_name.endswith(".py") or os.sep in mod_name:
+        path = os.path.abspath(mod_name)
+        if not os.path.isfile(path):
+            raise BoltzflowError(f"target {spec!r}: no such file {mod_name!r}")
+        name = "boltzflow_user_" + re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+        mspec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(mspec)
+        try:
+            mspec.loader.exec_module(module)
+        except Exception as e:
+            raise BoltzflowError(f"target {spec!r}: importing {mod_name!r} raised {type(e).__name__}: {e}") from None
+        return module
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)
+    try:
+        return importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        raise BoltzflowError(f"target {spec!r}: cannot import module {mod_name!r} ({e})") from None
+    except Exception as e:
+        raise BoltzflowError(f"target {spec!r}: importing {mod_name!r} raised {type(e).__name__}: {e}") from None
+
+
+def _make_from_function(spec: str, kwargs: dict) -> Target:
+    mod_name, _, attr = spec.rpartition(":")
+    if not mod_name or not attr:
+        raise BoltzflowError(f"target {spec!r}: expected 'module:function'")
+    obj = _import_module(mod_name, spec)
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise BoltzflowError(f"target {spec!r}: module {mod_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if isinstance(obj, Target):
+        if kwargs:
+            raise BoltzflowError(f"target {spec!r} is a target object, it takes no arguments (got {sorted(kwargs)})")
+        return obj
+    if not callable(obj):
+        raise BoltzflowError(f"target {spec!r}: {attr!r} is not callable")
+    try:
+        out = _call(obj, kwargs, f"target function {spec!r}")
+    except BoltzflowError:
+        raise
+    except Exception as e:
+        raise BoltzflowError(f"target function {spec!r} raised {type(e).__name__}: {e}") from None
+    if isinstance(out, Target):
+        return out
+    if isinstance(out, (tuple, list)) and len(out) == 2 and callable(out[0]):
+        log_prob, dim = out
+        return FunctionTarget(log_prob, dim, name=attr.split(".")[-1], label=spec)
+    raise BoltzflowError(
+        f"target function {spec!r} must return a Target or a pair (log_prob, dim), got {type(out).__name__}"
+    )
+
+
+def make_target(spec: Any) -> Target:
+    """Build a target from a preset name, a dict, a ``module:function`` string or a Target (module docstring)."""
+    if isinstance(spec, Target):
+        return spec
+    if isinstance(spec, str):
+        s = spec.strip()
+        if ":" in s:
+            return _make_from_function(s, {})
+        return _make_preset(s, {})
+    if isinstance(spec, dict):
+        kwargs = dict(spec)
+        if "function" in kwargs:
+            fn = kwargs.pop("function")  # every other key is a keyword argument of the function
+            if not isinstance(fn, str):
+                raise BoltzflowError(f"target 'function' must be a 'module:function' string, got {fn!r}")
+            return _make_from_function(fn.strip(), kwargs)
+        if "name" in kwargs:
+            name = kwargs.pop("name")
+            if not isinstance(name, str):
+                raise BoltzflowError(f"target 'name' must be a string, got {name!r}")
+            if ":" in name:
+                return _make_from_function(name.strip(), kwargs)
+            return _make_preset(name, kwargs)
+        raise BoltzflowError(f"target spec {spec!r} needs a 'name' (preset) or a 'function' ('module:function')")
+    raise BoltzflowError(
+        f"target spec must be a preset name, a dict or 'module:function', got {type(spec).__name__}; "
+        f"known presets: {_known()}"
+    )
