@@ -76,11 +76,11 @@ def evaluate(exp, key, n_samples: int = 10_000, ais_state=None, with_ais: bool =
         w = jax.nn.softmax(jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf))
         est = jnp.sum(w * jnp.where(jnp.isfinite(log_w), f(x), 0.0))
         out["expectation_rel_error_pct"] = float(100 * jnp.abs(est - out["expectation_true"]) / jnp.abs(out["expectation_true"]))
-    if hasattr(target, "mode_points"):
-        out["mean_log_q_modes"] = float(jnp.mean(_chunked_apply(model.log_prob, target.mode_points(), chunk)))
-    if hasattr(target, "modes_covered"):
-        out["modes_covered"] = int(target.modes_covered(x))
-        out["n_modes"] = int(target.n_modes)
+    if target.has_modes:
+        if target.dim > 2:  # FAB's Many Well metric: log q on one point per mode
+            out["mean_log_q_modes"] = float(jnp.mean(_chunked_apply(model.log_prob, target.mode_points(), chunk)))
+        out["modes_covered"] = int(target.modes_covered(np.asarray(x)))
+        out["n_modes"] = int(target.mode_points().shape[0])
     if with_ais:
         from boltzflow.ais import ais_from_config
 

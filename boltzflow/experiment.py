@@ -63,8 +63,8 @@ def initial_state(exp: Experiment, optimizer, method, key):
 
     k_method, k_run = jax.random.split(key)
     params = eqx.filter(exp.model, eqx.is_inexact_array)
-    return TrainState(exp.model, optimizer.init(params), method.init(k_method, exp.model), k_run,
-                      jnp.zeros((), jnp.int32))
+    return TrainState(exp.model, optimizer.init(params), method.init(k_method, exp.model),
+                      jax.random.key_data(k_run), jnp.zeros((), jnp.int32))
 
 
 def state_like(exp: Experiment, optimizer, method, key):

@@ -137,6 +137,11 @@ class ManyWell(Target):
         x2 = x[:, 1::2]
         return -jnp.sum(energy_x1(x1) + 0.5 * x2 * x2, axis=1)
 
+    @staticmethod
+    def pair_log_prob(x: jax.Array) -> jax.Array:
+        """Unnormalised log density of one copy (x1, x2), ``(n, 2) -> (n,)``: every pair's exact marginal."""
+        return -(energy_x1(x[:, 0]) + 0.5 * x[:, 1] ** 2)
+
     # Exact samples -------------------------------------------------------------------------------------------------
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         """``n`` exact samples ``(n, dim)``; jittable with static ``n``."""

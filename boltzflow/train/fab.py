@@ -88,8 +88,8 @@ def build_fab(cfg, target, optimizer) -> Method:
     ais = ais_from_config(target.log_prob, cfg.ais, alpha=alpha)
 
     def run_ais(model, ais_state, key):
-        q = jax.lax.stop_gradient(model)
-        return ais.run(key, ais_state, q.sample_and_log_prob, q.log_prob, n, adapt=True)
+        # AIS runs outside any differentiated function: its samples and weights carry no gradient.
+        return ais.run(key, ais_state, model.sample_and_log_prob, model.log_prob, n, adapt=True)
 
     def ais_metrics(res, ais_state):
         return {"ais_ess": effective_sample_size(res.log_w), "ais_accept": res.info.accept.mean(),
@@ -128,16 +128,20 @@ def build_fab(cfg, target, optimizer) -> Method:
         k_ais, k_buf = jax.random.split(key)
         state, res = fill_once(model, state, k_ais)
 
+        params, static = eqx.partition(model, eqx.is_array)
+
         def update(carry, k):
-            model, opt_state, buf = carry
+            params, opt_state, buf = carry
             batch = buffer.sample(k, buf, n)
             model, opt_state, loss, (log_corr, log_q), gnorm = gradient_step(
-                fab_buffer_loss, model, opt_state, optimizer, batch.x, batch.log_q_old, batch.valid, alpha, clip)
+                fab_buffer_loss, eqx.combine(params, static), opt_state, optimizer,
+                batch.x, batch.log_q_old, batch.valid, alpha, clip)
             buf = buffer.adjust(buf, batch.idx, jnp.where(batch.valid, log_corr, -jnp.inf), log_q)
-            return (model, opt_state, buf), (loss, gnorm)
+            return (eqx.filter(model, eqx.is_array), opt_state, buf), (loss, gnorm)
 
-        (model, opt_state, buf), (losses, gnorms) = jax.lax.scan(
-            update, (model, opt_state, state.buffer), jax.random.split(k_buf, n_updates))
+        (params, opt_state, buf), (losses, gnorms) = jax.lax.scan(
+            update, (params, opt_state, state.buffer), jax.random.split(k_buf, n_updates))
+        model = eqx.combine(params, static)
         metrics = {"loss": losses.mean(), "grad_norm": gnorms.mean(),
                    "buffer_ess": effective_sample_size(buf.log_w), **ais_metrics(res, state.ais_state)}
         return model, opt_state, FabState(state.ais_state, buf), metrics

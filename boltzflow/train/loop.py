@@ -37,7 +37,7 @@ class TrainState(NamedTuple):
     model: Any
     opt_state: Any
     method_state: Any
-    key: jax.Array
+    key: jax.Array  # raw key data (uint32), so that checkpoints serialise it
     step: jax.Array  # () int32
 
 
@@ -127,7 +127,9 @@ def train(config: Config, out: str | Path, *, progress: bool = True, log_every: 
     info = {"time_s": 0.0, "evals": []}
     resumed = _resume(out, config, state_like(exp, optimizer, method, key))
     if resumed is None:
-        state = initial_state(exp, optimizer, method, key)
+        t_init = time.perf_counter()
+        state = initial_state(exp, optimizer, method, key)  # FAB fills its buffer here: counted as training time
+        info["time_s"] = time.perf_counter() - t_init
     else:
         state, info = resumed
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
@@ -143,9 +145,10 @@ def train(config: Config, out: str | Path, *, progress: bool = True, log_every: 
     bar_at = start_step
     with open(out / "metrics.jsonl", "a") as log:
         for step in range(start_step, ts.steps):
-            key, k_step, k_eval = jax.random.split(state.key, 3)
+            key, k_step, k_eval = jax.random.split(jax.random.wrap_key_data(state.key), 3)
             model, opt_state, method_state, metrics = step_fn(state.model, state.opt_state, state.method_state, k_step)
-            state = TrainState(model, opt_state, method_state, key, jnp.asarray(step + 1, jnp.int32))
+            state = TrainState(model, opt_state, method_state, jax.random.key_data(key),
+                               jnp.asarray(step + 1, jnp.int32))
             done = step + 1
             if done % log_every == 0 or done == ts.steps or done == 1:
                 m = _scalar_metrics(metrics)

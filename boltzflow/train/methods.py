@@ -12,7 +12,8 @@ Baselines on a flow q_theta and a target p (log p unnormalised), batch of n:
 - ``alpha2_is``: D_2(p||q) = log E_q[(p/q)^2] estimated with the flow's own samples, reparameterised:
   loss = logsumexp_i(2 log w_i) - log n with log w = log p - log q (FAB paper, "flow alpha=2" baseline).
 - ``fab``: boltzflow.train.fab (alpha-divergence with AIS, with or without the prioritised buffer).
-- ``snf_kl`` / ``snf_ml``: boltzflow.snf (path KL and ML of stochastic normalizing flows).
+- ``snf_kl`` / ``snf_ml`` / ``snf_kl_ml``: boltzflow.snf (path KL, SNF eq. 13; ML on backward paths, eq. 14;
+  their weighted sum with method options ``kl_weight``, ``ml_weight``, default 1 and 1).
 
 Points where log p is not finite contribute nothing (masked) and are counted in ``n_nonfinite``.
 """
@@ -40,7 +41,7 @@ def gradient_step(loss_fn, model, opt_state, optimizer: optax.GradientTransforma
     (loss, aux), grads = eqx.filter_value_and_grad(loss_fn, has_aux=True)(model, *args)
     params = eqx.filter(model, eqx.is_inexact_array)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return eqx.apply_updates(model, updates), opt_state, loss, aux, optax.global_norm(grads)
+    return eqx.apply_updates(model, updates), opt_state, loss, aux, optax.tree.norm(grads)
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -97,8 +98,21 @@ def _fab(cfg, target, optimizer):
     return build_fab(cfg, target, optimizer)
 
 
+def _snf(kind):
+    def build(cfg, target, optimizer):
+        from boltzflow.snf import build_snf_method
+
+        return build_snf_method(kind)(cfg, target, optimizer)
+
+    return build
+
+
 METHODS: dict[str, Callable] = {
     "fab": _fab,
+    "snf_kl": _snf("kl"),
+    "snf_ml": _snf("ml"),
+    "snf_kl_ml": _snf("kl_ml"),
+    "snf_alpha2": _snf("alpha2"),
     "reverse_kl": build_reverse_kl,
     "forward_kl": build_forward_kl,
     "alpha2_is": build_alpha2_is,

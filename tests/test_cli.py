@@ -1,0 +1,77 @@
+"""The command line: user mistakes give one clear line and a non-zero exit; train -> evaluate -> resume works."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from boltzflow.cli import main
+
+
+def _run(args, capsys):
+    rc = main(args)
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "no_such_preset"], "unknown preset"),
+        (["train", "quick_gmm", "--target", "no_such_target"], "unknown target"),
+        (["train", "quick_gmm", "--target", "user_targets:nan_density"], "no finite value"),
+        (["train", "quick_gmm", "--target", "user_targets:wrong_shape"], "shape"),
+        (["evaluate", "/nonexistent/run"], "not a run directory"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(args, message, capsys, tmp_path):
+    rc, out, err = _run(args + (["--out", str(tmp_path / "r")] if args[0] == "train" else []), capsys)
+    assert rc == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("boltzflow: error:"), err
+    assert message in lines[0].lower()
+
+
+def test_malformed_config_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("target: gmm40\ntrain: {steps: [1, 2\n")
+    rc, _, err = _run(["train", str(bad), "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and "malformed yaml" in err.lower()
+    bad.write_text("target: gmm40\ntrain: {stepz: 3}\n")
+    rc, _, err = _run(["train", str(bad), "--out", str(tmp_path / "r")], capsys)
+    assert rc == 2 and "stepz" in err
+
+
+def test_console_script_exit_code_without_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "boltzflow.cli", "train", "nope"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+
+
+def test_train_evaluate_and_resume_on_a_user_target(tmp_path, capsys):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(
+        "target: {function: 'user_targets:gaussian'}\n"
+        "flow: {type: realnvp, n_layers: 2, hidden: 16, depth: 1}\n"
+        "method: {name: reverse_kl}\n"
+        "train: {steps: 40, batch_size: 64, lr: 1.0e-2, warmup_steps: 5, eval_every: 20, eval_samples: 256,"
+        " checkpoint_every: 20}\n"
+    )
+    out = tmp_path / "run"
+    rc, stdout, err = _run(["train", str(cfg), "--out", str(out), "--no-progress", "--eval-samples", "512"], capsys)
+    assert rc == 0, err
+    for name in ("config.yaml", "metrics.jsonl", "checkpoint.eqx", "report.json", "samples.png", "training.png"):
+        assert (out / name).exists(), name
+    report = json.loads((out / "report.json").read_text())
+    assert 0.0 <= report["eval"]["ess"] <= 1.0 and "log_z_true" not in report["eval"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 40
+    # resume: more steps continue from the checkpoint rather than starting again
+    rc, _, err = _run(["train", str(cfg), "--out", str(out), "--no-progress", "--steps", "60",
+                       "--eval-samples", "256"], capsys)
+    assert rc == 0, err
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows].count(1) == 1 and rows[-1]["step"] == 60
+    rc, stdout, _ = _run(["evaluate", str(out), "--samples", "512"], capsys)
+    assert rc == 0 and "ess" in stdout
+    assert json.loads((out / "eval.json").read_text())["n_samples"] == 512
