@@ -37,7 +37,7 @@ def finish_run(out: Path, summary: dict, n_eval: int) -> dict:
 
     from boltzflow.evaluate import evaluate
     from boltzflow.experiment import load_run
-    from boltzflow.plot import plot_samples, plot_training
+    from boltzflow.plot import plot_training
 
     exp, _ = load_run(out)
     metrics = evaluate(exp, jax.random.key(exp.config.train.seed + 1), n_samples=n_eval)
@@ -78,16 +78,12 @@ def _sample(args) -> None:
     import numpy as np
 
     from boltzflow.experiment import load_run
+    from boltzflow.snf import path_weights
 
     exp, _ = load_run(args.run)
-    x, log_w = _draw_weighted(exp, jax.random.key(args.seed), args.n)
+    x, log_w = path_weights(exp.model, exp.target, jax.random.key(args.seed), args.n)
     np.savez(args.out, x=np.asarray(x), log_w=np.asarray(log_w))
     print(f"wrote {args.n} samples and log weights to {args.out}")
-
-
-def _draw_weighted(exp, key, n):
-    x, log_q = exp.model.sample_and_log_prob(key, n)
-    return x, exp.target.log_prob(x) - log_q
 
 
 def _plot(args) -> None:

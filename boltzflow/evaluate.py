@@ -20,7 +20,9 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
+from boltzflow.errors import BoltzflowError
 from boltzflow.estimators import effective_sample_size, log_z_estimate
+from boltzflow.snf import backward_log_q, path_weights
 
 
 def quadratic_test_function(dim: int):
@@ -42,7 +44,7 @@ def _chunked(fn, key, n: int, chunk: int):
     return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a)[:n], *outs)
 
 
-def importance_metrics(target, log_w, x, prefix: str = "") -> dict:
+def importance_metrics(target, log_w, prefix: str = "") -> dict:
     """ESS and log Z (with errors where log Z is known) of weighted samples (x, log w)."""
     log_z, se = log_z_estimate(log_w)
     out = {f"{prefix}ess": float(effective_sample_size(log_w)), f"{prefix}log_z": float(log_z),
@@ -57,17 +59,19 @@ def evaluate(exp, key, n_samples: int = 10_000, ais_state=None, with_ais: bool =
     """All metrics of the trained model in ``exp`` as a flat dict of floats (see the module docstring)."""
     target, model = exp.target, exp.model
     k_flow, k_exact, k_truth, k_ais = jax.random.split(key, 4)
-    flow_draw = jax.jit(lambda k, n: model.sample_and_log_prob(k, n), static_argnums=1)
-    x, log_q = _chunked(flow_draw, k_flow, n_samples, min(chunk, n_samples))
-    log_p = _chunked_apply(target.log_prob, x, chunk)
-    log_w = log_p - log_q
-    out = {"n_samples": n_samples, **importance_metrics(target, log_w, x)}
+    draw = jax.jit(lambda k, n: path_weights(model, target, k, n), static_argnums=1)
+    x, log_w = _chunked(draw, k_flow, n_samples, min(chunk, n_samples))
+    out = {"n_samples": n_samples, **importance_metrics(target, log_w)}
+    # log q of given points: exact for a flow; for an SNF the backward-path estimate, a lower bound in expectation
+    log_q_fn = jax.jit(lambda xs: backward_log_q(model, xs, k_exact))
+    if model.stochastic:
+        out["log_q_is_lower_bound"] = True
     if target.log_z is not None:
         out["log_z_true"] = target.log_z
     f = quadratic_test_function(target.dim)
     if target.can_sample:
         xs = _chunked(jax.jit(target.sample, static_argnums=1), k_exact, n_samples, min(chunk, n_samples))
-        log_q_exact = _chunked_apply(model.log_prob, xs, chunk)
+        log_q_exact = _chunked_apply(log_q_fn, xs, chunk)
         out["mean_log_q_exact"] = float(jnp.mean(log_q_exact))
         if target.log_z is not None:
             out["forward_kl"] = float(jnp.mean(_chunked_apply(target.log_prob, xs, chunk) - target.log_z - log_q_exact))
@@ -78,12 +82,14 @@ def evaluate(exp, key, n_samples: int = 10_000, ais_state=None, with_ais: bool =
         out["expectation_rel_error_pct"] = float(100 * jnp.abs(est - out["expectation_true"]) / jnp.abs(out["expectation_true"]))
     if target.has_modes:
         if target.dim > 2:  # FAB's Many Well metric: log q on one point per mode
-            out["mean_log_q_modes"] = float(jnp.mean(_chunked_apply(model.log_prob, target.mode_points(), chunk)))
+            out["mean_log_q_modes"] = float(jnp.mean(_chunked_apply(log_q_fn, target.mode_points(), chunk)))
         out["modes_covered"] = int(target.modes_covered(np.asarray(x)))
         out["n_modes"] = int(target.mode_points().shape[0])
     if with_ais:
         from boltzflow.ais import ais_from_config
 
+        if model.stochastic:
+            raise BoltzflowError("--ais needs a model with a tractable log q (a flow), not an SNF")
         ais = ais_from_config(target.log_prob, exp.config.ais, alpha=1.0)
         state = ais_state if ais_state is not None else ais.init_state()
 
@@ -92,7 +98,7 @@ def evaluate(exp, key, n_samples: int = 10_000, ais_state=None, with_ais: bool =
             return res.x, res.log_w
 
         x_ais, log_w_ais = _chunked(jax.jit(run, static_argnums=1), k_ais, n_samples, min(chunk, n_samples))
-        out.update(importance_metrics(target, log_w_ais, x_ais, prefix="ais_"))
+        out.update(importance_metrics(target, log_w_ais, prefix="ais_"))
     return out
 
 

@@ -33,10 +33,6 @@ class Experiment:
 
         return build_method(self.config, self.target, optimizer)
 
-    @property
-    def can_eval_flow_ess(self) -> bool:
-        return not getattr(self.model, "stochastic", False)
-
 
 def build_experiment(config: Config) -> Experiment:
     if config.train.dtype == "float64":

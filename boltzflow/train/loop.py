@@ -31,6 +31,7 @@ import yaml
 from boltzflow.config import Config, config_from_dict
 from boltzflow.errors import BoltzflowError
 from boltzflow.estimators import effective_sample_size
+from boltzflow.snf import path_weights
 
 
 class TrainState(NamedTuple):
@@ -56,12 +57,12 @@ def make_optimizer(train) -> optax.GradientTransformation:
 
 
 def make_flow_ess_fn(target, n: int):
-    """Jitted ``(model, key) -> ESS fraction`` of importance sampling p with the flow's own samples."""
+    """Jitted ``(model, key) -> ESS fraction`` of importance sampling p with the model's own samples
+    (path weights, SNF eq. 11, which for a deterministic flow are p/q)."""
 
     @eqx.filter_jit
     def flow_ess(model, key):
-        x, log_q = model.sample_and_log_prob(key, n)
-        return effective_sample_size(target.log_prob(x) - log_q)
+        return effective_sample_size(path_weights(model, target, key, n)[1])
 
     return flow_ess
 
@@ -135,7 +136,7 @@ def train(config: Config, out: str | Path, *, progress: bool = True, log_every: 
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     step_fn = eqx.filter_jit(method.step)
-    flow_ess = make_flow_ess_fn(exp.target, ts.eval_samples) if exp.can_eval_flow_ess else None
+    flow_ess = make_flow_ess_fn(exp.target, ts.eval_samples)
     start_step = int(state.step)
     bar = Progress(ts.steps, start_step, progress)
     t_train = info["time_s"]
@@ -156,7 +157,7 @@ def train(config: Config, out: str | Path, *, progress: bool = True, log_every: 
                 t_train += time.perf_counter() - t0
                 t0 = time.perf_counter()
                 m.update(step=done, time_s=round(t_train, 3), skipped_steps=int(opt_state.notfinite_count))
-                if flow_ess is not None and (done % ts.eval_every == 0 or done == ts.steps):
+                if done % ts.eval_every == 0 or done == ts.steps:
                     last_ess = float(flow_ess(state.model, k_eval))
                     m["flow_ess"] = last_ess
                     info["evals"].append({"step": done, "time_s": m["time_s"], "ess": last_ess})

@@ -1,0 +1,170 @@
+"""SNF paper, Table 1: free energy along x1 of the double well from RNVP, RNVP+MC, NSF, NSF+MC.
+
+    python benchmarks/snf_double_well.py --out runs/bench/snf_dw.json            # full (10 trainings each)
+    python benchmarks/snf_double_well.py --quick --out runs/bench/snf_dw_quick.json
+
+Protocol (Wu, Koehler & Noe 2020, sec. 5 / Table 1). Each model is trained ``--trainings`` times from different
+seeds (default KL + ML, SNF eqs. 13-14, ``--kl-weight`` / ``--ml-weight``); "+MC" puts a Metropolis block
+(``--mc-steps`` steps, lambda_t = t / T) after every flow layer. After training, ``--samples`` (100k) samples
+give the free energy along x1 on ``--bins`` bins over [-2.5, 2.5],
+
+    F_hat(b) = -log( mass_hat(b) / width ),   F(b) = -log( int_b p(x1) dx1 / width )   (quadrature, exact),
+
+from unweighted samples and from samples reweighted by their path weights (SNF eq. 11). Both are normalised on
+[-2.5, 2.5] (free energies are defined up to a constant; the constant is fixed by the window's total mass).
+Per training, over the bins that the estimate populates (empty bins are counted, not used):
+
+    bias = sqrt(mean_b (F_hat(b) - F(b))^2 computed on the full sample),
+    sqrt(var) = sqrt(mean_b var_hat(F_hat(b))) with var_hat from 10 sub-batches (batch-means estimate of the
+                variance of F_hat on the full sample size),
+    total = sqrt(bias^2 + var).
+
+Reported: mean ± std over trainings of each, for each model, unweighted and reweighted (JSON via --out, and a
+markdown table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from boltzflow.flows import make_flow
+from boltzflow.snf import fit, make_snf, path_weights
+from boltzflow.targets.wells import DoubleWell, free_energy_x1
+
+MODELS = ("RNVP", "RNVP+MC", "NSF", "NSF+MC")
+
+
+def build(name, key, target, args):
+    flow = {"type": "nsf" if name.startswith("NSF") else "realnvp", "n_layers": args.layers, "hidden": args.hidden}
+    if name.endswith("+MC"):
+        spec = {"type": "snf", "flow": flow,
+                "blocks": {"kernel": "metropolis", "n_steps": args.mc_steps, "step_size": args.mc_step_size,
+                           "every": 1}}
+        return make_snf(spec, key, target)
+    return make_flow(flow, key, target.dim)
+
+
+def exact_free_energy(edges):
+    grid = np.linspace(edges[0], edges[-1], 50 * (len(edges) - 1) + 1)
+    dens = np.exp(-np.asarray(free_energy_x1(jnp.asarray(grid, jnp.float32)), np.float64))
+    mass = np.array([np.trapezoid(dens[i * 50:(i + 1) * 50 + 1], grid[i * 50:(i + 1) * 50 + 1])
+                     for i in range(len(edges) - 1)])
+    mass /= mass.sum()
+    return -np.log(mass / np.diff(edges))
+
+
+def free_energy(x1, w, edges):
+    """F_hat per bin from (weighted) samples, normalised on the window; +inf where empty."""
+    mass, _ = np.histogram(x1, edges, weights=w)
+    mass = mass / max(mass.sum(), 1e-300)
+    with np.errstate(divide="ignore"):
+        return -np.log(mass / np.diff(edges))
+
+
+def errors(x1, w, edges, f_exact, n_batches=10):
+    f_full = free_energy(x1, w, edges)
+    ok = np.isfinite(f_full)
+    parts = [free_energy(a, b, edges) for a, b in zip(np.array_split(x1, n_batches), np.array_split(w, n_batches))]
+    parts = np.stack(parts)
+    ok_var = ok & np.all(np.isfinite(parts), 0)
+    var_batch = np.var(parts[:, ok_var], axis=0, ddof=1) / n_batches  # variance of the full-sample estimate
+    bias = float(np.sqrt(np.mean((f_full[ok] - f_exact[ok]) ** 2)))
+    svar = float(np.sqrt(np.mean(var_batch))) if ok_var.any() else float("nan")
+    return {"bias": bias, "sqrt_var": svar, "total": float(np.sqrt(bias**2 + svar**2)),
+            "empty_bins": int((~ok).sum())}
+
+
+def run_one(name, seed, target, args, edges, f_exact):
+    key = jax.random.key(seed)
+    k_init, k_train, k_sample = jax.random.split(key, 3)
+    model = build(name, k_init, target, args)
+    t0 = time.time()
+    model, losses = fit(model, target, k_train, args.steps, args.batch, args.lr, args.kl_weight, args.ml_weight)
+    train_s = time.time() - t0
+    draw = jax.jit(lambda k: path_weights(model, target, k, args.chunk))
+    xs, lws = zip(*[draw(k) for k in jax.random.split(k_sample, -(-args.samples // args.chunk))])
+    x = np.asarray(jnp.concatenate(xs))[: args.samples]
+    lw = np.asarray(jnp.concatenate(lws), np.float64)[: args.samples]
+    lw = np.where(np.isfinite(lw), lw, -np.inf)
+    w = np.exp(lw - lw.max())
+    ess = float(w.sum() ** 2 / (len(w) * (w**2).sum()))
+    return {"model": name, "seed": seed, "train_s": train_s, "final_loss": float(np.mean(losses[-20:])),
+            "ess": ess, "unweighted": errors(x[:, 0], np.ones(len(x)), edges, f_exact),
+            "reweighted": errors(x[:, 0], w, edges, f_exact)}
+
+
+def summarise(runs):
+    out = {}
+    for name in MODELS:
+        rs = [r for r in runs if r["model"] == name]
+        if not rs:
+            continue
+        s = {"ess": [np.mean([r["ess"] for r in rs]), np.std([r["ess"] for r in rs])]}
+        for kind in ("unweighted", "reweighted"):
+            for m in ("bias", "sqrt_var", "total"):
+                v = np.array([r[kind][m] for r in rs])
+                s[f"{kind}_{m}"] = [float(np.nanmean(v)), float(np.nanstd(v))]
+        out[name] = s
+    return out
+
+
+def table(summary):
+    cols = ["unweighted_bias", "unweighted_sqrt_var", "unweighted_total", "reweighted_bias", "reweighted_sqrt_var",
+            "reweighted_total", "ess"]
+    lines = ["| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, s in summary.items():
+        lines.append(f"| {name} | " + " | ".join(f"{s[c][0]:.2f} ± {s[c][1]:.2f}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trainings", type=int, default=10)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--hidden", type=int, default=64)
+    p.add_argument("--mc-steps", type=int, default=10)
+    p.add_argument("--mc-step-size", type=float, default=0.3)
+    p.add_argument("--kl-weight", type=float, default=1.0)
+    p.add_argument("--ml-weight", type=float, default=1.0)
+    p.add_argument("--samples", type=int, default=100_000)
+    p.add_argument("--chunk", type=int, default=20_000)
+    p.add_argument("--bins", type=int, default=50)
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    p.add_argument("--quick", action="store_true", help="2 trainings, 150 steps, 3 layers, 20k samples")
+    p.add_argument("--out", required=True)
+    args = p.parse_args()
+    if args.quick:
+        args.trainings, args.steps, args.layers, args.hidden = 2, 150, 3, 32
+        args.samples, args.chunk, args.mc_steps, args.bins = 20_000, 10_000, 5, 25
+
+    target = DoubleWell()
+    edges = np.linspace(-2.5, 2.5, args.bins + 1)
+    f_exact = exact_free_energy(edges)
+    runs = []
+    for name in args.models:
+        for seed in range(args.trainings):
+            r = run_one(name, seed, target, args, edges, f_exact)
+            print(f"{name} seed {seed}: ess {r['ess']:.3f} rew. total {r['reweighted']['total']:.3f} "
+                  f"unw. total {r['unweighted']['total']:.3f} ({r['train_s']:.0f}s)", flush=True)
+            runs.append(r)
+    summary = summarise(runs)
+    print(table(summary))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"args": vars(args), "platform": platform.platform(), "device": str(jax.devices()[0]),
+                               "summary": summary, "runs": runs}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
