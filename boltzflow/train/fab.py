@@ -92,8 +92,10 @@ def build_fab(cfg, target, optimizer) -> Method:
         return ais.run(key, ais_state, model.sample_and_log_prob, model.log_prob, n, adapt=True)
 
     def ais_metrics(res, ais_state):
-        return {"ais_ess": effective_sample_size(res.log_w), "ais_accept": res.info.accept.mean(),
-                "ais_step_size": jnp.mean(ais_state.step_sizes), "ais_nonfinite": res.info.n_nonfinite}
+        m = {"ais_ess": effective_sample_size(res.log_w), "ais_nonfinite": res.info.n_nonfinite}
+        if ais.betas.shape[0] > 2:  # with no intermediate distribution there is no kernel to report on
+            m |= {"ais_accept": res.info.accept.mean(), "ais_step_size": jnp.mean(ais_state.step_sizes)}
+        return m
 
     if not s["buffer"]:
         def step(model, opt_state, state: FabState, key):
