@@ -1,0 +1,171 @@
+"""Ready-made flows: RealNVP (Dinh et al. 2017) and neural spline flows (Durkan et al. 2019) with circular dims.
+
+Layout. Coupling layers come in complementary pairs (A, B): A transforms a random half of the real dimensions and
+a random half of the circular ones, B transforms the rest, so every dimension is transformed once per pair and each
+is conditioned on dimensions of both kinds. A fresh random split per pair plays the role of the permutations
+between layers in RealNVP / NSF, but without moving data, so a new flow is exactly the identity map
+(y == x, log|det J| == 0). An odd ``n_layers`` adds one final A-type layer.
+
+Unrolled or scanned. All pairs share one structure (the split is data, see :class:`Coupling`), so with
+``scan=True`` they are stacked and run by ``jax.lax.scan`` (:class:`boltzflow.flows.compose.Scan`): trace and
+compile time stay flat in depth. The default is unrolled: on CPU (jax 0.10, 10-12 layers, batch 1024) the unrolled
+flow's log q + gradient ran ~15-20% faster and compiled about as fast as the scanned one; scanning pays off for
+deep flows (24 NSF layers: ~7 s vs ~14 s to trace and compile).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from boltzflow.errors import BoltzflowError
+from boltzflow.flows.base import Flow
+from boltzflow.flows.compose import Chain, stack_layers
+from boltzflow.flows.coupling import Affine, Coupling, RQSpline
+from boltzflow.flows.distributions import StandardBase, circular_mask
+from boltzflow.flows.permutation import LULinear
+
+_DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
+
+
+def _dtype(dtype):
+    """'float32' / 'float64' or a dtype -> a numpy floating dtype; float64 requires jax_enable_x64."""
+    if isinstance(dtype, str) and dtype not in _DTYPES:
+        raise BoltzflowError(f"unknown dtype {dtype!r}; expected float32 or float64")
+    dtype = np.dtype(_DTYPES.get(dtype, dtype) if isinstance(dtype, str) else dtype)
+    if dtype == np.float64 and not jax.config.jax_enable_x64:
+        raise BoltzflowError("dtype float64 needs 64-bit JAX: jax.config.update('jax_enable_x64', True) first")
+    if dtype not in (np.float32, np.float64):
+        raise BoltzflowError(f"flows support float32 or float64, got {dtype}")
+    return dtype
+
+
+def _random_split(key, circ: np.ndarray) -> np.ndarray:
+    """Mask of the A layer: ceil(n_real / 2) random real dims and floor(n_circ / 2) random circular dims.
+
+    This choice makes both A and its complement B non-empty whenever dim >= 2.
+    """
+    mask = np.zeros(circ.shape[0], bool)
+    for group, take in ((np.flatnonzero(~circ), lambda n: n - n // 2), (np.flatnonzero(circ), lambda n: n // 2)):
+        key, sub = jax.random.split(key)
+        chosen = np.asarray(jax.random.permutation(sub, len(group)))[: take(len(group))]
+        mask[group[chosen]] = True
+    return mask
+
+
+def _coupling_flow(key, dim, n_layers, circ, transformer, extra_per_pair, base, scan, **mlp) -> Flow:
+    if dim < 2:
+        raise BoltzflowError(f"coupling flows need dim >= 2, got dim={dim}")
+    if n_layers < 1:
+        raise BoltzflowError(f"n_layers must be >= 1, got {n_layers}")
+    keys = jax.random.split(key, n_layers // 2 + 1)
+    pairs = []
+    for k in keys[: n_layers // 2]:
+        ks, ka, kb = jax.random.split(k, 3)
+        mask = _random_split(ks, circ)
+        pairs.append([Coupling(ka, mask, transformer, circ, **mlp), Coupling(kb, ~mask, transformer, circ, **mlp)])
+        pairs[-1] += extra_per_pair()
+    if scan and pairs:
+        layers = [stack_layers(Chain(pair) for pair in pairs)]
+    else:
+        layers = [layer for pair in pairs for layer in pair]
+    if n_layers % 2:
+        ks, ka = jax.random.split(keys[-1])
+        layers.append(Coupling(ka, _random_split(ks, circ), transformer, circ, **mlp))
+    return Flow(base, tuple(layers))
+
+
+def make_realnvp(
+    key,
+    dim: int,
+    n_layers: int = 10,
+    hidden: int = 64,
+    depth: int = 2,
+    activation="silu",
+    max_log_scale: float = 3.0,
+    lu: bool = False,
+    learn_base: bool = False,
+    scan: bool = False,
+    dtype=jnp.float32,
+) -> Flow:
+    """RealNVP: ``n_layers`` affine coupling layers on R^dim, identity at initialisation.
+
+    Args:
+        key: PRNG key (conditioner initialisation and the random splits).
+        dim: dimension (>= 2).
+        n_layers: number of coupling layers (pairs of complementary masks, plus one if odd).
+        hidden, depth, activation: conditioner MLP width, number of hidden layers, activation.
+        max_log_scale: bound c on the per-dimension log-scale, a = c tanh(u / c) (see :class:`Affine`).
+        lu: add a learnable LU-parameterised linear map after every pair (identity at init).
+        learn_base: learnable mean and log-scale of the Gaussian base.
+        scan: run the layer pairs with ``jax.lax.scan`` (compile time flat in depth) instead of unrolled (see the
+            module docstring for the trade-off).
+        dtype: float32 (default) or float64 (needs ``jax_enable_x64``).
+    """
+    dtype = _dtype(dtype)
+    circ = np.zeros(dim, bool)
+    extra = (lambda: [LULinear(dim, dtype=dtype)]) if lu else list
+    base = StandardBase(dim, learnable=learn_base, dtype=dtype)
+    mlp = dict(hidden=hidden, depth=depth, activation=activation, dtype=dtype)
+    return _coupling_flow(key, dim, n_layers, circ, Affine(float(max_log_scale)), extra, base, scan, **mlp)
+
+
+def make_nsf(
+    key,
+    dim: int,
+    n_layers: int = 12,
+    circular=None,
+    bins: int = 8,
+    bound: float = 5.0,
+    hidden: int = 64,
+    depth: int = 2,
+    activation="silu",
+    min_bin: float = 1e-3,
+    min_derivative: float = 1e-3,
+    learn_base: bool = False,
+    scan: bool = False,
+    dtype=jnp.float32,
+) -> Flow:
+    """Neural spline flow: ``n_layers`` rational-quadratic spline couplings, identity at initialisation.
+
+    Real dimensions: splines on [-bound, bound] with identity tails and a N(0, 1) base. Circular dimensions
+    (``circular``: bool mask or list of indices): periodic splines on [-pi, pi) and a uniform base; their values
+    stay in [-pi, pi). Other arguments as :func:`make_realnvp`; ``bins`` is the number of spline bins K.
+    """
+    dtype = _dtype(dtype)
+    if bins < 1 or not bound > 0:
+        raise BoltzflowError(f"make_nsf needs bins >= 1 and bound > 0, got bins={bins}, bound={bound}")
+    circ = circular_mask(dim, circular)
+    spline = RQSpline(int(bins), float(bound), float(min_bin), float(min_derivative))
+    base = StandardBase(dim, circ, learnable=learn_base, dtype=dtype)
+    mlp = dict(hidden=hidden, depth=depth, activation=activation, dtype=dtype)
+    return _coupling_flow(key, dim, n_layers, circ, spline, list, base, scan, **mlp)
+
+
+FLOW_TYPES = {"realnvp": make_realnvp, "nsf": make_nsf}
+
+
+def make_flow(spec: dict, key, dim: int) -> Flow:
+    """Build a flow from a config dict ``{"type": "realnvp" | "nsf", **kwargs of make_realnvp / make_nsf}``."""
+    if not isinstance(spec, dict):
+        raise BoltzflowError(f"flow spec must be a mapping with a 'type' key, got {type(spec).__name__}")
+    spec = dict(spec)
+    kind = spec.pop("type", None)
+    if kind not in FLOW_TYPES:
+        raise BoltzflowError(f"unknown flow type {kind!r}; expected one of: {', '.join(FLOW_TYPES)}")
+    builder = FLOW_TYPES[kind]
+    allowed = [p for p in inspect.signature(builder).parameters if p not in ("key", "dim")]
+    unknown = sorted(set(spec) - set(allowed))
+    if unknown:
+        raise BoltzflowError(
+            f"unknown option(s) for flow type {kind!r}: {', '.join(unknown)}; valid: {', '.join(allowed)}"
+        )
+    try:
+        return builder(key, dim, **spec)
+    except BoltzflowError:
+        raise
+    except (TypeError, ValueError) as err:  # e.g. a string where a number belongs
+        raise BoltzflowError(f"bad options for flow type {kind!r} ({spec}): {err}") from None

@@ -1,0 +1,283 @@
+"""Flows: exact identity at init, inverses, log-determinants against autodiff Jacobians, normalisation, circles."""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from boltzflow.errors import BoltzflowError
+from boltzflow.flows import (
+    Affine,
+    Coupling,
+    Flow,
+    LULinear,
+    Permutation,
+    RQSpline,
+    StandardBase,
+    make_flow,
+    make_nsf,
+    make_realnvp,
+)
+from boltzflow.flows.spline import wrap_angle
+
+PI = np.float32(math.pi)
+SMALL = dict(hidden=16, depth=1)
+
+
+def randomise(model, key, scale):
+    """Move every zero-initialised float leaf (conditioner output layers, LU factors) off the identity."""
+    arrays, static = eqx.partition(model, eqx.is_inexact_array)
+    leaves, tree = jax.tree.flatten(arrays)
+    keys = jax.random.split(key, len(leaves))
+    leaves = [a + scale * jax.random.normal(k, a.shape, a.dtype) * (not np.any(a)) for a, k in zip(leaves, keys)]
+    return eqx.combine(jax.tree.unflatten(tree, leaves), static)
+
+
+def circ_of(flow):
+    return np.asarray(flow.base.circular)
+
+
+def dist(a, b, circ):
+    """Elementwise distance, modulo 2 pi on circular dimensions."""
+    return jnp.where(circ, jnp.abs(wrap_angle(a - b)), jnp.abs(a - b))
+
+
+@eqx.filter_jit
+def roundtrip(flow, z):
+    x, ld = flow.forward(z)
+    z2, ld_inv = flow.inverse(x)
+    return x, ld, z2, ld_inv
+
+
+@eqx.filter_jit
+def jacobian_logdets(layer, x):
+    """(forward log|det|, slogdet of the autodiff forward Jacobian, the same two for the inverse) per sample."""
+
+    def fwd(v):
+        return layer.forward(v[None])[0][0]
+
+    def inv(v):
+        return layer.inverse(v[None])[0][0]
+
+    y, ld = layer.forward(x)
+    _, ld_inv = layer.inverse(y)
+    jf = jax.vmap(jax.jacfwd(fwd))(x)
+    ji = jax.vmap(jax.jacfwd(inv))(y)
+    return ld, jnp.linalg.slogdet(jf)[1], ld_inv, jnp.linalg.slogdet(ji)[1]
+
+
+N = 256  # one batch size everywhere, so compiled functions are reused across tests
+FLOWS = {
+    "realnvp-lu": lambda key, dim, n_layers=3, **kw: make_realnvp(key, dim, n_layers, lu=True, **SMALL, **kw),
+    "nsf": lambda key, dim, n_layers=4, **kw: make_nsf(
+        key, dim, n_layers, circular=[1, 3], bins=5, bound=3.0, **SMALL, **kw
+    ),
+    "nsf-scan": lambda key, dim, n_layers=5, **kw: make_nsf(
+        key, dim, n_layers, circular=[0], bins=4, bound=3.0, scan=True, **SMALL, **kw
+    ),
+}
+
+
+@pytest.mark.parametrize("name", ["realnvp-lu", "nsf"])
+def test_identity_at_init_then_roundtrip_float32(name):
+    flow = FLOWS[name](jax.random.key(0), 5)
+    circ = circ_of(flow)
+    z = flow.base.sample(jax.random.key(1), N)
+    z = z.at[:8].multiply(4.0)  # some points in the spline tails
+    z = jnp.where(circ, wrap_angle(z), z)
+    x, ld, z2, ld_inv = roundtrip(flow, z)
+    for a in (x, z2):
+        np.testing.assert_array_equal(a, z)
+    for a in (ld, ld_inv):
+        np.testing.assert_array_equal(a, 0)
+
+    flow = randomise(flow, jax.random.key(2), 0.1)
+    x, ld, z2, ld_inv = roundtrip(flow, z)
+    assert x.dtype == jnp.float32
+    assert float(jnp.abs(ld).max()) > 0.1  # really not the identity
+    assert float(dist(x, z, circ).max()) > 0.05
+    assert jnp.all(dist(z2, z, circ) <= 1e-5 * jnp.maximum(1, jnp.abs(z)))  # 1e-5, relative beyond |z| = 1
+    np.testing.assert_allclose(ld_inv, -ld, rtol=1e-5, atol=1e-5)
+
+
+def test_roundtrip_float64_without_leaking_x64():
+    with jax.enable_x64(True):
+        for name in ("realnvp-lu", "nsf"):
+            flow = randomise(FLOWS[name](jax.random.key(0), 5, n_layers=2, dtype="float64"), jax.random.key(1), 0.3)
+            z = flow.base.sample(jax.random.key(2), N)
+            x, ld, z2, ld_inv = roundtrip(flow, z)
+            assert x.dtype == ld.dtype == jnp.float64
+            assert float(jnp.abs(ld).max()) > 0.3
+            assert float(dist(z2, z, circ_of(flow)).max()) < 1e-10
+            np.testing.assert_allclose(ld_inv, -ld, atol=1e-10)
+    assert jnp.ones(1).dtype == jnp.float32
+
+
+def _layers(key):
+    """One of each layer kind, randomised, on 5 dims with dims 1 and 2 circular where allowed."""
+    ks = jax.random.split(key, 4)
+    circ = np.array([False, True, True, False, False])
+    mask = np.array([True, False, True, False, True])  # transforms real and circular dims, conditions on both
+    layers = {
+        "affine": (Coupling(ks[0], mask, Affine(), **SMALL), None),
+        "spline": (Coupling(ks[1], mask, RQSpline(bins=5, bound=2.0), circ, **SMALL), circ),
+        "permutation": (Permutation.random(ks[2], 5), None),
+        "lu": (LULinear(5), None),
+    }
+    return {name: (randomise(layer, ks[3], 0.3), c) for name, (layer, c) in layers.items()}
+
+
+@pytest.mark.parametrize("name", ["affine", "spline", "permutation", "lu"])
+def test_layer_logdet_matches_autodiff_jacobian(name):
+    layer, circ = _layers(jax.random.key(0))[name]
+    circ = np.zeros(5, bool) if circ is None else circ
+    x = 2.0 * jax.random.normal(jax.random.key(1), (64, 5))  # |x| > bound = 2 (spline tails) for a third of them
+    x = jnp.where(circ, wrap_angle(x), x)
+    ld, ld_ad, ld_inv, ld_inv_ad = jacobian_logdets(layer, x)
+    np.testing.assert_allclose(ld, ld_ad, atol=5e-4)
+    np.testing.assert_allclose(ld_inv, ld_inv_ad, atol=5e-4)
+    np.testing.assert_allclose(ld_inv, -ld, atol=5e-4)
+    x2, _ = layer.inverse(layer.forward(x)[0])
+    assert float(dist(x2, x, circ).max()) < 1e-4  # strongly randomised: float32 error is amplified by dx/dy
+    if name != "permutation":
+        assert float(jnp.abs(ld).max()) > 0.1
+
+
+@pytest.mark.parametrize("name", ["realnvp-lu", "nsf"])
+def test_flow_logdet_matches_autodiff_jacobian(name):
+    flow = randomise(FLOWS[name](jax.random.key(3), 5), jax.random.key(4), 0.1)
+    z = flow.base.sample(jax.random.key(5), 48)
+    z = jnp.where(circ_of(flow), z, z * jnp.linspace(0.5, 4.0, 48)[:, None])  # reach the tails (bound 3)
+    ld, ld_ad, ld_inv, ld_inv_ad = jacobian_logdets(flow, z)
+    assert float(jnp.abs(ld).max()) > 0.1
+    np.testing.assert_allclose(ld, ld_ad, atol=5e-4)
+    np.testing.assert_allclose(ld_inv, ld_inv_ad, atol=5e-4)
+
+
+def test_scanned_flow_equals_its_unrolled_layers():
+    flow = FLOWS["nsf-scan"](jax.random.key(0), 5)
+    scan = flow.layers[0]
+    assert scan.n == 2 and len(flow.layers) == 2  # two stacked pairs and the odd fifth layer
+    z = flow.base.sample(jax.random.key(1), N)
+    x, ld, z2, ld_inv = roundtrip(flow, z)
+    np.testing.assert_array_equal(x, z)
+    np.testing.assert_array_equal(ld, 0)
+    flow = randomise(flow, jax.random.key(2), 0.1)
+    pairs = [flow.layers[0].layer(i).layers for i in range(scan.n)]
+    unrolled = Flow(flow.base, tuple(layer for pair in pairs for layer in pair) + flow.layers[1:])
+    x, ld, z2, ld_inv = roundtrip(flow, z)
+    x_ref, ld_ref, _, ld_inv_ref = roundtrip(unrolled, z)
+    np.testing.assert_allclose(x, x_ref, atol=1e-6)
+    np.testing.assert_allclose(ld, ld_ref, atol=1e-5)
+    np.testing.assert_allclose(ld_inv, ld_inv_ref, atol=1e-5)
+    assert float(jnp.abs(ld).max()) > 0.1
+    assert jnp.all(dist(z2, z, circ_of(flow)) <= 1e-5 * jnp.maximum(1, jnp.abs(z)))
+
+
+def test_circular_dims_stay_on_the_circle():
+    flow = randomise(FLOWS["nsf"](jax.random.key(0), 5), jax.random.key(1), 0.3)
+    circ = circ_of(flow)
+    x = eqx.filter_jit(flow.sample)(jax.random.key(2), N)
+    assert jnp.all(jnp.where(circ, (x >= -PI) & (x < PI), True))
+    # the density is periodic in the circular dims: log q(x + 2 pi k e_circ) = log q(x)
+    shift = jnp.where(circ, 2 * math.pi * jnp.array([0, 1, -2, 0, 3]), 0.0)
+    lq = eqx.filter_jit(flow.log_prob)
+    np.testing.assert_allclose(lq(x + shift), lq(x), atol=1e-3)  # float32 rounding of x + 6 pi, amplified
+    z, _ = eqx.filter_jit(flow.inverse)(x + shift)
+    assert jnp.all(jnp.where(circ, (z >= -PI) & (z < PI), True))
+
+
+@pytest.mark.parametrize("name", ["realnvp-lu", "nsf"])
+def test_sample_and_log_prob_agree_with_log_prob(name):
+    flow = randomise(FLOWS[name](jax.random.key(0), 5), jax.random.key(1), 0.1)
+    x, lq = eqx.filter_jit(flow.sample_and_log_prob)(jax.random.key(2), N)
+    np.testing.assert_allclose(eqx.filter_jit(flow.log_prob)(x), lq, atol=1e-4)
+    assert float(jnp.std(lq - flow.base.log_prob(x))) > 0.05
+
+
+def _grid_integral(flow, lo, hi, n):
+    g = jnp.linspace(lo, hi, n, endpoint=False) + (hi - lo) / (2 * n)  # midpoints
+    xx = jnp.stack(jnp.meshgrid(g, g, indexing="ij"), -1).reshape(-1, 2)
+    return float(jnp.sum(jnp.exp(eqx.filter_jit(flow.log_prob)(xx))) * ((hi - lo) / n) ** 2)
+
+
+def test_density_integrates_to_one_on_the_plane():
+    flow = randomise(make_realnvp(jax.random.key(0), 2, n_layers=4, **SMALL), jax.random.key(1), 0.3)
+    assert abs(_grid_integral(flow, -10.0, 10.0, 300) - 1) < 1e-2
+
+
+@pytest.mark.parametrize("circular", [[0, 1], [1]], ids=["torus", "cylinder"])
+def test_density_integrates_to_one_with_circular_dims(circular):
+    flow = make_nsf(jax.random.key(0), 2, n_layers=4, circular=circular, bins=6, bound=3.0, **SMALL)
+    flow = randomise(flow, jax.random.key(1), 0.3)
+    if circular == [0, 1]:
+        assert abs(_grid_integral(flow, -math.pi, math.pi, 160) - 1) < 1e-3
+    else:  # a real dim (spline with tails beyond 3) over [-10, 10] and a circular one over [-pi, pi)
+        g_real = jnp.linspace(-10, 10, 400, endpoint=False) + 10 / 400
+        g_circ = jnp.linspace(-math.pi, math.pi, 160, endpoint=False)
+        xx = jnp.stack(jnp.meshgrid(g_real, g_circ, indexing="ij"), -1).reshape(-1, 2)
+        total = jnp.sum(jnp.exp(eqx.filter_jit(flow.log_prob)(xx))) * (20 / 400) * (2 * math.pi / 160)
+        assert abs(float(total) - 1) < 1e-2
+
+
+def test_every_dimension_is_transformed_in_each_pair():
+    flow = FLOWS["nsf"](jax.random.key(0), 5)
+    circ = circ_of(flow)
+    for a, b in zip(flow.layers[::2], flow.layers[1::2]):
+        ta, tb = np.asarray(a.trans_idx), np.asarray(b.trans_idx)
+        assert sorted(np.r_[ta, tb].tolist()) == list(range(5))
+        # each half conditions on some real and some circular dims, and its circular flags are right
+        for layer in (a, b):
+            cond = np.asarray(layer.cond_idx)
+            assert circ[cond].sum() == layer.n_cond_circ > 0 and (~circ[cond]).sum() > 0
+            assert circ[np.asarray(layer.trans_idx)].sum() == layer.n_trans_circ
+
+
+def test_base_distribution():
+    base = StandardBase(4, circular=[1, 3])
+    z = eqx.filter_jit(base.sample)(jax.random.key(0), 4000)
+    assert jnp.all((z[:, [1, 3]] >= -PI) & (z[:, [1, 3]] < PI))
+    assert abs(float(jnp.std(z[:, 1])) - math.pi / math.sqrt(3)) < 0.1
+    expected = stats.norm.logpdf(np.asarray(z[:, [0, 2]])).sum(-1) - 2 * math.log(2 * math.pi)
+    np.testing.assert_allclose(eqx.filter_jit(base.log_prob)(z), expected, rtol=1e-5)
+    learn = randomise(StandardBase(3, circular=[2], learnable=True), jax.random.key(1), 0.5)
+    zl = eqx.filter_jit(learn.sample)(jax.random.key(2), 10)
+    scale = np.exp(np.asarray(learn.log_scale))
+    ref = stats.norm.logpdf(np.asarray(zl[:, :2]), np.asarray(learn.loc[:2]), scale[:2]).sum(-1) - math.log(2 * math.pi)
+    np.testing.assert_allclose(eqx.filter_jit(learn.log_prob)(zl), ref, rtol=1e-5)
+
+
+def test_make_flow_and_its_errors():
+    spec = {"type": "nsf", "n_layers": 2, "circular": [0], "dtype": "float32", **SMALL}
+    flow = make_flow(spec, jax.random.key(0), 5)
+    assert isinstance(flow, Flow) and flow.dim == 5 and flow.base.circular == (True, False, False, False, False)
+    assert len(make_flow({"type": "realnvp", "n_layers": 3, **SMALL}, jax.random.key(0), 5).layers) == 3
+    with pytest.raises(BoltzflowError, match="unknown flow type 'glow'"):
+        make_flow({"type": "glow"}, jax.random.key(0), 3)
+    with pytest.raises(BoltzflowError, match="unknown option.*'realnvp': bins"):
+        make_flow({"type": "realnvp", "bins": 8}, jax.random.key(0), 3)
+    with pytest.raises(BoltzflowError, match="activation"):
+        make_flow({"type": "nsf", "activation": "swishy"}, jax.random.key(0), 3)
+    if not jax.config.jax_enable_x64:
+        with pytest.raises(BoltzflowError, match="float64 needs 64-bit JAX"):
+            make_flow({"type": "realnvp", "dtype": "float64"}, jax.random.key(0), 5)
+    with pytest.raises(BoltzflowError, match="bad options for flow type 'nsf'"):
+        make_flow({"type": "nsf", "n_layers": "ten"}, jax.random.key(0), 5)
+    with pytest.raises(BoltzflowError, match="dim >= 2"):
+        make_nsf(jax.random.key(0), 1)
+
+
+def test_circular_dims_can_only_be_permuted():
+    with pytest.raises(BoltzflowError, match="cannot mix circular"):
+        LULinear(3, circular=[1])
+    with pytest.raises(BoltzflowError, match="Affine cannot transform circular"):
+        Coupling(jax.random.key(0), np.array([True, False]), Affine(), circular=[0])
+    with pytest.raises(BoltzflowError, match="circular index out of range"):
+        make_nsf(jax.random.key(0), 3, circular=[3])
+    perm = Permutation.random(jax.random.key(0), 6, circular=[1, 4])
+    p = np.asarray(perm.perm)
+    assert set(p[[1, 4]].tolist()) == {1, 4} and sorted(p.tolist()) == list(range(6))
