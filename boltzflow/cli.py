@@ -98,10 +98,9 @@ def _plot(args) -> None:
 
 
 def _targets(args) -> None:
-    from boltzflow.targets import list_targets
+    from boltzflow.targets import targets_table
 
-    for row in list_targets():
-        print(row)
+    print(targets_table())
 
 
 def _presets(args) -> None:

@@ -361,6 +361,21 @@ def alpha2_path_loss(model: Flow, target, key: jax.Array, n: int):
     return loss, {"ess": effective_sample_size(jax.lax.stop_gradient(log_w)), "n_nonfinite": jnp.sum(~ok)}
 
 
+def snf_loss(kind: str, target, kl_weight: float = 1.0, ml_weight: float = 1.0):
+    """``loss(model, key, n) -> (loss, aux)`` for ``kind`` in {"kl", "ml", "kl_ml", "alpha2"}."""
+    losses = {
+        "kl": lambda model, key, n: kl_loss(model, target, key, n),
+        "ml": lambda model, key, n: ml_loss(model, target, key, n),
+        "kl_ml": lambda model, key, n: kl_ml_loss(model, target, key, n, kl_weight, ml_weight),
+        "alpha2": lambda model, key, n: alpha2_path_loss(model, target, key, n),
+    }
+    if kind not in losses:
+        raise BoltzflowError(f"unknown SNF objective {kind!r}; known: {', '.join(losses)}")
+    if kind in ("ml", "kl_ml") and not target.can_sample:
+        raise BoltzflowError(f"method snf_{kind} needs exact samples, and target {target.name!r} has none")
+    return losses[kind]
+
+
 def build_snf_method(kind: str):
     """A METHODS entry: ``kind`` in {"kl", "ml", "kl_ml", "alpha2"}; method options ``kl_weight``, ``ml_weight``
     (used by kl_ml only)."""
@@ -375,55 +390,26 @@ def build_snf_method(kind: str):
         if opts:
             raise BoltzflowError(f"unknown option(s) for method snf_{kind}: {', '.join(sorted(opts))}; "
                                  f"valid: kl_weight, ml_weight")
-        if kind in ("ml", "kl_ml") and not target.can_sample:
-            raise BoltzflowError(f"method snf_{kind} needs exact samples, and target {target.name!r} has none")
-        if kind == "kl":
-            def loss(model, key, n):
-                return kl_loss(model, target, key, n)
-        elif kind == "ml":
-            def loss(model, key, n):
-                return ml_loss(model, target, key, n)
-        elif kind == "alpha2":
-            def loss(model, key, n):
-                return alpha2_path_loss(model, target, key, n)
-        else:
-            def loss(model, key, n):
-                return kl_ml_loss(model, target, key, n, kl_w, ml_w)
-        return _sample_loss_method(loss, cfg.train.batch_size, optimizer)
+        return _sample_loss_method(snf_loss(kind, target, kl_w, ml_w), cfg.train.batch_size, optimizer)
 
     return build
 
 
 def fit(model: Flow, target, key: jax.Array, steps: int, batch_size: int = 256, lr: float = 1e-3,
         kl_weight: float = 1.0, ml_weight: float = 0.0, clip_norm: float = 10.0):
-    """Train with Adam on w_KL J_KL + w_ML J_ML (a small stand-alone loop for scripts and benchmarks).
-
-    Returns (model, losses (steps,) as numpy). The whole step is one ``eqx.filter_jit``.
-    """
+    """Train with Adam on w_KL J_KL + w_ML J_ML without a run directory (for scripts and benchmarks): the same
+    method step as ``boltzflow train`` with a constant learning rate. Returns (model, losses (steps,) numpy)."""
     import numpy as np
     import optax
 
-    if ml_weight == 0.0:
-        def loss(m, k):
-            return kl_loss(m, target, k, batch_size)
-    elif kl_weight == 0.0:
-        def loss(m, k):
-            return ml_loss(m, target, k, batch_size)
-    else:
-        def loss(m, k):
-            return kl_ml_loss(m, target, k, batch_size, kl_weight, ml_weight)
+    from boltzflow.train.methods import _sample_loss_method
+
+    kind = "kl" if ml_weight == 0.0 else "ml" if kl_weight == 0.0 else "kl_ml"
     opt = optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(lr))
-
-    @eqx.filter_jit
-    def step(m, state, k):
-        (val, _), g = eqx.filter_value_and_grad(loss, has_aux=True)(m, k)
-        g = jax.tree.map(lambda a: jnp.where(jnp.isfinite(a), a, 0.0), g)
-        updates, state = opt.update(g, state, eqx.filter(m, eqx.is_inexact_array))
-        return eqx.apply_updates(m, updates), state, val
-
+    step = eqx.filter_jit(_sample_loss_method(snf_loss(kind, target, kl_weight, ml_weight), batch_size, opt).step)
     state = opt.init(eqx.filter(model, eqx.is_inexact_array))
     losses = []
     for k in jax.random.split(key, steps):
-        model, state, val = step(model, state, k)
-        losses.append(val)
+        model, state, _, metrics = step(model, state, (), k)
+        losses.append(metrics["loss"])
     return model, np.asarray(jnp.stack(losses)) if losses else np.zeros(0)

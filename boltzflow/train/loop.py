@@ -10,7 +10,8 @@ everything around it, once:
 - ``metrics.jsonl`` (one JSON object per logged step, with the wall-clock ``time_s`` of training excluding
   evaluation), a progress bar with loss, ESS and ETA, a flow-IS ESS every ``eval_every`` steps;
 - ``checkpoint.eqx`` + ``checkpoint.json`` every ``checkpoint_every`` steps, at the time limit and at the end;
-  running ``train`` again on the same directory resumes from the checkpoint bit-for-bit (same keys);
+  running ``train`` again on the same directory resumes from the checkpoint with the same keys (a larger
+  ``--steps`` also stretches the cosine schedule);
 - a time limit.
 """
 
@@ -135,7 +136,14 @@ def train(config: Config, out: str | Path, *, progress: bool = True, log_every: 
         state, info = resumed
     (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
-    step_fn = eqx.filter_jit(method.step)
+    @eqx.filter_jit(donate="all")  # the old state's buffers are reused in place (the replay buffer is large)
+    def advance(state: TrainState):
+        """One training step, key bookkeeping included, as a single compiled call."""
+        key, k_step, k_eval = jax.random.split(jax.random.wrap_key_data(state.key), 3)
+        model, opt_state, method_state, metrics = method.step(state.model, state.opt_state, state.method_state,
+                                                              k_step)
+        return TrainState(model, opt_state, method_state, jax.random.key_data(key), state.step + 1), metrics, k_eval
+
     flow_ess = make_flow_ess_fn(exp.target, ts.eval_samples)
     start_step = int(state.step)
     bar = Progress(ts.steps, start_step, progress)
@@ -145,36 +153,32 @@ def train(config: Config, out: str | Path, *, progress: bool = True, log_every: 
     stopped_by_time = False
     bar_at = start_step
     with open(out / "metrics.jsonl", "a") as log:
-        for step in range(start_step, ts.steps):
-            key, k_step, k_eval = jax.random.split(jax.random.wrap_key_data(state.key), 3)
-            model, opt_state, method_state, metrics = step_fn(state.model, state.opt_state, state.method_state, k_step)
-            state = TrainState(model, opt_state, method_state, jax.random.key_data(key),
-                               jnp.asarray(step + 1, jnp.int32))
-            done = step + 1
-            if done % log_every == 0 or done == ts.steps or done == 1:
-                m = _scalar_metrics(metrics)
-                jax.block_until_ready(state.model)
-                t_train += time.perf_counter() - t0
-                t0 = time.perf_counter()
-                m.update(step=done, time_s=round(t_train, 3), skipped_steps=int(opt_state.notfinite_count))
-                if done % ts.eval_every == 0 or done == ts.steps:
-                    last_ess = float(flow_ess(state.model, k_eval))
-                    m["flow_ess"] = last_ess
-                    info["evals"].append({"step": done, "time_s": m["time_s"], "ess": last_ess})
-                    t0 = time.perf_counter()  # evaluation does not count as training time
-                log.write(json.dumps(m) + "\n")
-                log.flush()
-                bar.update(done - bar_at, loss=m.get("loss", float("nan")), ess=last_ess)
-                bar_at = done
-                if ts.time_limit_s is not None and t_train >= ts.time_limit_s:
-                    stopped_by_time = done < ts.steps
-                if stopped_by_time or done % ts.checkpoint_every == 0 or done == ts.steps:
-                    info["time_s"] = t_train
-                    _write_checkpoint(out, state, info | {"step": done})
-                if stopped_by_time:
-                    break
+        for done in range(start_step + 1, ts.steps + 1):
+            state, metrics, k_eval = advance(state)
+            evaluate_now = done % ts.eval_every == 0 or done == ts.steps
+            checkpoint_now = done % ts.checkpoint_every == 0 or done == ts.steps
+            if not (done % log_every == 0 or done == 1 or evaluate_now or checkpoint_now):
+                continue
+            m = _scalar_metrics(metrics)  # waits for the step to finish
+            t_train += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            m.update(step=done, time_s=round(t_train, 3), skipped_steps=int(state.opt_state.total_notfinite))
+            if evaluate_now:
+                last_ess = float(flow_ess(state.model, k_eval))
+                m["flow_ess"] = last_ess
+                info["evals"].append({"step": done, "time_s": m["time_s"], "ess": last_ess})
+                t0 = time.perf_counter()  # evaluation does not count as training time
+            log.write(json.dumps(m) + "\n")
+            log.flush()
+            bar.update(done - bar_at, loss=m.get("loss", float("nan")), ess=last_ess)
+            bar_at = done
+            stopped_by_time = ts.time_limit_s is not None and t_train >= ts.time_limit_s and done < ts.steps
+            if stopped_by_time or checkpoint_now:
+                info["time_s"] = t_train
+                _write_checkpoint(out, state, info | {"step": done})
+            if stopped_by_time:
+                break
     bar.close()
     summary = {"steps": int(state.step), "time_s": t_train, "stopped_by_time_limit": stopped_by_time,
                "flow_ess": last_ess, "evals": info["evals"]}
-    eqx.tree_serialise_leaves(out / "model.eqx", state.model)
     return summary
