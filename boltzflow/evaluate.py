@@ -99,7 +99,15 @@ def evaluate(exp, key, n_samples: int = 10_000, ais_state=None, with_ais: bool =
 
         x_ais, log_w_ais = _chunked(jax.jit(run, static_argnums=1), k_ais, n_samples, min(chunk, n_samples))
         out.update(importance_metrics(target, log_w_ais, prefix="ais_"))
-    return out
+    return _flag_nonfinite(out)
+
+
+def _flag_nonfinite(metrics: dict) -> dict:
+    """No silent NaN in a report: non-finite values become None and are listed under ``nonfinite_metrics``."""
+    bad = [k for k, v in metrics.items() if isinstance(v, float) and not np.isfinite(v)]
+    if bad:
+        metrics = {k: (None if k in bad else v) for k, v in metrics.items()} | {"nonfinite_metrics": bad}
+    return metrics
 
 
 def _chunked_apply(fn, x, chunk: int):

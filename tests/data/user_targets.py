@@ -13,3 +13,13 @@ def nan_density():
 
 def wrong_shape():
     return (lambda x: jnp.sum(x)), 2
+
+
+def standard_normal():
+    """A Target with known log Z and exact samples: N(0, I) in 2-D, unnormalised (log Z = log 2 pi)."""
+    import jax
+
+    from boltzflow.targets import FunctionTarget
+
+    return FunctionTarget(lambda x: -0.5 * jnp.sum(x**2, axis=1), 2, name="std_normal",
+                          log_z=float(jnp.log(2 * jnp.pi)), sampler=lambda key, n: jax.random.normal(key, (n, 2)))
