@@ -11,7 +11,8 @@ For a flow q and target p (log p unnormalised, log Z = log int exp(log p)):
 - ``expectation_rel_error_pct``: 100 |E_hat[f] - E_p[f]| / |E_p[f]| for FAB's quadratic test function
   f(x) = a^T (x - 2b) + 2 (x - 2b)^T C (x - 2b) (a, b, C standard normal from ``numpy.random.default_rng(0)``,
   drawn in that order), estimated by self-normalised IS; E_p[f] from 2^20 exact samples;
-- with ``ais=True`` the same estimates from AIS (targeting p, step sizes frozen at their trained values).
+- with ``ais=True`` the same estimates from AIS (targeting p, step sizes frozen at their trained values); for
+  an SNF with Langevin blocks AIS runs in its path space (boltzflow.snf_paths), whose x-marginal is p.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
-from boltzflow.errors import BoltzflowError
 from boltzflow.estimators import effective_sample_size, log_z_estimate
 from boltzflow.snf import backward_log_q, path_weights
 
@@ -87,15 +87,16 @@ def evaluate(exp, key, n_samples: int = 10_000, ais_state=None, with_ais: bool =
         out["n_modes"] = int(target.mode_points().shape[0])
     if with_ais:
         from boltzflow.ais import ais_from_config
+        from boltzflow.train.fab import fab_space
 
-        if model.stochastic:
-            raise BoltzflowError("--ais needs a model with a tractable log q (a flow), not an SNF")
-        ais = ais_from_config(target.log_prob, exp.config.ais, alpha=1.0)
+        space = fab_space(exp.config, target)  # x-space, or path space for an SNF (whose x is the first d coords)
+        ais = ais_from_config(space.log_p, exp.config.ais, alpha=1.0)
         state = ais_state if ais_state is not None else ais.init_state()
 
         def run(k, n):
-            res = ais.run(k, state, model.sample_and_log_prob, model.log_prob, n, adapt=False)[0]
-            return res.x, res.log_w
+            res = ais.run(k, state, lambda kk, m: space.sample_and_log_q(model, kk, m),
+                          lambda v: space.log_q(model, v), n, adapt=False)[0]
+            return res.x[:, : target.dim], res.log_w
 
         x_ais, log_w_ais = _chunked(jax.jit(run, static_argnums=1), k_ais, n_samples, min(chunk, n_samples))
         out.update(importance_metrics(target, log_w_ais, prefix="ais_"))

@@ -69,6 +69,8 @@ learnable base through the block potentials).
 
 Training objectives: :func:`kl_loss` (SNF eq. 13), :func:`ml_loss` (eq. 14), :func:`kl_ml_loss`; methods
 ``snf_kl``, ``snf_ml``, ``snf_kl_ml`` in :mod:`boltzflow.train.methods` are built by :func:`build_snf_method`.
+An SNF whose blocks are unadjusted Langevin also trains by FAB (method ``fab``), in path space: see
+:mod:`boltzflow.snf_paths`.
 """
 
 from __future__ import annotations
@@ -353,7 +355,8 @@ def alpha2_path_loss(model: Flow, target, key: jax.Array, n: int):
     D_2(P || Q) = log E_Q[(P / Q)^2],  P = p(x) P_b(x -> z) / Z,  Q = q0(z) P_f(z -> x),  P / Q = w / Z,
 
     estimated as logsumexp_i(2 log w_i) - log n (up to the constant -2 log Z), reparameterised. It upper-bounds
-    the marginal D_2(p || q) (data processing). Not the FAB bootstrap (no AIS); see the report in the PR notes.
+    the marginal D_2(p || q) (data processing). The FAB bootstrap of the same divergence (AIS towards P^2/Q over
+    paths, with the replay buffer) is :mod:`boltzflow.snf_paths`, for SNFs with Langevin blocks.
     """
     _, log_w = path_weights(model, target, key, n)
     ok = jnp.isfinite(log_w)

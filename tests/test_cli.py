@@ -75,3 +75,15 @@ def test_train_evaluate_and_resume_on_a_user_target(tmp_path, capsys):
     rc, stdout, _ = _run(["evaluate", str(out), "--samples", "512"], capsys)
     assert rc == 0 and "ess" in stdout
     assert json.loads((out / "eval.json").read_text())["n_samples"] == 512
+
+
+@pytest.mark.parametrize("name", __import__("boltzflow.config", fromlist=["presets"]).presets())
+def test_every_preset_builds_its_experiment_and_method(name):
+    from boltzflow.config import load_config
+    from boltzflow.experiment import build_experiment
+    from boltzflow.train.loop import make_optimizer
+
+    cfg = load_config(name)
+    exp = build_experiment(cfg)
+    method = exp.build_method(make_optimizer(cfg.train))
+    assert exp.target.dim > 0 and callable(method.step)

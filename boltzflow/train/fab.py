@@ -22,12 +22,17 @@ after which the buffer's weights are multiplied by that correction and log q_old
 
 The AIS transition kernel's step sizes are adapted during training (boltzflow.mcmc.step_size) and frozen at
 evaluation. The whole iteration (AIS pass, buffer insertion, L optimiser steps) is one jitted function.
+
+Where FAB runs is a :class:`FabSpace`: x-space for a flow (:func:`flow_space`), or, for an SNF with Langevin
+blocks, the space of its paths in the coordinates where the backward path density is free of theta
+(boltzflow.snf_paths): there the SNF is a flow, and everything above applies verbatim. A config whose flow has
+``type: snf`` trains in path space.
 """
 
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import equinox as eqx
 import jax
@@ -49,6 +54,38 @@ DEFAULTS = {
 }
 
 
+class FabSpace(NamedTuple):
+    """The points FAB samples and the densities it needs there.
+
+    ``dim``: dimension of a point; ``sample_and_log_q(model, key, n) -> (points (n, dim), log q (n,))``;
+    ``log_q(model, points) -> (n,)``; ``log_p(points) -> (n,)``, the unnormalised target (free of the model).
+    """
+
+    dim: int
+    sample_and_log_q: Callable
+    log_q: Callable
+    log_p: Callable
+
+
+def _flow_log_q(model, x):
+    return model.log_prob(x)
+
+
+def flow_space(target) -> FabSpace:
+    """x-space of a normalizing flow: q is the flow, p the target."""
+    return FabSpace(target.dim, lambda model, key, n: model.sample_and_log_prob(key, n), _flow_log_q,
+                    target.log_prob)
+
+
+def fab_space(cfg, target) -> FabSpace:
+    """Path space for an SNF (``flow.type: snf``; boltzflow.snf_paths), x-space otherwise."""
+    if cfg.flow.get("type") == "snf":
+        from boltzflow.snf_paths import path_space
+
+        return path_space(cfg.flow, target)
+    return flow_space(target)
+
+
 class FabState(NamedTuple):
     ais_state: object
     buffer: object  # BufferState, or () without a buffer
@@ -64,17 +101,20 @@ def fab_settings(method_cfg: dict) -> dict:
     return s
 
 
-def fab_no_buffer_loss(model, x, log_w):
-    """S'(theta) = -sum_i softmax(log w)_i log q_theta(x_i) (no gradient through x or w)."""
-    log_q = model.log_prob(x)
+def fab_no_buffer_loss(model, x, log_w, log_q_fn=_flow_log_q):
+    """S'(theta) = -sum_i softmax(log w)_i log q_theta(x_i) (no gradient through x or w); ``log_q_fn`` is the
+    space's log q (:class:`FabSpace`)."""
+    log_q = log_q_fn(model, x)
     ok = jnp.isfinite(log_w) & jnp.isfinite(log_q)
     w = jax.nn.softmax(jnp.where(ok, log_w, -jnp.inf))
     return -jnp.sum(jnp.where(ok, w * log_q, 0.0)), {"n_nonfinite": jnp.sum(~ok)}
 
 
-def fab_buffer_loss(model, x, log_q_old, valid, alpha: float, clip: float):
-    """Algorithm 1's loss on a buffer minibatch; aux carries the log weight correction and the new log q."""
-    log_q = model.log_prob(x)
+def fab_buffer_loss(model, x, log_q_old, valid, alpha: float, clip: float,
+                    log_q_fn=_flow_log_q):
+    """Algorithm 1's loss on a buffer minibatch; aux carries the log weight correction and the new log q
+    (``log_q_fn`` as in :func:`fab_no_buffer_loss`)."""
+    log_q = log_q_fn(model, x)
     log_correction = (1.0 - alpha) * (jax.lax.stop_gradient(log_q) - log_q_old)
     ok = valid & jnp.isfinite(log_q) & jnp.isfinite(log_correction)
     correction = jnp.minimum(jnp.exp(jnp.where(ok, log_correction, 0.0)), clip)
@@ -85,11 +125,13 @@ def fab_buffer_loss(model, x, log_q_old, valid, alpha: float, clip: float):
 def build_fab(cfg, target, optimizer) -> Method:
     s = fab_settings(cfg.method)
     alpha, n = float(s["alpha"]), cfg.train.batch_size
-    ais = ais_from_config(target.log_prob, cfg.ais, alpha=alpha)
+    space = fab_space(cfg, target)
+    ais = ais_from_config(space.log_p, cfg.ais, alpha=alpha)
 
     def run_ais(model, ais_state, key):
         # AIS runs outside any differentiated function: its samples and weights carry no gradient.
-        return ais.run(key, ais_state, model.sample_and_log_prob, model.log_prob, n, adapt=True)
+        return ais.run(key, ais_state, lambda k, m: space.sample_and_log_q(model, k, m),
+                       lambda v: space.log_q(model, v), n, adapt=True)
 
     def ais_metrics(res, ais_state):
         m = {"ais_ess": effective_sample_size(res.log_w), "ais_nonfinite": res.info.n_nonfinite}
@@ -101,7 +143,7 @@ def build_fab(cfg, target, optimizer) -> Method:
         def step(model, opt_state, state: FabState, key):
             res, ais_state = run_ais(model, state.ais_state, key)
             model, opt_state, loss, aux, gnorm = gradient_step(fab_no_buffer_loss, model, opt_state, optimizer,
-                                                               res.x, res.log_w)
+                                                               res.x, res.log_w, space.log_q)
             return model, opt_state, FabState(ais_state, ()), {
                 "loss": loss, "grad_norm": gnorm, **aux, **ais_metrics(res, ais_state)}
 
@@ -111,7 +153,7 @@ def build_fab(cfg, target, optimizer) -> Method:
     min_len = s["min_buffer_length"] or 10 * n
     if min_len < n:
         raise BoltzflowError(f"min_buffer_length ({min_len}) must be at least the batch size ({n})")
-    buffer = build_prioritised_buffer(target.dim, max_len, min_len)
+    buffer = build_prioritised_buffer(space.dim, max_len, min_len)
     n_updates, clip = int(s["n_updates"]), float(s["w_adjust_clip"])
 
     def fill_once(model, state: FabState, key):
@@ -137,7 +179,7 @@ def build_fab(cfg, target, optimizer) -> Method:
             batch = buffer.sample(k, buf, n)
             model, opt_state, loss, (log_corr, log_q), gnorm = gradient_step(
                 fab_buffer_loss, eqx.combine(params, static), opt_state, optimizer,
-                batch.x, batch.log_q_old, batch.valid, alpha, clip)
+                batch.x, batch.log_q_old, batch.valid, alpha, clip, space.log_q)
             buf = buffer.adjust(buf, batch.idx, jnp.where(batch.valid, log_corr, -jnp.inf), log_q)
             return (eqx.filter(model, eqx.is_array), opt_state, buf), (loss, gnorm)
 
