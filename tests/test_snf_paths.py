@@ -12,8 +12,8 @@ from boltzflow.config import config_from_dict
 from boltzflow.errors import BoltzflowError
 from boltzflow.estimators import effective_sample_size, log_z_estimate
 from boltzflow.evaluate import evaluate
-from boltzflow.experiment import load_run
-from boltzflow.snf import make_snf
+from boltzflow.experiment import build_experiment, load_run
+from boltzflow.snf import make_snf, path_weights
 from boltzflow.snf_paths import n_path_points, noise_to_path, path_log_p, path_log_q, sample_path
 from boltzflow.targets.wells import DoubleWell
 from boltzflow.train.loop import train
@@ -78,7 +78,7 @@ def test_path_weights_estimate_log_z():
 def _snf_fab_config(kernel="ula", steps=250):
     return config_from_dict({
         "target": "double_well",
-        "flow": {"type": "snf", "flow": {"type": "realnvp", "n_layers": 4, "hidden": 32},
+        "flow": {"type": "snf", "flow": {"type": "realnvp", "n_layers": 2, "hidden": 32},
                  "blocks": {"kernel": kernel, "n_steps": 2, "step_size": 0.2, "every": 2}},
         "method": {"name": "fab", "buffer": True, "n_updates": 4, "min_buffer_length": 256, "buffer_size": 4096},
         "ais": {"kernel": "hmc", "n_intermediate": 2, "step_size": 0.05, "n_leapfrog": 3},
@@ -89,7 +89,9 @@ def _snf_fab_config(kernel="ula", steps=250):
 
 def test_fab_trains_an_snf_in_path_space(tmp_path):
     cfg = _snf_fab_config()
-    before = train(cfg.with_train(steps=1), tmp_path / "start", progress=False)["flow_ess"]
+    untrained = build_experiment(cfg)
+    _, log_w0 = jax.jit(lambda k: path_weights(untrained.model, untrained.target, k, 10_000))(jax.random.key(4))
+    before = float(effective_sample_size(log_w0))
     train(cfg, tmp_path / "run", progress=False)
     exp, state = load_run(tmp_path / "run")
     ev = evaluate(exp, jax.random.key(5), n_samples=10_000, ais_state=state.method_state.ais_state, with_ais=True)
