@@ -49,7 +49,7 @@ def build(name, key, target, args):
     if name.endswith("+MC"):
         spec = {"type": "snf", "flow": flow,
                 "blocks": {"kernel": "metropolis", "n_steps": args.mc_steps, "step_size": args.mc_step_size,
-                           "every": 1}}
+                           "every": args.mc_every, "learn_lambda": args.mc_learn, "learn_step_size": args.mc_learn}}
         return make_snf(spec, key, target)
     return make_flow(flow, key, target.dim)
 
@@ -91,7 +91,9 @@ def run_one(name, seed, target, args, edges, f_exact):
     t0 = time.time()
     model, losses = fit(model, target, k_train, args.steps, args.batch, args.lr, args.kl_weight, args.ml_weight)
     train_s = time.time() - t0
-    return {"model": name, "seed": seed, "train_s": train_s, "final_loss": float(np.mean(losses[-20:])),
+    blocks = [layer for layer in getattr(model, "layers", ()) if layer.stochastic]
+    learned = {"lambdas": [float(b.lam) for b in blocks], "step_sizes": [float(b.step_size) for b in blocks]}
+    return {"model": name, "seed": seed, "train_s": train_s, "final_loss": float(np.mean(losses[-20:])), **learned,
             **score(model, target, k_sample, args.samples, args.chunk, edges, f_exact)}
 
 
@@ -145,6 +147,8 @@ def main():
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--mc-steps", type=int, default=10)
     p.add_argument("--mc-step-size", type=float, default=0.3)
+    p.add_argument("--mc-every", type=int, default=1, help="a Metropolis block after every this many flow layers")
+    p.add_argument("--mc-learn", action="store_true", help="learnable lambdas and step sizes (SNF's adaptive variant)")
     p.add_argument("--kl-weight", type=float, default=1.0)
     p.add_argument("--ml-weight", type=float, default=1.0)
     p.add_argument("--samples", type=int, default=100_000)

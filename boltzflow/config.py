@@ -35,6 +35,7 @@ class TrainSettings:
     lr: float = 3e-4
     warmup_steps: int = 100  # linear warm-up, then cosine decay to lr * final_lr_fraction
     final_lr_fraction: float = 0.1
+    ema_decay: float | None = None  # if set, evaluate/sample with an exponential moving average of the parameters
     clip_norm: float = 100.0  # global gradient-norm clipping
     time_limit_s: float | None = None  # stop (and checkpoint) after this much wall-clock
     eval_every: int = 200  # flow-IS ESS on eval_samples every this many steps
@@ -48,6 +49,8 @@ class TrainSettings:
         for name in positive:
             if not getattr(self, name) > 0:
                 raise BoltzflowError(f"train.{name} must be positive, got {getattr(self, name)!r}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise BoltzflowError(f"train.ema_decay must be in (0, 1), got {self.ema_decay!r}")
         if self.dtype not in ("float32", "float64"):
             raise BoltzflowError(f"train.dtype must be float32 or float64, got {self.dtype!r}")
 

@@ -59,8 +59,11 @@ def initial_state(exp: Experiment, optimizer, method, key):
 
     k_method, k_run = jax.random.split(key)
     params = eqx.filter(exp.model, eqx.is_inexact_array)
+    # the average starts as a copy of the model (a separate buffer: training steps donate their input state)
+    averaged = None if exp.config.train.ema_decay is None else jax.tree_util.tree_map(
+        lambda a: jnp.array(a, copy=True) if eqx.is_array(a) else a, exp.model)
     return TrainState(exp.model, optimizer.init(params), method.init(k_method, exp.model),
-                      jax.random.key_data(k_run), jnp.zeros((), jnp.int32))
+                      jax.random.key_data(k_run), jnp.zeros((), jnp.int32), averaged)
 
 
 def state_like(exp: Experiment, optimizer, method, key):
@@ -82,5 +85,5 @@ def load_run(run_dir: str | Path):
     method = exp.build_method(optimizer)
     like = state_like(exp, optimizer, method, jax.random.key(0))
     state = eqx.tree_deserialise_leaves(ckpt, like)
-    exp.model = state.model
+    exp.model = state.final_model
     return exp, state

@@ -4,6 +4,9 @@ import json
 import subprocess
 import sys
 
+import equinox as eqx
+import jax
+import numpy as np
 import pytest
 
 from boltzflow.cli import main
@@ -55,7 +58,7 @@ def test_train_evaluate_and_resume_on_a_user_target(tmp_path, capsys):
         "flow: {type: realnvp, n_layers: 2, hidden: 16, depth: 1}\n"
         "method: {name: reverse_kl}\n"
         "train: {steps: 40, batch_size: 64, lr: 1.0e-2, warmup_steps: 5, eval_every: 20, eval_samples: 256,"
-        " checkpoint_every: 20}\n"
+        " checkpoint_every: 20, ema_decay: 0.9}\n"
     )
     out = tmp_path / "run"
     rc, stdout, err = _run(["train", str(cfg), "--out", str(out), "--no-progress", "--eval-samples", "512"], capsys)
@@ -75,6 +78,13 @@ def test_train_evaluate_and_resume_on_a_user_target(tmp_path, capsys):
     rc, stdout, _ = _run(["evaluate", str(out), "--samples", "512"], capsys)
     assert rc == 0 and "ess" in stdout
     assert json.loads((out / "eval.json").read_text())["n_samples"] == 512
+    # with train.ema_decay the run's model is the parameter average, not the last iterate
+    from boltzflow.experiment import load_run
+
+    exp, state = load_run(out)
+    params = lambda m: [np.asarray(a) for a in jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_inexact_array))]
+    assert all(np.array_equal(a, b) for a, b in zip(params(exp.model), params(state.averaged)))
+    assert not all(np.array_equal(a, b) for a, b in zip(params(exp.model), params(state.model)))
 
 
 @pytest.mark.parametrize("name", __import__("boltzflow.config", fromlist=["presets"]).presets())

@@ -7,6 +7,9 @@ everything around it, once:
 - optax: global-norm clipping -> Adam with linear warm-up and cosine decay; ``optax.apply_if_finite`` skips any
   update whose gradient is not finite (counted in the metrics as ``skipped_steps``);
 - the whole step is one ``eqx.filter_jit`` call;
+- optional parameter averaging (``train.ema_decay``): an exponential moving average of the parameters, with the
+  usual warm-up ``decay_t = min(decay, (1 + t) / (10 + t))``, is kept beside the trained model and is the model
+  that evaluation, sampling and ``load_run`` use (the method itself, e.g. FAB's AIS, keeps using the online model);
 - ``metrics.jsonl`` (one JSON object per logged step, with the wall-clock ``time_s`` of training excluding
   evaluation), a progress bar with loss, ESS and ETA, a flow-IS ESS every ``eval_every`` steps;
 - ``checkpoint.eqx`` + ``checkpoint.json`` every ``checkpoint_every`` steps, at the time limit and at the end;
@@ -41,6 +44,22 @@ class TrainState(NamedTuple):
     method_state: Any
     key: jax.Array  # raw key data (uint32), so that checkpoints serialise it
     step: jax.Array  # () int32
+    averaged: Any = None  # EMA of the model's parameters (train.ema_decay), else None
+
+    @property
+    def final_model(self):
+        """The model to evaluate and sample from: the parameter average if one is kept, else the model."""
+        return self.model if self.averaged is None else self.averaged
+
+
+def update_average(averaged, model, step, decay: float):
+    """One EMA update of the inexact-array leaves, ``decay_t = min(decay, (1 + t) / (10 + t))``."""
+    t = step.astype(jnp.float32)
+    d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+    avg_p, static = eqx.partition(averaged, eqx.is_inexact_array)
+    new_p = eqx.filter(model, eqx.is_inexact_array)
+    mixed = jax.tree_util.tree_map(lambda a, b: (d * a + (1.0 - d) * b).astype(a.dtype), avg_p, new_p)
+    return eqx.combine(mixed, static)
 
 
 def make_optimizer(train) -> optax.GradientTransformation:
@@ -142,7 +161,9 @@ def train(config: Config, out: str | Path, *, progress: bool = True, log_every: 
         key, k_step, k_eval = jax.random.split(jax.random.wrap_key_data(state.key), 3)
         model, opt_state, method_state, metrics = method.step(state.model, state.opt_state, state.method_state,
                                                               k_step)
-        return TrainState(model, opt_state, method_state, jax.random.key_data(key), state.step + 1), metrics, k_eval
+        averaged = None if ts.ema_decay is None else update_average(state.averaged, model, state.step, ts.ema_decay)
+        new = TrainState(model, opt_state, method_state, jax.random.key_data(key), state.step + 1, averaged)
+        return new, metrics, k_eval
 
     flow_ess = make_flow_ess_fn(exp.target, ts.eval_samples)
     start_step = int(state.step)
@@ -164,7 +185,7 @@ def train(config: Config, out: str | Path, *, progress: bool = True, log_every: 
             t0 = time.perf_counter()
             m.update(step=done, time_s=round(t_train, 3), skipped_steps=int(state.opt_state.total_notfinite))
             if evaluate_now:
-                last_ess = float(flow_ess(state.model, k_eval))
+                last_ess = float(flow_ess(state.final_model, k_eval))
                 m["flow_ess"] = last_ess
                 info["evals"].append({"step": done, "time_s": m["time_s"], "ess": last_ess})
                 t0 = time.perf_counter()  # evaluation does not count as training time
