@@ -29,7 +29,7 @@ from boltzflow.plot import read_metrics
 from boltzflow.train.loop import train
 
 KEYS = ["ess", "ais_ess", "mean_log_q_exact", "forward_kl", "expectation_rel_error_pct", "log_z_error",
-        "z_rel_error_pct", "mean_log_q_modes", "modes_covered", "train_time_s", "ms_per_iter", "time_to_ess_0.5_s"]
+        "z_rel_error_pct", "mean_log_q_modes", "min_log_q_modes", "modes_covered", "train_time_s", "ms_per_iter", "time_to_ess_0.5_s"]
 
 
 def timing(run_dir: Path) -> dict:

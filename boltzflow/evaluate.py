@@ -6,7 +6,8 @@ For a flow q and target p (log p unnormalised, log Z = log int exp(log p)):
 - ``log_z`` with ``log_z_stderr``: log mean w, w = p/q, with its delta-method standard error; ``log_z_true``
   and ``log_z_error`` when the target knows log Z; ``z_rel_error_pct`` = 100 |Z_hat/Z - 1| (the "MAE of Z");
 - ``mean_log_q_exact``: E_p[log q] on exact target samples; ``forward_kl`` = E_p[log p - log Z - log q];
-- ``mean_log_q_modes``: the mean of log q over the target's mode test set (Many Well);
+- ``mean_log_q_modes``, ``min_log_q_modes``: the mean and the minimum of log q over the target's mode test set
+  (Many Well);
 - ``modes_covered``: modes with at least one flow sample (GMM; rule in the target's docstring);
 - ``expectation_rel_error_pct``: 100 |E_hat[f] - E_p[f]| / |E_p[f]| for FAB's quadratic test function
   f(x) = a^T (x - 2b) + 2 (x - 2b)^T C (x - 2b) (a, b, C standard normal from ``numpy.random.default_rng(0)``,
@@ -82,7 +83,9 @@ def evaluate(exp, key, n_samples: int = 10_000, ais_state=None, with_ais: bool =
         out["expectation_rel_error_pct"] = float(100 * jnp.abs(est - out["expectation_true"]) / jnp.abs(out["expectation_true"]))
     if target.has_modes:
         if target.dim > 2:  # FAB's Many Well metric: log q on one point per mode
-            out["mean_log_q_modes"] = float(jnp.mean(_chunked_apply(log_q_fn, target.mode_points(), chunk)))
+            log_q_modes = _chunked_apply(log_q_fn, target.mode_points(), chunk)
+            out["mean_log_q_modes"] = float(jnp.mean(log_q_modes))
+            out["min_log_q_modes"] = float(jnp.min(log_q_modes))
         out["modes_covered"] = int(target.modes_covered(np.asarray(x)))
         out["n_modes"] = int(target.mode_points().shape[0])
     if with_ais:

@@ -69,3 +69,26 @@ def plot_training(run_dir, path=None) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_ess_curves(runs: dict, path, title: str = "flow ESS against training wall-clock") -> Path:
+    """Flow ESS (the periodic flow-IS evaluations in metrics.jsonl) against wall-clock, one line per run.
+
+    ``runs`` maps a legend label to a run directory; labels sharing the text before " seed" share a colour."""
+    path = Path(path)
+    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    colours = {}
+    for label, run_dir in runs.items():
+        pts = [(r["time_s"] / 60, r["flow_ess"]) for r in read_metrics(run_dir) if "flow_ess" in r]
+        if not pts:
+            raise ValueError(f"no flow ESS evaluations in {run_dir}/metrics.jsonl")
+        group = label.split(" seed")[0]
+        colours.setdefault(group, f"C{len(colours)}")
+        ax.plot(*zip(*pts), marker="o", ms=2.5, lw=0.9, color=colours[group], label=label)
+    ax.set(xlabel="training wall-clock (min)", ylabel="flow ESS (fraction)", ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
