@@ -82,12 +82,13 @@ def evaluate(exp, key, n_samples: int = 10_000, ais_state=None, with_ais: bool =
         est = jnp.sum(w * jnp.where(jnp.isfinite(log_w), f(x), 0.0))
         out["expectation_rel_error_pct"] = float(100 * jnp.abs(est - out["expectation_true"]) / jnp.abs(out["expectation_true"]))
     if target.has_modes:
+        modes = target.mode_points()
         if target.dim > 2:  # FAB's Many Well metric: log q on one point per mode
-            log_q_modes = _chunked_apply(log_q_fn, target.mode_points(), chunk)
+            log_q_modes = _chunked_apply(log_q_fn, modes, chunk)
             out["mean_log_q_modes"] = float(jnp.mean(log_q_modes))
             out["min_log_q_modes"] = float(jnp.min(log_q_modes))
         out["modes_covered"] = int(target.modes_covered(np.asarray(x)))
-        out["n_modes"] = int(target.mode_points().shape[0])
+        out["n_modes"] = int(modes.shape[0])
     if with_ais:
         from boltzflow.ais import ais_from_config
         from boltzflow.train.fab import fab_space

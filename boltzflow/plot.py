@@ -13,6 +13,14 @@ import numpy as np  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 
+def _save(fig, path) -> Path:
+    """Lay out, write (PNG at 110 dpi) and close ``fig``; returns the path."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
 def _pairs(dim: int, max_pairs: int = 3) -> list[tuple[int, int]]:
     return [(2 * i, 2 * i + 1) for i in range(min(dim // 2, max_pairs))] or [(0, 0)]
 
@@ -40,10 +48,7 @@ def plot_samples(target, x, path, title: str = "", exact=None, max_points: int =
         ax.scatter(x[:, i], x[:, j], s=2, alpha=0.4, color="C3", label="samples")
         ax.set(xlim=(lo[0], hi[0]), ylim=(lo[1], hi[1]), xlabel=f"x{i}", ylabel=f"x{j}")
     axes[0][0].set_title(title or target.name)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def read_metrics(run_dir) -> list[dict]:
@@ -65,17 +70,13 @@ def plot_training(run_dir, path=None) -> Path:
             b.plot(*zip(*pts), marker="o" if key == "flow_ess" else None, ms=3, lw=0.8, label=label)
     b.set(xlabel="training wall-clock (s)", ylabel="ESS (fraction)", ylim=(0, 1.02), title="effective sample size")
     b.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_ess_curves(runs: dict, path, title: str = "flow ESS against training wall-clock") -> Path:
     """Flow ESS (the periodic flow-IS evaluations in metrics.jsonl) against wall-clock, one line per run.
 
     ``runs`` maps a legend label to a run directory; labels sharing the text before " seed" share a colour."""
-    path = Path(path)
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     colours = {}
     for label, run_dir in runs.items():
@@ -88,7 +89,4 @@ def plot_ess_curves(runs: dict, path, title: str = "flow ESS against training wa
     ax.set(xlabel="training wall-clock (min)", ylabel="flow ESS (fraction)", ylim=(0, 1.02), title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)

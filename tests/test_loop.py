@@ -49,8 +49,11 @@ def test_steps_between_logged_ones_run_as_one_call_with_the_same_result(tmp_path
     train(cfg, tmp_path / "stepwise", progress=False, log_every=1)
     rows = [json.loads(line) for line in (tmp_path / "chunked" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 7, 10, 14, 20, 21, 25]
-    params = lambda run: [np.asarray(a) for m in (load_run(run)[1].model, load_run(run)[1].averaged)
-                          for a in jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_inexact_array))]
+    def params(run):
+        state = load_run(run)[1]
+        return [np.asarray(a) for m in (state.model, state.averaged)
+                for a in jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_inexact_array))]
+
     chunked, stepwise = params(tmp_path / "chunked"), params(tmp_path / "stepwise")
     assert all(np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(chunked, stepwise))
     half = len(chunked) // 2  # model, then average: they differ, so the comparison above sees trained values
