@@ -19,8 +19,9 @@ potential of SNF sec. 4,
 target), ``n_steps`` times, and returns the sum of the kernels' dS: u_lambda(y') - u_lambda(y) per accepted
 Metropolis / HMC move (SNF eq. 22), eq. 20 for overdamped Langevin (ULA, backward noise of eq. 19), and for
 underdamped Langevin the BAOAB ratio with the fresh / discarded Gaussian velocities included (supplement sec. 5;
-see :mod:`boltzflow.mcmc.langevin`). lambda is fixed by position (block t of T gets lambda = t / T) or learnable
-(lambda = sigmoid(a)); the step size is fixed or learnable (eps = exp(b)), the paper's adaptive variant.
+see :mod:`boltzflow.mcmc.langevin`). lambda is fixed by position (the fraction of the flow's layers before the
+block; t / T in a blocks-only SNF) or learnable (lambda = sigmoid(a)); the step size is fixed or learnable
+(eps = exp(b)), the paper's adaptive variant.
 Gradients flow through reparameterised proposals (x' = x + eps xi, Langevin drifts); the accept / reject
 decision is not differentiated (straight-through the selected sample, as in the paper).
 
@@ -60,7 +61,9 @@ Spec (``make_snf``)
         every: 1             # a block after every `every` flow layers (couplings and LU maps count as layers)
         n_blocks: 4          # blocks-only SNF (no flow): number of blocks
         at_start: false      # also put a block before the first flow layer
-        learn_lambda: false  # lambda = sigmoid(a) learnable, initialised at t / T (clipped to [1e-3, 1-1e-3])
+        at_end: true         # false: no block after the last flow layer (the SNF ends on a flow layer)
+        # a block after flow layer i of n samples lambda = i / n (blocks only: block t of T samples t / T)
+        learn_lambda: false  # lambda = sigmoid(a) learnable, initialised as above (clipped to [1e-3, 1-1e-3])
         learn_step_size: false
         # any other key is a kernel setting: n_leapfrog (hmc), friction (underdamped)
 
@@ -213,13 +216,11 @@ def flatten_layers(layers) -> list[Layer]:
     return out
 
 
-_BLOCK_KEYS = ("kernel", "n_steps", "step_size", "every", "n_blocks", "at_start", "learn_lambda", "learn_step_size")
-
-
 def make_snf(spec: dict, key: jax.Array, target) -> Flow:
     """An SNF from a spec (module docstring): flow layers with a block after every ``every`` of them.
 
-    Blocks get lambda_t = t / T, t = 1..T, in path order, so the last block samples the target (lambda = 1).
+    A block after flow layer i of n gets lambda = i / n, the fraction of the flow done: one after the last layer
+    samples the target (lambda = 1), one at the start the prior (lambda = 0). Blocks-only SNFs: lambda_t = t / T.
     """
     from boltzflow.flows.builders import make_flow
     from boltzflow.flows.distributions import StandardBase
@@ -240,6 +241,7 @@ def make_snf(spec: dict, key: jax.Array, target) -> Flow:
     every = blocks.pop("every", 1)
     n_blocks = blocks.pop("n_blocks", None)
     at_start = bool(blocks.pop("at_start", False))
+    at_end = bool(blocks.pop("at_end", True))
     learn_lambda = bool(blocks.pop("learn_lambda", False))
     learn_step = bool(blocks.pop("learn_step_size", False))
     settings = blocks  # the rest: kernel settings (validated by make_kernel)
@@ -249,13 +251,12 @@ def make_snf(spec: dict, key: jax.Array, target) -> Flow:
         base, det = flow.base, flatten_layers(flow.layers)
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise BoltzflowError(f"blocks.every must be a positive integer, got {every!r}")
-        slots = []  # 'f' flow layer index or 'b'
-        if at_start:
-            slots.append("b")
+        n_f = len(det)
+        slots = [0.0] if at_start else []  # flow layers, and each block's lambda as a float
         for i, layer in enumerate(det):
             slots.append(layer)
-            if (i + 1) % every == 0:
-                slots.append("b")
+            if (i + 1) % every == 0 and (at_end or i + 1 < n_f):
+                slots.append((i + 1) / n_f)
         if n_blocks is not None:
             raise BoltzflowError("blocks.n_blocks is for blocks-only SNFs; with a flow use blocks.every")
     else:
@@ -263,16 +264,9 @@ def make_snf(spec: dict, key: jax.Array, target) -> Flow:
         n_blocks = 1 if n_blocks is None else n_blocks
         if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 1:
             raise BoltzflowError(f"blocks.n_blocks must be a positive integer, got {n_blocks!r}")
-        slots = ["b"] * n_blocks
-    n_b = sum(1 for s in slots if isinstance(s, str))
-    layers, t = [], 0
-    for s in slots:
-        if isinstance(s, str):
-            t += 1
-            layers.append(StochasticBlock(kernel, base, target, t / n_b, float(step_size), n_steps, learn_lambda,
-                                          learn_step, settings, dtype=dtype))
-        else:
-            layers.append(s)
+        slots = [t / n_blocks for t in range(1, n_blocks + 1)]
+    layers = [StochasticBlock(kernel, base, target, s, float(step_size), n_steps, learn_lambda, learn_step, settings,
+                              dtype=dtype) if isinstance(s, float) else s for s in slots]
     return Flow(base, tuple(layers))
 
 

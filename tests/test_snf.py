@@ -122,6 +122,10 @@ def test_make_snf_layout_and_errors():
     assert kinds == ["f", "f", "b", "f", "f", "b"]
     assert [float(layer.lam) for layer in snf.layers if layer.stochastic] == [0.5, 1.0]
     assert snf.stochastic
+    ends_on_flow = make_snf({"type": "snf", "flow": {"type": "realnvp", "n_layers": 4, "hidden": 8},
+                             "blocks": {"every": 1, "at_start": True, "at_end": False}}, jax.random.key(0), target)
+    assert ["b" if layer.stochastic else "f" for layer in ends_on_flow.layers] == list("bfbfbfbf")
+    assert [float(layer.lam) for layer in ends_on_flow.layers if layer.stochastic] == [0.0, 0.25, 0.5, 0.75]
     with pytest.raises(TypeError):
         snf.log_prob(jnp.zeros((3, 2)))
     for bad in ({"blocks": {"kernel": "nope"}}, {"blocks": {"kernel": "hmc", "n_leapfrog": 0}},
