@@ -51,25 +51,10 @@ import numpy as np
 
 from boltzflow.flows import make_flow
 from boltzflow.snf import fit, make_snf, path_weights
-from boltzflow.targets.base import Target
 from boltzflow.targets.wells import DoubleWell, free_energy_x1
 
 MODELS = ("RNVP", "RNVP+MC", "NSF", "NSF+MC")
 EXACT = "exact samples"  # reference row: the metric's own noise floor at this sample size
-
-
-class FixedData(Target):
-    """``target`` whose ``sample`` draws with replacement from a fixed data set: ML on a finite training set."""
-
-    def __init__(self, target: Target, data):
-        self.target, self.data = target, jnp.asarray(data)
-        self.name, self.dim, self.log_z = target.name, target.dim, target.log_z
-
-    def _log_prob(self, x):
-        return self.target.log_prob(x)
-
-    def sample(self, key, n):
-        return self.data[jax.random.randint(key, (n,), 0, self.data.shape[0])]
 
 
 def build(name, key, target, args):
@@ -121,12 +106,12 @@ def run_one(name, seed, target, args, edges, f_exact):
     k_init, k_train, k_sample = jax.random.split(key, 3)
     k_data, k_ml = jax.random.split(jax.random.fold_in(key, 1))
     model = build(name, k_init, target, args)
-    train_target = FixedData(target, target.sample(k_data, args.data)) if args.data else target
+    data = target.sample(k_data, args.data) if args.data else None  # a fixed training set, or fresh samples
     t0 = time.time()
     if args.ml_steps:  # ML alone first (the paper's first phase)
-        model, _ = fit(model, train_target, k_ml, args.ml_steps, args.batch, args.lr, 0.0, 1.0)
-    model, losses = fit(model, train_target, k_train, args.steps, args.batch, args.lr, args.kl_weight,
-                        args.ml_weight)
+        model, _ = fit(model, target, k_ml, args.ml_steps, args.batch, args.lr, 0.0, 1.0, data=data)
+    model, losses = fit(model, target, k_train, args.steps, args.batch, args.lr, args.kl_weight, args.ml_weight,
+                        data=data)
     train_s = time.time() - t0
     blocks = [layer for layer in getattr(model, "layers", ()) if layer.stochastic]
     learned = {"lambdas": [float(b.lam) for b in blocks], "step_sizes": [float(b.step_size) for b in blocks]}

@@ -21,6 +21,12 @@ def _train(args) -> None:
     cfg = load_config(args.config)
     if args.target:
         cfg = cfg.replace(target=args.target)
+    if args.data:
+        method = cfg.method.get("name", "fab")
+        if method not in ("forward_kl", "snf_ml", "snf_kl_ml"):
+            raise BoltzflowError(f"--data is for the methods that train by maximum likelihood (forward_kl, snf_ml, "
+                                 f"snf_kl_ml); this config's method is {method!r}")
+        cfg = cfg.replace(method={**cfg.method, "data": str(Path(args.data).resolve())})
     overrides = {k: v for k, v in (("seed", args.seed), ("steps", args.steps), ("time_limit_s", args.time_limit))
                  if v is not None}
     if overrides:
@@ -126,6 +132,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int)
     t.add_argument("--time-limit", type=float, help="seconds of training before stopping with a checkpoint")
     t.add_argument("--target", help="replace the target: a preset name or module:function")
+    t.add_argument("--data", help="samples of p (.npy / .npz, shape (n, dim)) for the maximum-likelihood term")
     t.add_argument("--eval-samples", type=int, default=10_000)
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_train)

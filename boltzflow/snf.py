@@ -322,24 +322,26 @@ def kl_loss(model: Flow, target, key: jax.Array, n: int):
                                       "n_nonfinite": jnp.sum(~ok)}
 
 
-def ml_loss(model: Flow, target, key: jax.Array, n: int):
-    """Maximum likelihood on exact target samples with backward paths (SNF eq. 14):
+def ml_loss(model: Flow, sample, key: jax.Array, n: int):
+    """Maximum likelihood with backward paths (SNF eq. 14) on x = sample(key, n), samples of p (the target's exact
+    sampler or a data set: :func:`boltzflow.train.data.ml_sampler`):
 
     J_ML = E_{p(x) P_b(x -> z)}[-log w_b(x -> z)] = E[-log q0(z) - D] + const (module docstring).
     """
     k_x, k_b = jax.random.split(key)
-    x = jax.lax.stop_gradient(target.sample(k_x, n))
+    x = jax.lax.stop_gradient(sample(k_x, n))
     _, lq = backward_path(model, x, k_b)
     ok = jnp.isfinite(lq)
     return -_masked_mean(lq, ok), {"nll": -_masked_mean(jax.lax.stop_gradient(lq), ok),
                                    "n_nonfinite_ml": jnp.sum(~ok)}
 
 
-def kl_ml_loss(model: Flow, target, key: jax.Array, n: int, kl_weight: float = 1.0, ml_weight: float = 1.0):
-    """w_KL J_KL + w_ML J_ML (SNF sec. 4, "KL + ML" training)."""
+def kl_ml_loss(model: Flow, target, sample, key: jax.Array, n: int, kl_weight: float = 1.0,
+               ml_weight: float = 1.0):
+    """w_KL J_KL + w_ML J_ML (SNF sec. 4, "KL + ML" training); ``sample`` as in :func:`ml_loss`."""
     k1, k2 = jax.random.split(key)
     l_kl, m_kl = kl_loss(model, target, k1, n)
-    l_ml, m_ml = ml_loss(model, target, k2, n)
+    l_ml, m_ml = ml_loss(model, sample, k2, n)
     return kl_weight * l_kl + ml_weight * l_ml, {**m_kl, **m_ml, "loss_kl": l_kl, "loss_ml": l_ml}
 
 
@@ -358,24 +360,26 @@ def alpha2_path_loss(model: Flow, target, key: jax.Array, n: int):
     return loss, {"ess": effective_sample_size(jax.lax.stop_gradient(log_w)), "n_nonfinite": jnp.sum(~ok)}
 
 
-def snf_loss(kind: str, target, kl_weight: float = 1.0, ml_weight: float = 1.0):
-    """``loss(model, key, n) -> (loss, aux)`` for ``kind`` in {"kl", "ml", "kl_ml", "alpha2"}."""
-    losses = {
-        "kl": lambda model, key, n: kl_loss(model, target, key, n),
-        "ml": lambda model, key, n: ml_loss(model, target, key, n),
-        "kl_ml": lambda model, key, n: kl_ml_loss(model, target, key, n, kl_weight, ml_weight),
-        "alpha2": lambda model, key, n: alpha2_path_loss(model, target, key, n),
-    }
-    if kind not in losses:
-        raise BoltzflowError(f"unknown SNF objective {kind!r}; known: {', '.join(losses)}")
-    if kind in ("ml", "kl_ml") and not target.can_sample:
-        raise BoltzflowError(f"method snf_{kind} needs exact samples, and target {target.name!r} has none")
-    return losses[kind]
+def snf_loss(kind: str, target, kl_weight: float = 1.0, ml_weight: float = 1.0, data=None):
+    """``loss(model, key, n) -> (loss, aux)`` for ``kind`` in {"kl", "ml", "kl_ml", "alpha2"}; the ML term draws
+    from ``data`` (a file or an array) if given, else from the target's exact sampler."""
+    from boltzflow.train.data import ml_sampler
+
+    if kind not in ("kl", "ml", "kl_ml", "alpha2"):
+        raise BoltzflowError(f"unknown SNF objective {kind!r}; known: kl, ml, kl_ml, alpha2")
+    if kind == "kl":
+        return lambda model, key, n: kl_loss(model, target, key, n)
+    if kind == "alpha2":
+        return lambda model, key, n: alpha2_path_loss(model, target, key, n)
+    sample = ml_sampler(target, data, f"method snf_{kind}")
+    if kind == "ml":
+        return lambda model, key, n: ml_loss(model, sample, key, n)
+    return lambda model, key, n: kl_ml_loss(model, target, sample, key, n, kl_weight, ml_weight)
 
 
 def build_snf_method(kind: str):
     """A METHODS entry: ``kind`` in {"kl", "ml", "kl_ml", "alpha2"}; method options ``kl_weight``, ``ml_weight``
-    (used by kl_ml only)."""
+    (used by kl_ml only) and ``data`` (samples for the ML term, :mod:`boltzflow.train.data`)."""
 
     def build(cfg, target, optimizer):
         from boltzflow.train.methods import _sample_loss_method
@@ -384,18 +388,20 @@ def build_snf_method(kind: str):
         opts.pop("name", None)
         kl_w = float(opts.pop("kl_weight", 1.0))
         ml_w = float(opts.pop("ml_weight", 1.0))
+        data = opts.pop("data", None)
         if opts:
             raise BoltzflowError(f"unknown option(s) for method snf_{kind}: {', '.join(sorted(opts))}; "
-                                 f"valid: kl_weight, ml_weight")
-        return _sample_loss_method(snf_loss(kind, target, kl_w, ml_w), cfg.train.batch_size, optimizer)
+                                 f"valid: kl_weight, ml_weight, data")
+        return _sample_loss_method(snf_loss(kind, target, kl_w, ml_w, data), cfg.train.batch_size, optimizer)
 
     return build
 
 
 def fit(model: Flow, target, key: jax.Array, steps: int, batch_size: int = 256, lr: float = 1e-3,
-        kl_weight: float = 1.0, ml_weight: float = 0.0, clip_norm: float = 10.0):
+        kl_weight: float = 1.0, ml_weight: float = 0.0, clip_norm: float = 10.0, data=None):
     """Train with Adam on w_KL J_KL + w_ML J_ML without a run directory (for scripts and benchmarks): the same
-    method step as ``boltzflow train`` with a constant learning rate. Returns (model, losses (steps,) numpy)."""
+    method step as ``boltzflow train`` with a constant learning rate; ``data`` as in :func:`snf_loss`. Returns
+    (model, losses (steps,) numpy)."""
     import numpy as np
     import optax
 
@@ -403,7 +409,8 @@ def fit(model: Flow, target, key: jax.Array, steps: int, batch_size: int = 256, 
 
     kind = "kl" if ml_weight == 0.0 else "ml" if kl_weight == 0.0 else "kl_ml"
     opt = optax.chain(optax.clip_by_global_norm(clip_norm), optax.adam(lr))
-    step = eqx.filter_jit(_sample_loss_method(snf_loss(kind, target, kl_weight, ml_weight), batch_size, opt).step)
+    loss = snf_loss(kind, target, kl_weight, ml_weight, data)
+    step = eqx.filter_jit(_sample_loss_method(loss, batch_size, opt).step)
     state = opt.init(eqx.filter(model, eqx.is_inexact_array))
     losses = []
     for k in jax.random.split(key, steps):

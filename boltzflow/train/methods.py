@@ -8,7 +8,8 @@ Every method has the same shape, so the loop (boltzflow.train.loop) never specia
 Baselines on a flow q_theta and a target p (log p unnormalised), batch of n:
 
 - ``reverse_kl``: KL(q||p) = E_q[log q(x) - log p(x)], reparameterised (x = f_theta(z)).
-- ``forward_kl``: KL(p||q) = -E_p[log q(x)] + const, maximum likelihood on exact target samples.
+- ``forward_kl``: KL(p||q) = -E_p[log q(x)] + const, maximum likelihood on exact target samples or on a data
+  file (method option ``data``, boltzflow.train.data).
 - ``alpha2_is``: D_2(p||q) = log E_q[(p/q)^2] estimated with the flow's own samples, reparameterised:
   loss = logsumexp_i(2 log w_i) - log n with log w = log p - log q (FAB paper, "flow alpha=2" baseline).
 - ``fab``: boltzflow.train.fab (alpha-divergence with AIS, with or without the prioritised buffer).
@@ -70,11 +71,16 @@ def build_reverse_kl(cfg, target, optimizer) -> Method:
 
 
 def build_forward_kl(cfg, target, optimizer) -> Method:
-    if not target.can_sample:
-        raise BoltzflowError(f"method forward_kl needs exact samples, and target {target.name!r} has no sampler")
+    from boltzflow.train.data import ml_sampler
+
+    opts = {k: v for k, v in cfg.method.items() if k != "name"}
+    if set(opts) - {"data"}:
+        raise BoltzflowError(f"unknown option(s) for method forward_kl: {', '.join(sorted(set(opts) - {'data'}))}; "
+                             f"valid: data")
+    sample = ml_sampler(target, opts.get("data"), "method forward_kl")
 
     def loss_fn(model, key, n):
-        log_q = model.log_prob(jax.lax.stop_gradient(target.sample(key, n)))
+        log_q = model.log_prob(jax.lax.stop_gradient(sample(key, n)))
         ok = jnp.isfinite(log_q)
         return -masked_mean(log_q, ok), {"n_nonfinite": jnp.sum(~ok)}
 
