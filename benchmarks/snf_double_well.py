@@ -32,9 +32,9 @@ experiment1_doublewell.ipynb): 3 blocks of 2 couplings (RNVP MLP 64x2; NSF 20 bi
 a Metropolis block of 20 steps (step 0.25) before the first coupling and after every block (4 blocks); ML on a fixed
 set of 10k equilibrium samples (here exact ones; the paper's came from a long Metropolis chain), 300 Adam steps of
 ML alone, then 300 of 0.5 ML + 0.5 KL, batch 128, lr 5e-3. Differences that remain: our lambdas are the fraction of
-the flow done (0, 1/3, 2/3, 1; the paper's 0, 0, 1/2, 1), the Adam state restarts between the two phases, and the
-error metric is the one above (the paper's bias is |mean over bins of the signed error| and its std is over 20
-repeated 100k draws of one model).
+the flow done (0, 1/3, 2/3, 1; the paper's 0, 0, 1/2, 1), SiLU conditioners (the paper's ReLU; one MLP for
+scale and shift), the Adam state restarts between the two phases, and the error metric is the one above (the
+paper's bias is |mean over bins of the signed error| and its std is over 20 repeated 100k draws of one model).
 """
 
 from __future__ import annotations
