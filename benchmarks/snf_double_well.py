@@ -21,11 +21,12 @@ Per training, over the bins that the estimate populates (empty bins are counted,
                 variance of F_hat on the full sample size),
     total = sqrt(bias^2 + var).
 
-Reported: mean ± std over trainings of each, for each model, unweighted and reweighted (JSON via --out, and a
-markdown table), and the same metric on exact samples (rejection sampler), the floor set by the sample size: with
-100k samples the barrier bins hold a handful of samples, so even a perfect sampler scores about 0.3. An
-importance sampler can go below it: a proposal that puts more samples than p in the barrier bins and reweights
-them has less variance there than exact sampling.
+Reported: mean ± std over trainings of each, for each model, unweighted and reweighted (JSON via --out, with
+every training's F_hat per bin for benchmarks/plot_free_energy.py, and a markdown table), and the same metric on
+exact samples (rejection sampler), the floor set by the sample size: with 100k samples the barrier bins hold a
+handful of samples, so even a perfect sampler scores about 0.3. An importance sampler can go below it: a
+proposal that puts more samples than p in the barrier bins and reweights them has less variance there than exact
+sampling.
 
 ``--paper`` sets the paper's own models and training budget (its code, noegroup/stochastic_normalizing_flows,
 experiment1_doublewell.ipynb): 3 blocks of 2 couplings (RNVP MLP 64x2; NSF 20 bins, tail bound 3, MLP 64x3); "+MC":
@@ -98,7 +99,7 @@ def errors(x1, w, edges, f_exact, n_batches=10):
     bias = float(np.sqrt(np.mean((f_full[ok] - f_exact[ok]) ** 2)))
     svar = float(np.sqrt(np.mean(var_batch))) if ok_var.any() else float("nan")
     return {"bias": bias, "sqrt_var": svar, "total": float(np.sqrt(bias**2 + svar**2)),
-            "empty_bins": int((~ok).sum())}
+            "empty_bins": int((~ok).sum()), "profile": [float(v) if np.isfinite(v) else None for v in f_full]}
 
 
 def run_one(name, seed, target, args, edges, f_exact):
@@ -219,7 +220,8 @@ def main():
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "platform": platform.platform(), "device": str(jax.devices()[0]),
-                               "summary": summary, "runs": runs}, indent=1))
+                               "bin_centres": (0.5 * (edges[1:] + edges[:-1])).tolist(), "f_exact": f_exact.tolist(),
+                               "summary": summary, "runs": runs}))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Pictures people look at: target contours with samples, and training curves. Files only (Agg backend)."""
+"""Pictures people look at: target contours with samples, training curves, free-energy profiles. Files only (Agg
+backend)."""
 
 from __future__ import annotations
 
@@ -87,6 +88,28 @@ def plot_ess_curves(runs: dict, path, title: str = "flow ESS against training wa
         colours.setdefault(group, f"C{len(colours)}")
         ax.plot(*zip(*pts), marker="o", ms=2.5, lw=0.9, color=colours[group], label=label)
     ax.set(xlabel="training wall-clock (min)", ylabel="flow ESS (fraction)", ylim=(0, 1.02), title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_free_energy(centres, f_exact, profiles: dict, path, xlabel: str = "$x_1$",
+                     title: str = "free energy along $x_1$") -> Path:
+    """Free-energy profiles F(b) = -log(mass(b) / width) against the exact one, as in the SNF paper's Fig. 2.
+
+    ``profiles`` maps a legend label to an array ``(n_trainings, n_bins)`` of estimates (NaN where a bin is empty);
+    each is drawn as its mean over trainings with a band of ± one standard deviation. Units: kT."""
+    centres, f_exact = np.asarray(centres), np.asarray(f_exact)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.plot(centres, f_exact - np.min(f_exact), color="k", lw=2.2, label="exact (quadrature)")
+    shift = np.min(f_exact)
+    for i, (label, f) in enumerate(profiles.items()):
+        f = np.asarray(f, float)
+        with np.errstate(all="ignore"):
+            mean, std = np.nanmean(f, 0) - shift, np.nanstd(f, 0)
+        ax.plot(centres, mean, color=f"C{i}", lw=1.2, label=label)
+        ax.fill_between(centres, mean - std, mean + std, color=f"C{i}", alpha=0.25, lw=0)
+    ax.set(xlabel=xlabel, ylabel="free energy (kT)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)

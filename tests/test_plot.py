@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from boltzflow.plot import plot_ess_curves, plot_training
+import numpy as np
+
+from boltzflow.plot import plot_ess_curves, plot_free_energy, plot_training
 
 
 def _run(tmp_path, name, rows):
@@ -28,3 +30,12 @@ def test_ess_curve_of_a_run_without_evaluations_is_an_error(tmp_path):
     run = _run(tmp_path, "a", [{"step": 1, "time_s": 0.1, "loss": 1.0}])
     with pytest.raises(ValueError, match="no flow ESS"):
         plot_ess_curves({"x": run}, tmp_path / "ess.png")
+
+
+def test_free_energy_profile_plot_with_empty_bins(tmp_path):
+    centres = np.linspace(-2.45, 2.45, 50)
+    f = centres**4 - 6 * centres**2
+    est = np.stack([f + 0.1, f - 0.1])
+    est[0, :3] = np.nan  # empty bins in one training
+    out = plot_free_energy(centres, f, {"model": est}, tmp_path / "fe.png")
+    assert out.read_bytes()[:4] == b"\x89PNG"
