@@ -100,7 +100,7 @@ def plot_free_energy(centres, f_exact, profiles: dict, path, xlabel: str = "$x_1
     ``profiles`` maps a legend label to an array ``(n_trainings, n_bins)`` of estimates (NaN where a bin is empty);
     each is drawn as its mean over trainings with a band of ± one standard deviation. Units: kT."""
     centres, f_exact = np.asarray(centres), np.asarray(f_exact)
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
     ax.plot(centres, f_exact - np.min(f_exact), color="k", lw=2.2, label="exact (quadrature)")
     shift = np.min(f_exact)
     for i, (label, f) in enumerate(profiles.items()):
@@ -111,5 +111,5 @@ def plot_free_energy(centres, f_exact, profiles: dict, path, xlabel: str = "$x_1
         ax.fill_between(centres, mean - std, mean + std, color=f"C{i}", alpha=0.25, lw=0)
     ax.set(xlabel=xlabel, ylabel="free energy (kT)", title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: profiles fill the axes
     return _save(fig, path)
