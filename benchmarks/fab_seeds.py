@@ -2,6 +2,7 @@
 
     python benchmarks/fab_seeds.py gmm40 --seeds 0 1 2 --out runs/bench/gmm40
     python benchmarks/fab_seeds.py gmm40 --method reverse_kl --seeds 0 1 2 --out runs/bench/gmm40_rkl
+    python benchmarks/fab_seeds.py gmm40 --method-option buffer=false --seeds 0 1 2 --out runs/bench/gmm40_nobuf
     python benchmarks/fab_seeds.py many_well_32 --seeds 0 1 2 --time-limit 7200 --ais
 
 Per seed it reports the evaluation metrics (boltzflow.evaluate), the wall-clock of training, the steady-state time
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import yaml
 
 from boltzflow.config import load_config
 from boltzflow.evaluate import evaluate
@@ -45,6 +47,8 @@ def main():
     p.add_argument("preset")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--method", help="replace the preset's method name (e.g. reverse_kl, forward_kl, alpha2_is)")
+    p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="set one method option (YAML value), e.g. buffer=false; repeatable")
     p.add_argument("--steps", type=int)
     p.add_argument("--time-limit", type=float)
     p.add_argument("--eval-every", type=int)
@@ -56,6 +60,9 @@ def main():
     base = load_config(args.preset)
     if args.method:
         base = base.replace(method={"name": args.method}, name=f"{base.name}_{args.method}")
+    if args.method_option:
+        opts = dict(o.split("=", 1) for o in args.method_option)
+        base = base.replace(method={**base.method, **{k: yaml.safe_load(v) for k, v in opts.items()}})
     out = Path(args.out)
     results = []
     for seed in args.seeds:
