@@ -6,9 +6,9 @@
 
 Protocol (Wu, Koehler & Noe 2020, sec. 5 / Table 1). Each model is trained ``--trainings`` times from different
 seeds (default KL + ML, SNF eqs. 13-14, ``--kl-weight`` / ``--ml-weight``); "+MC" puts a Metropolis block
-(``--mc-steps`` steps, lambda = i / n after layer i of n) after every flow layer;
-``--no-mc-at-end`` drops the block after the last layer (the SNF ends on a flow layer). After training, ``--samples`` (100k) samples
-give the free energy along x1 on ``--bins`` bins over [-2.5, 2.5],
+(``--mc-steps`` steps, lambda = i / n after layer i of n) after every flow layer; ``--no-mc-at-end`` drops the
+block after the last layer (the SNF ends on a flow layer). After training, ``--samples`` (100k) samples give the
+free energy along x1 on ``--bins`` bins over [-2.5, 2.5],
 
     F_hat(b) = -log( mass_hat(b) / width ),   F(b) = -log( int_b p(x1) dx1 / width )   (quadrature, exact),
 
@@ -65,8 +65,7 @@ def build(name, key, target, args):
     if name.endswith("+MC"):
         spec = {"type": "snf", "flow": flow,
                 "blocks": {"kernel": "metropolis", "n_steps": args.mc_steps, "step_size": args.mc_step_size,
-                           "every": args.mc_every, "at_start": args.mc_at_start,
-                           "at_end": args.mc_at_end,
+                           "every": args.mc_every, "at_start": args.mc_at_start, "at_end": args.mc_at_end,
                            "learn_lambda": args.mc_learn, "learn_step_size": args.mc_learn}}
         return make_snf(spec, key, target)
     return make_flow(flow, key, target.dim)

@@ -101,8 +101,8 @@ def plot_free_energy(centres, f_exact, profiles: dict, path, xlabel: str = "$x_1
     each is drawn as its mean over trainings with a band of ± one standard deviation. Units: kT."""
     centres, f_exact = np.asarray(centres), np.asarray(f_exact)
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
-    ax.plot(centres, f_exact - np.min(f_exact), color="k", lw=2.2, label="exact (quadrature)")
     shift = np.min(f_exact)
+    ax.plot(centres, f_exact - shift, color="k", lw=2.2, label="exact (quadrature)")
     for i, (label, f) in enumerate(profiles.items()):
         f = np.asarray(f, float)
         with np.errstate(all="ignore"):

@@ -91,12 +91,9 @@ from boltzflow.flows.base import Base, Flow, Layer
 from boltzflow.flows.compose import Chain, Scan
 from boltzflow.mcmc.point import make_point
 from boltzflow.mcmc.registry import KERNELS, make_kernel
+from boltzflow.train.methods import masked_mean
 
 _LAMBDA_CLIP = 1e-3
-
-
-def _masked_mean(values, mask):
-    return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -318,7 +315,7 @@ def kl_loss(model: Flow, target, key: jax.Array, n: int):
     """
     _, log_w = path_weights(model, target, key, n)
     ok = jnp.isfinite(log_w)
-    return -_masked_mean(log_w, ok), {"ess": effective_sample_size(jax.lax.stop_gradient(log_w)),
+    return -masked_mean(log_w, ok), {"ess": effective_sample_size(jax.lax.stop_gradient(log_w)),
                                       "n_nonfinite": jnp.sum(~ok)}
 
 
@@ -332,7 +329,7 @@ def ml_loss(model: Flow, sample, key: jax.Array, n: int):
     x = jax.lax.stop_gradient(sample(k_x, n))
     _, lq = backward_path(model, x, k_b)
     ok = jnp.isfinite(lq)
-    return -_masked_mean(lq, ok), {"nll": -_masked_mean(jax.lax.stop_gradient(lq), ok),
+    return -masked_mean(lq, ok), {"nll": -masked_mean(jax.lax.stop_gradient(lq), ok),
                                    "n_nonfinite_ml": jnp.sum(~ok)}
 
 
@@ -382,17 +379,11 @@ def build_snf_method(kind: str):
     (used by kl_ml only) and ``data`` (samples for the ML term, :mod:`boltzflow.train.data`)."""
 
     def build(cfg, target, optimizer):
-        from boltzflow.train.methods import _sample_loss_method
+        from boltzflow.train.methods import _sample_loss_method, method_options
 
-        opts = dict(cfg.method)
-        opts.pop("name", None)
-        kl_w = float(opts.pop("kl_weight", 1.0))
-        ml_w = float(opts.pop("ml_weight", 1.0))
-        data = opts.pop("data", None)
-        if opts:
-            raise BoltzflowError(f"unknown option(s) for method snf_{kind}: {', '.join(sorted(opts))}; "
-                                 f"valid: kl_weight, ml_weight, data")
-        return _sample_loss_method(snf_loss(kind, target, kl_w, ml_w, data), cfg.train.batch_size, optimizer)
+        o = method_options(cfg, f"snf_{kind}", {"kl_weight": 1.0, "ml_weight": 1.0, "data": None})
+        loss = snf_loss(kind, target, float(o["kl_weight"]), float(o["ml_weight"]), o["data"])
+        return _sample_loss_method(loss, cfg.train.batch_size, optimizer)
 
     return build
 

@@ -40,12 +40,10 @@ def load_data(path, dim: int) -> np.ndarray:
             if "x" not in names and len(names) != 1:
                 raise BoltzflowError(f"data file {str(path)!r}: expected an array named 'x' or a single array, "
                                      f"found {names}")
-            x = loaded["x" if "x" in names else names[0]]
-    else:
-        x = loaded
-    if not np.issubdtype(np.asarray(x).dtype, np.number):
-        raise BoltzflowError(f"data file {str(path)!r}: samples must be numbers, got {np.asarray(x).dtype}")
-    return _checked(np.asarray(x, np.float32), dim, f"data file {str(path)!r}: samples")
+            loaded = loaded["x" if "x" in names else names[0]]
+    if not np.issubdtype(loaded.dtype, np.number):
+        raise BoltzflowError(f"data file {str(path)!r}: samples must be numbers, got {loaded.dtype}")
+    return _checked(loaded.astype(np.float32), dim, f"data file {str(path)!r}: samples")
 
 
 def resampler(data) -> Sampler:

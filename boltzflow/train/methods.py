@@ -49,6 +49,16 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
+def method_options(cfg, name: str, defaults: dict) -> dict:
+    """The method section's options over ``defaults``; an unknown option is a one-line error naming the valid ones."""
+    opts = {k: v for k, v in cfg.method.items() if k != "name"}
+    unknown = sorted(set(opts) - set(defaults))
+    if unknown:
+        raise BoltzflowError(f"unknown option(s) for method {name}: {', '.join(unknown)}; "
+                             f"valid: {', '.join(defaults)}")
+    return defaults | opts
+
+
 def _sample_loss_method(loss_fn, batch_size: int, optimizer) -> Method:
     """A stateless method whose loss only needs a key: ``loss_fn(model, key, n) -> (loss, metrics)``."""
 
@@ -73,11 +83,7 @@ def build_reverse_kl(cfg, target, optimizer) -> Method:
 def build_forward_kl(cfg, target, optimizer) -> Method:
     from boltzflow.train.data import ml_sampler
 
-    opts = {k: v for k, v in cfg.method.items() if k != "name"}
-    if set(opts) - {"data"}:
-        raise BoltzflowError(f"unknown option(s) for method forward_kl: {', '.join(sorted(set(opts) - {'data'}))}; "
-                             f"valid: data")
-    sample = ml_sampler(target, opts.get("data"), "method forward_kl")
+    sample = ml_sampler(target, method_options(cfg, "forward_kl", {"data": None})["data"], "method forward_kl")
 
     def loss_fn(model, key, n):
         log_q = model.log_prob(jax.lax.stop_gradient(sample(key, n)))
