@@ -47,7 +47,8 @@ over (``n`` and ``adapt`` must then be static / Python values, or ``adapt`` a tr
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from dataclasses import dataclass, field
+from typing import Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -55,8 +56,9 @@ import numpy as np
 
 from boltzflow.errors import BoltzflowError
 from boltzflow.mcmc.base import Kernel
+from boltzflow.mcmc.anneal import anneal
 from boltzflow.mcmc.point import annealed_log_prob, make_point
-from boltzflow.mcmc.registry import KERNELS, kernel_settings, make_kernel
+from boltzflow.mcmc.registry import make_kernel
 from boltzflow.mcmc.step_size import DEFAULT_RATE, StepSizeState, adapt_step_sizes, init_step_sizes
 
 SCHEDULES = ("linear", "geometric")
@@ -193,29 +195,13 @@ def build_ais(log_p_fn: Callable[[jax.Array], jax.Array], kernel: Kernel | str, 
         w_p = jnp.asarray(betas, dtype) * alpha
         ws = jnp.stack([1.0 - w_p, w_p], axis=-1)  # (K + 2, 2): (w_q, w_p) of (A1)
         eps = state.step_sizes.astype(dtype)
-        d_s = jnp.zeros(n, dtype)
-        log_w_std = jnp.zeros(n, dtype)
-        accept = jnp.zeros((k_int,), dtype)
-        n_bad = jnp.zeros((), jnp.int32)
-
         if k_int > 0:
-            def level(carry, inputs):
-                point, d_s, log_w_std = carry
-                k, w_prev, w_k, eps_k = inputs
-                log_w_std = log_w_std + annealed_log_prob(point, w_k) - annealed_log_prob(point, w_prev)
-
-                def inner(c, kk):
-                    point, d_s, acc, bad = c
-                    point, info = kernel.step(kk, point, w_k, eps_k, log_q_fn, log_p_fn)
-                    return (point, d_s + info.dS, acc + jnp.mean(info.accept), bad + info.n_nonfinite), None
-
-                init = (point, d_s, jnp.zeros((), dtype), jnp.zeros((), jnp.int32))
-                (point, d_s, acc, bad), _ = jax.lax.scan(inner, init, jax.random.split(k, n_inner))
-                return (point, d_s, log_w_std), (acc / n_inner, bad)
-
-            xs = (jax.random.split(k_chain, k_int), ws[:-2], ws[1:-1], eps)
-            (point, d_s, log_w_std), (accept, bads) = jax.lax.scan(level, (point, d_s, log_w_std), xs)
-            n_bad = jnp.sum(bads)
+            point, d_s, info = anneal(kernel, jax.random.split(k_chain, k_int), point, ws[0], ws[1:-1], eps,
+                                      n_inner, log_q_fn, log_p_fn)
+            accept, n_bad, log_w_std = info.accept, info.n_nonfinite, info.log_w_standard
+        else:
+            d_s = log_w_std = jnp.zeros(n, dtype)
+            accept, n_bad = jnp.zeros((0,), dtype), jnp.zeros((), jnp.int32)
 
         log_pi_final = annealed_log_prob(point, ws[-1])
         log_w_std = log_w_std + log_pi_final - annealed_log_prob(point, ws[-2])
@@ -237,25 +223,26 @@ def build_ais(log_p_fn: Callable[[jax.Array], jax.Array], kernel: Kernel | str, 
     return AIS(init_state=init_state, run=run, betas=betas, kernel=kernel, alpha=alpha)
 
 
-#: AIS-level settings of a config's ``ais`` section and their defaults; other keys go to the kernel.
-AIS_SETTINGS = {"kernel": "hmc", "n_intermediate": 4, "schedule": "linear", "n_inner_steps": 1, "step_size": 0.1,
-                "target_accept": None, "adapt_rate": DEFAULT_RATE}
+@dataclass(frozen=True)
+class AISSettings:
+    """A config's ``ais`` section (used by FAB and by ``evaluate --ais``); keys that are not fields here are the
+    kernel's settings (e.g. ``n_leapfrog`` for hmc), kept in ``kernel_options`` and checked against the kernel."""
+
+    kernel: str = "hmc"
+    n_intermediate: int = 4
+    schedule: Literal["linear", "geometric"] = "linear"
+    n_inner_steps: int = 1
+    step_size: float | list[float] = 0.1
+    target_accept: float | None = None
+    adapt_rate: float = DEFAULT_RATE
+    kernel_options: dict = field(default_factory=dict, metadata={"extra": True})
+
+    def __post_init__(self):
+        ais_from_settings(None, self)  # builds nothing heavy: checks every value with build_ais's own checks
 
 
-def ais_from_config(log_p_fn, cfg: dict | None, alpha: float = 1.0) -> AIS:
-    """:func:`build_ais` from a config's ``ais`` section, e.g. ``{kernel: hmc, n_intermediate: 8,
-    step_size: 0.1, n_leapfrog: 4}``; keys not in :data:`AIS_SETTINGS` are the kernel's settings."""
-    cfg = dict(cfg or {})
-    if not isinstance(cfg.get("kernel", "hmc"), str) or cfg.get("kernel", "hmc") not in KERNELS:
-        raise BoltzflowError(f"unknown MCMC kernel {cfg.get('kernel')!r}; known: {', '.join(KERNELS)}")
-    s = AIS_SETTINGS | {k: v for k, v in cfg.items() if k in AIS_SETTINGS}
-    kernel_cfg = {k: v for k, v in cfg.items() if k not in AIS_SETTINGS}
-    known_kernel = kernel_settings(s["kernel"])
-    unknown = set(kernel_cfg) - set(known_kernel)
-    if unknown:
-        raise BoltzflowError(f"unknown ais setting(s) {sorted(unknown)} for kernel {s['kernel']!r}; known: "
-                             f"{', '.join(list(AIS_SETTINGS) + list(known_kernel))}")
-    kernel = make_kernel(s["kernel"], **kernel_cfg)
-    return build_ais(log_p_fn, kernel, s["n_intermediate"], schedule=s["schedule"], alpha=alpha,
-                     n_inner_steps=s["n_inner_steps"], target_accept=s["target_accept"],
-                     step_size=s["step_size"], adapt_rate=s["adapt_rate"])
+def ais_from_settings(log_p_fn, s: AISSettings, alpha: float = 1.0) -> AIS:
+    """:func:`build_ais` from a config's ``ais`` section."""
+    return build_ais(log_p_fn, make_kernel(s.kernel, **s.kernel_options), s.n_intermediate, schedule=s.schedule,
+                     alpha=alpha, n_inner_steps=s.n_inner_steps, target_accept=s.target_accept,
+                     step_size=s.step_size, adapt_rate=s.adapt_rate)

@@ -11,26 +11,33 @@ import json
 import sys
 from pathlib import Path
 
+import jax
+import numpy as np
+
+from boltzflow.config import config_from_dict, presets, read_config
 from boltzflow.errors import BoltzflowError
+from boltzflow.evaluate import evaluate
+from boltzflow.experiment import load_run, train
+from boltzflow.flows.paths import path_weights
+from boltzflow.plot import plot_samples, plot_training
+from boltzflow.targets import targets_table
 
 
 def _train(args) -> None:
-    from boltzflow.config import load_config
-    from boltzflow.train.loop import train
-
-    cfg = load_config(args.config)
+    raw, source = read_config(args.config)
+    if not isinstance(raw, dict):
+        raise BoltzflowError(f"{source}: expected a mapping of config sections, got {type(raw).__name__}")
     if args.target:
-        cfg = cfg.replace(target=args.target)
-    if args.data:
-        method = cfg.method.get("name", "fab")
-        if method not in ("forward_kl", "snf_ml", "snf_kl_ml"):
-            raise BoltzflowError(f"--data is for the methods that train by maximum likelihood (forward_kl, snf_ml, "
-                                 f"snf_kl_ml); this config's method is {method!r}")
-        cfg = cfg.replace(method={**cfg.method, "data": str(Path(args.data).resolve())})
+        raw["target"] = args.target
+    if args.data:  # a method without a data option says so when the config is parsed
+        method = raw.get("method") or {}
+        raw["method"] = {**({"name": method} if isinstance(method, str) else method),
+                         "data": str(Path(args.data).resolve())}
     overrides = {k: v for k, v in (("seed", args.seed), ("steps", args.steps), ("time_limit_s", args.time_limit))
                  if v is not None}
     if overrides:
-        cfg = cfg.with_train(**overrides)
+        raw["train"] = {**(raw.get("train") or {}), **overrides}
+    cfg = config_from_dict(raw, source)
     out = Path(args.out or f"runs/{cfg.name}-seed{cfg.train.seed}")
     summary = train(cfg, out, progress=not args.no_progress)
     report = finish_run(out, summary, n_eval=args.eval_samples)
@@ -39,12 +46,6 @@ def _train(args) -> None:
 
 def finish_run(out: Path, summary: dict, n_eval: int) -> dict:
     """After training: evaluate, plot samples and curves, write report.json."""
-    import jax
-
-    from boltzflow.evaluate import evaluate
-    from boltzflow.experiment import load_run
-    from boltzflow.plot import plot_training
-
     exp, _ = load_run(out)
     metrics = evaluate(exp, jax.random.key(exp.config.train.seed + 1), n_samples=n_eval)
     _plot_model_samples(exp, out / "samples.png")
@@ -55,10 +56,6 @@ def finish_run(out: Path, summary: dict, n_eval: int) -> dict:
 
 
 def _plot_model_samples(exp, path: Path) -> None:
-    import jax
-
-    from boltzflow.plot import plot_samples
-
     key = jax.random.key(123)
     x = exp.model.sample(key, 3000)
     exact = exp.target.sample(key, 3000) if exp.target.can_sample else None
@@ -66,11 +63,6 @@ def _plot_model_samples(exp, path: Path) -> None:
 
 
 def _evaluate(args) -> None:
-    import jax
-
-    from boltzflow.evaluate import evaluate
-    from boltzflow.experiment import load_run
-
     exp, state = load_run(args.run)
     ais_state = getattr(state.method_state, "ais_state", None)
     metrics = evaluate(exp, jax.random.key(args.seed), n_samples=args.samples, ais_state=ais_state,
@@ -80,22 +72,13 @@ def _evaluate(args) -> None:
 
 
 def _sample(args) -> None:
-    import jax
-    import numpy as np
-
-    from boltzflow.experiment import load_run
-    from boltzflow.snf import path_weights
-
     exp, _ = load_run(args.run)
-    x, log_w = path_weights(exp.model, exp.target, jax.random.key(args.seed), args.n)
+    x, log_w, _ = jax.jit(lambda k: path_weights(exp.model, exp.target, k, args.n))(jax.random.key(args.seed))
     np.savez(args.out, x=np.asarray(x), log_w=np.asarray(log_w))
     print(f"wrote {args.n} samples and log weights to {args.out}")
 
 
 def _plot(args) -> None:
-    from boltzflow.experiment import load_run
-    from boltzflow.plot import plot_training
-
     exp, _ = load_run(args.run)
     run = Path(args.run)
     _plot_model_samples(exp, run / "samples.png")
@@ -104,14 +87,10 @@ def _plot(args) -> None:
 
 
 def _targets(args) -> None:
-    from boltzflow.targets import targets_table
-
     print(targets_table())
 
 
 def _presets(args) -> None:
-    from boltzflow.config import presets
-
     print("\n".join(presets()))
 
 

@@ -1,14 +1,19 @@
 """Experiment configuration: one YAML file (or a preset name) -> a validated, frozen :class:`Config`.
 
-A config has five sections; only ``target`` is required, everything else has defaults::
+A config has these sections; only ``target`` is required, everything else has defaults::
 
+    name:   gmm40
     target: gmm40                      # preset name, {name: many_well, dim: 32}, or {function: "pkg.mod:fn"}
-    flow:   {type: realnvp, n_layers: 15, hidden: 80, depth: 2}
-    method: {name: fab, alpha: 2.0, buffer: true, ...}   # see boltzflow.train.methods.METHODS
-    ais:    {kernel: hmc, n_intermediate: 8, ...}       # used by FAB and by `evaluate --ais`
-    train:  {steps: 2000, batch_size: 128, lr: 3e-4, ...} # see TrainSettings
+    flow:   {type: realnvp, n_layers: 15, hidden: 80}   # realnvp | nsf | snf (boltzflow.flows.builders,
+                                                        # boltzflow.snf.builder)
+    method: {name: fab, alpha: 2.0, buffer: true}       # boltzflow.train.registry.METHODS
+    ais:    {kernel: hmc, n_intermediate: 8, n_leapfrog: 4}   # boltzflow.ais.AISSettings (FAB, evaluate --ais)
+    train:  {steps: 2000, batch_size: 128, lr: 3e-4}    # boltzflow.train.state.TrainSettings
 
-Presets are the YAML files shipped in ``boltzflow/configs``. Unknown keys are errors, not silently ignored.
+Every section is read here, once, into the typed settings its part of boltzflow declares (boltzflow.settings): an
+unknown key is an error naming the valid ones, a value of the wrong type is an error, and the defaults are the
+settings classes' own. The target spec is checked when the target is built (boltzflow.targets.make_target).
+Presets are the YAML files shipped in ``boltzflow/configs``.
 """
 
 from __future__ import annotations
@@ -21,58 +26,41 @@ from typing import Any
 
 import yaml
 
+from boltzflow.ais import AISSettings
 from boltzflow.errors import BoltzflowError
+from boltzflow.flows.builders import FLOW_SETTINGS
+from boltzflow.settings import Tagged, parse, parse_tagged, to_dict
+from boltzflow.snf.builder import SNFSettings
+from boltzflow.train.registry import DEFAULT_METHOD, METHOD_SETTINGS
+from boltzflow.train.state import TrainSettings
 
 SECTIONS = ("name", "target", "flow", "method", "ais", "train")
 
-
-@dataclass(frozen=True)
-class TrainSettings:
-    """The training loop's settings (see boltzflow.train.loop)."""
-
-    steps: int = 2000  # outer iterations (for FAB with buffer: AIS passes, each followed by n_updates steps)
-    batch_size: int = 128
-    lr: float = 3e-4
-    warmup_steps: int = 100  # linear warm-up, then cosine decay to lr * final_lr_fraction
-    final_lr_fraction: float = 0.1
-    ema_decay: float | None = None  # if set, evaluate/sample with an exponential moving average of the parameters
-    clip_norm: float = 100.0  # global gradient-norm clipping
-    time_limit_s: float | None = None  # stop (and checkpoint) after this much wall-clock
-    eval_every: int = 200  # flow-IS ESS on eval_samples every this many steps
-    eval_samples: int = 4096
-    checkpoint_every: int = 500
-    seed: int = 0
-    dtype: str = "float32"  # or float64 (enables jax_enable_x64)
-
-    def __post_init__(self):
-        positive = ("steps", "batch_size", "lr", "eval_every", "eval_samples", "checkpoint_every", "clip_norm")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise BoltzflowError(f"train.{name} must be positive, got {getattr(self, name)!r}")
-        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
-            raise BoltzflowError(f"train.ema_decay must be in (0, 1), got {self.ema_decay!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise BoltzflowError(f"train.dtype must be float32 or float64, got {self.dtype!r}")
+#: flow types of a config's ``flow`` section: the deterministic flows and the SNF
+MODEL_SETTINGS = {**FLOW_SETTINGS, "snf": SNFSettings}
+DEFAULT_FLOW = "realnvp"
 
 
 @dataclass(frozen=True)
 class Config:
     target: Any
     name: str = "run"
-    flow: dict = field(default_factory=lambda: {"type": "realnvp"})
-    method: dict = field(default_factory=lambda: {"name": "fab"})
-    ais: dict = field(default_factory=dict)
+    flow: Tagged = field(default_factory=lambda: parse_tagged(None, MODEL_SETTINGS, "type", "flow", DEFAULT_FLOW))
+    method: Tagged = field(default_factory=lambda: parse_tagged(None, METHOD_SETTINGS, "name", "method",
+                                                                  DEFAULT_METHOD))
+    ais: AISSettings = field(default_factory=AISSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
 
     def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        return {k: d[k] for k in SECTIONS}
-
-    def replace(self, **kw) -> "Config":
-        return dataclasses.replace(self, **kw)
+        """Plain data with every value (defaults included), as written to a run's config.yaml."""
+        return {"name": self.name, "target": self.target, "flow": to_dict(self.flow, "type"),
+                "method": to_dict(self.method, "name"), "ais": to_dict(self.ais), "train": to_dict(self.train)}
 
     def with_train(self, **kw) -> "Config":
-        return dataclasses.replace(self, train=dataclasses.replace(self.train, **kw))
+        try:
+            return dataclasses.replace(self, train=dataclasses.replace(self.train, **kw))
+        except TypeError as e:
+            raise BoltzflowError(f"bad train settings: {e}") from None
 
 
 def presets() -> list[str]:
@@ -80,27 +68,31 @@ def presets() -> list[str]:
 
 
 def config_from_dict(d: Any, source: str = "config") -> Config:
+    """The one place a config is checked: every section parsed into its settings class."""
     if not isinstance(d, dict):
         raise BoltzflowError(f"{source}: expected a mapping of sections {SECTIONS}, got {type(d).__name__}")
     unknown = set(d) - set(SECTIONS)
     if unknown:
         raise BoltzflowError(f"{source}: unknown section(s) {sorted(unknown)}; known: {list(SECTIONS)}")
-    if "target" not in d:
+    if "target" not in d or d["target"] is None:
         raise BoltzflowError(f"{source}: missing required section 'target'")
-    for section in ("flow", "method", "ais", "train"):
-        if section in d and not isinstance(d[section], dict):
-            raise BoltzflowError(f"{source}: section '{section}' must be a mapping, got {d[section]!r}")
+    if not isinstance(d.get("name", ""), str):
+        raise BoltzflowError(f"{source}: name must be a string, got {d['name']!r}")
     try:
-        train = TrainSettings(**d.get("train", {}))
-    except TypeError as e:
-        known = [f.name for f in dataclasses.fields(TrainSettings)]
-        raise BoltzflowError(f"{source}: bad train settings ({e}); known keys: {known}") from None
-    kw = {k: d[k] for k in ("name", "flow", "method", "ais") if k in d}
-    return Config(target=d["target"], train=train, **kw)
+        return Config(
+            target=d["target"],
+            name=d.get("name", "run"),
+            flow=parse_tagged(d.get("flow"), MODEL_SETTINGS, "type", "flow", DEFAULT_FLOW),
+            method=parse_tagged(d.get("method"), METHOD_SETTINGS, "name", "method", DEFAULT_METHOD),
+            ais=parse(AISSettings, d.get("ais"), "ais"),
+            train=parse(TrainSettings, d.get("train"), "train"),
+        )
+    except BoltzflowError as e:
+        raise BoltzflowError(f"{source}: {e}") from None
 
 
-def load_config(spec: str | Path) -> Config:
-    """A YAML file path or a preset name -> Config."""
+def read_config(spec: str | Path) -> tuple[dict, str]:
+    """The raw mapping of a YAML file or a preset, and where it came from (``name`` defaults to the file's stem)."""
     path = Path(spec)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -116,5 +108,12 @@ def load_config(spec: str | Path) -> Config:
     except yaml.YAMLError as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise BoltzflowError(f"{source}: malformed YAML ({first})") from None
-    cfg = config_from_dict(d, source)
-    return cfg if "name" in d else cfg.replace(name=Path(str(spec)).stem)
+    if isinstance(d, dict) and "name" not in d:
+        d["name"] = Path(str(spec)).stem
+    return d, source
+
+
+def load_config(spec: str | Path) -> Config:
+    """A YAML file path or a preset name -> Config."""
+    d, source = read_config(spec)
+    return config_from_dict(d, source)

@@ -12,8 +12,11 @@ For a flow q and target p (log p unnormalised, log Z = log int exp(log p)):
 - ``expectation_rel_error_pct``: 100 |E_hat[f] - E_p[f]| / |E_p[f]| for FAB's quadratic test function
   f(x) = a^T (x - 2b) + 2 (x - 2b)^T C (x - 2b) (a, b, C standard normal from ``numpy.random.default_rng(0)``,
   drawn in that order), estimated by self-normalised IS; E_p[f] from 2^20 exact samples;
+- ``block_accept``, ``block_nonfinite`` for an SNF: each stochastic block's mean acceptance and the moves rejected
+  for non-finite densities, over the samples drawn;
 - with ``ais=True`` the same estimates from AIS (targeting p, step sizes frozen at their trained values); for
-  an SNF with Langevin blocks AIS runs in its path space (boltzflow.snf_paths), whose x-marginal is p.
+  an SNF with Langevin blocks AIS runs in its path space (boltzflow.snf.paths), whose x-marginal is p; for a model
+  without a tractable density (an SNF with Metropolis blocks) a one-line error says so.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import numpy as np
 import jax
 import jax.numpy as jnp
 
+from boltzflow.ais import ais_from_settings
 from boltzflow.estimators import effective_sample_size, log_z_estimate
-from boltzflow.snf import backward_log_q, path_weights
+from boltzflow.experiment import Experiment
+from boltzflow.flows.paths import backward_log_q, block_metrics, path_weights
 
 
 def quadratic_test_function(dim: int):
@@ -56,13 +61,23 @@ def importance_metrics(target, log_w, prefix: str = "") -> dict:
     return out
 
 
-def evaluate(exp, key, n_samples: int = 10_000, ais_state=None, with_ais: bool = False, chunk: int = 4096) -> dict:
+def evaluate(exp: Experiment, key, n_samples: int = 10_000, ais_state=None, with_ais: bool = False,
+             chunk: int = 4096) -> dict:
     """All metrics of the trained model in ``exp`` as a flat dict of floats (see the module docstring)."""
     target, model = exp.target, exp.model
+    space = exp.space("evaluate --ais") if with_ais else None  # before any work: the error comes first
     k_flow, k_exact, k_truth, k_ais = jax.random.split(key, 4)
-    draw = jax.jit(lambda k, n: path_weights(model, target, k, n), static_argnums=1)
-    x, log_w = _chunked(draw, k_flow, n_samples, min(chunk, n_samples))
+
+    def draw(k, n):  # block diagnostics get a leading axis of one per chunk
+        x, log_w, infos = path_weights(model, target, k, n)
+        return x, log_w, jax.tree_util.tree_map(lambda a: a[None], block_metrics(infos))
+
+    chunk = min(chunk, n_samples)
+    x, log_w, blocks = _chunked(jax.jit(draw, static_argnums=1), k_flow, n_samples, chunk)
     out = {"n_samples": n_samples, **importance_metrics(target, log_w)}
+    if blocks:
+        out["block_accept"] = [float(a) for a in np.mean(np.asarray(blocks["block_accept"]), axis=0)]
+        out["block_nonfinite"] = int(np.sum(blocks["block_nonfinite"]))
     # log q of given points: exact for a flow; for an SNF the backward-path estimate, a lower bound in expectation
     log_q_fn = jax.jit(lambda xs: backward_log_q(model, xs, k_exact))
     if model.stochastic:
@@ -90,17 +105,13 @@ def evaluate(exp, key, n_samples: int = 10_000, ais_state=None, with_ais: bool =
         out["modes_covered"] = int(target.modes_covered(np.asarray(x)))
         out["n_modes"] = int(modes.shape[0])
     if with_ais:
-        from boltzflow.ais import ais_from_config
-        from boltzflow.train.fab import fab_space
-
-        space = fab_space(exp.config, target)  # x-space, or path space for an SNF (whose x is the first d coords)
-        ais = ais_from_config(space.log_p, exp.config.ais, alpha=1.0)
+        ais = ais_from_settings(space.log_p, exp.config.ais, alpha=1.0)
         state = ais_state if ais_state is not None else ais.init_state()
 
         def run(k, n):
             res = ais.run(k, state, lambda kk, m: space.sample_and_log_q(model, kk, m),
                           lambda v: space.log_q(model, v), n, adapt=False)[0]
-            return res.x[:, : target.dim], res.log_w
+            return res.x[:, : space.x_dim], res.log_w
 
         x_ais, log_w_ais = _chunked(jax.jit(run, static_argnums=1), k_ais, n_samples, min(chunk, n_samples))
         out.update(importance_metrics(target, log_w_ais, prefix="ais_"))

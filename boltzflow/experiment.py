@@ -1,8 +1,11 @@
-"""From a config to the objects of one experiment, and back from a run directory.
+"""From a config to the objects of one experiment, training it, and back from a run directory.
 
-``build_experiment(config)`` makes the target, the model (a flow, or an SNF) and the method; ``load_run(dir)``
-rebuilds the same objects and restores the trained state from the run's checkpoint, so ``evaluate``, ``sample``
-and ``plot`` work on any run directory without retraining.
+- :func:`build_experiment`: the target, the model (a flow, or an SNF) in the run's dtype, and the space AIS runs in
+  (:meth:`Experiment.space`: x-space for a flow, path space for an SNF with Langevin blocks);
+- :func:`build_method`: the config's method for that experiment;
+- :func:`train`: what ``boltzflow train`` and the benchmark scripts run, the one trainer (boltzflow.train.loop);
+- :func:`load_run`: the same objects with the trained state restored from a run's checkpoint, so ``evaluate``,
+  ``sample`` and ``plot`` work on any run directory without retraining.
 """
 
 from __future__ import annotations
@@ -18,8 +21,15 @@ import yaml
 
 from boltzflow.config import Config, config_from_dict
 from boltzflow.errors import BoltzflowError
-from boltzflow.flows import make_flow
+from boltzflow.flows.builders import make_flow
+from boltzflow.flows.paths import Space, flow_space
+from boltzflow.snf.builder import make_snf
+from boltzflow.snf.paths import path_space
 from boltzflow.targets import make_target
+from boltzflow.train.api import Method, Problem
+from boltzflow.train.loop import train as train_loop
+from boltzflow.train.registry import METHODS
+from boltzflow.train.state import TrainState, make_optimizer, state_like
 
 
 @dataclass
@@ -28,53 +38,71 @@ class Experiment:
     target: Any
     model: Any
 
-    def build_method(self, optimizer):
-        from boltzflow.train.methods import build_method
+    def space(self, purpose: str) -> Space:
+        """Where AIS runs for this model: x-space for a flow, path space for an SNF with Langevin blocks
+        (boltzflow.snf.paths); otherwise a one-line error saying that ``purpose`` needs a tractable density."""
+        if not self.model.stochastic:
+            return flow_space(self.target)
+        try:
+            return path_space(self.model, self.target)
+        except BoltzflowError as e:
+            raise BoltzflowError(f"{purpose} needs a model with a tractable density (a flow, or an SNF with "
+                                 f"unadjusted Langevin blocks through its path space): {e}") from None
 
-        return build_method(self.config, self.target, optimizer)
+
+def model_dtype(config: Config):
+    """The run's floating dtype; float64 switches JAX to 64 bits first."""
+    if config.train.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+        return jnp.float64
+    return jnp.float32
 
 
 def build_experiment(config: Config) -> Experiment:
-    if config.train.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
+    dtype = model_dtype(config)
     target = make_target(config.target)
     key = jax.random.fold_in(jax.random.key(config.train.seed), 1)
-    return Experiment(config, target, make_model(config.flow, key, target))
+    if config.flow.name == "snf":
+        model = make_snf(config.flow.settings, key, target, dtype)
+    else:
+        model = make_flow(config.flow, key, target.dim, dtype)
+    return Experiment(config, target, model)
 
 
-def make_model(spec: dict, key: jax.Array, target):
-    """A flow from its spec; ``type: snf`` makes a stochastic normalizing flow, which needs the target."""
-    if not isinstance(spec, dict) or "type" not in spec:
-        raise BoltzflowError(f"flow must be a mapping with a 'type', got {spec!r}")
-    if spec["type"] == "snf":
-        from boltzflow.snf import make_snf
-
-        return make_snf(spec, key, target)
-    return make_flow(spec, key, target.dim)
+def build_method(exp: Experiment, optimizer) -> Method:
+    entry = METHODS[exp.config.method.name]
+    problem = Problem(exp.target, exp.config.train.batch_size, optimizer)
+    if entry.uses_ais:
+        problem = problem._replace(space=exp.space(f"method {exp.config.method.name}"), ais=exp.config.ais)
+    return entry.build(exp.config.method.settings, problem)
 
 
-def initial_state(exp: Experiment, optimizer, method, key):
-    """The TrainState of step 0 (for FAB with buffer this runs AIS to fill the buffer)."""
-    from boltzflow.train.loop import TrainState
-
-    k_method, k_run = jax.random.split(key)
-    params = eqx.filter(exp.model, eqx.is_inexact_array)
-    # the average starts as a copy of the model (a separate buffer: training steps donate their input state)
-    averaged = None if exp.config.train.ema_decay is None else jax.tree_util.tree_map(
-        lambda a: jnp.array(a, copy=True) if eqx.is_array(a) else a, exp.model)
-    return TrainState(exp.model, optimizer.init(params), method.init(k_method, exp.model),
-                      jax.random.key_data(k_run), jnp.zeros((), jnp.int32), averaged)
+def _check_run_dir(out: Path, config: Config) -> None:
+    """A directory holding a run of another config is an error; a run may be extended (more steps, a longer time
+    limit)."""
+    path = out / "config.yaml"
+    if not path.exists():
+        return
+    old = config_from_dict(yaml.safe_load(path.read_text()), str(path))
+    if old.with_train(steps=1, time_limit_s=None) != config.with_train(steps=1, time_limit_s=None):
+        raise BoltzflowError(f"{out} holds a run with a different config; choose another --out")
 
 
-def state_like(exp: Experiment, optimizer, method, key):
-    """Shapes and dtypes of :func:`initial_state`, without computing it (for restoring a checkpoint)."""
-    return eqx.filter_eval_shape(lambda k: initial_state(exp, optimizer, method, k), key)
+def train(config: Config, out: str | Path, *, progress: bool = True, log_every: int = 10) -> dict:
+    """Train ``config`` into the run directory ``out`` (resuming if it holds a checkpoint); returns a summary."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_run_dir(out, config)
+    exp = build_experiment(config)
+    optimizer = make_optimizer(config.train)
+    method = build_method(exp, optimizer)
+    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    return train_loop(out, config.train, exp.model, optimizer, method, exp.target, progress=progress,
+                      log_every=log_every)
 
 
-def load_run(run_dir: str | Path):
+def load_run(run_dir: str | Path) -> tuple[Experiment, TrainState]:
     """(experiment with the trained model, full TrainState) of a run directory."""
-    from boltzflow.train.loop import make_optimizer
-
     run_dir = Path(run_dir)
     cfg_path, ckpt = run_dir / "config.yaml", run_dir / "checkpoint.eqx"
     if not cfg_path.is_file() or not ckpt.is_file():
@@ -82,8 +110,8 @@ def load_run(run_dir: str | Path):
     config = config_from_dict(yaml.safe_load(cfg_path.read_text()), str(cfg_path))
     exp = build_experiment(config)
     optimizer = make_optimizer(config.train)
-    method = exp.build_method(optimizer)
-    like = state_like(exp, optimizer, method, jax.random.key(0))
+    method = build_method(exp, optimizer)
+    like = state_like(exp.model, optimizer, method, jax.random.key(0), config.train.ema_decay)
     state = eqx.tree_deserialise_leaves(ckpt, like)
     exp.model = state.final_model
     return exp, state

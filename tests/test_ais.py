@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from boltzflow.ais import ais_from_config, build_ais, make_betas
+from boltzflow.ais import AISSettings, ais_from_settings, build_ais, make_betas
+from boltzflow.settings import parse
 from boltzflow.errors import BoltzflowError
 from boltzflow.estimators import effective_sample_size, log_z_estimate, self_normalised_expectation
 from boltzflow.mcmc import make_kernel
@@ -214,6 +215,10 @@ def test_schedules():
     assert b[-2] > 0.99 and b[1] > 0.5  # geometric in 1 - beta: dense near beta = 1, as in fab-torch
     with pytest.raises(BoltzflowError, match="schedule"):
         make_betas(3, "cosine")
+
+
+def ais_from_config(log_p_fn, section, alpha=1.0):
+    return ais_from_settings(log_p_fn, parse(AISSettings, section, "ais"), alpha)
 
 
 def test_config_builder_and_errors():

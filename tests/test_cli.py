@@ -90,10 +90,14 @@ def test_train_evaluate_and_resume_on_a_user_target(tmp_path, capsys):
 @pytest.mark.parametrize("name", __import__("boltzflow.config", fromlist=["presets"]).presets())
 def test_every_preset_builds_its_experiment_and_method(name):
     from boltzflow.config import load_config
-    from boltzflow.experiment import build_experiment
-    from boltzflow.train.loop import make_optimizer
+    from boltzflow.experiment import build_experiment, build_method
+    from boltzflow.train.state import initial_state, make_optimizer
 
     cfg = load_config(name)
     exp = build_experiment(cfg)
-    method = exp.build_method(make_optimizer(cfg.train))
-    assert exp.target.dim > 0 and callable(method.step)
+    optimizer = make_optimizer(cfg.train)
+    method = build_method(exp, optimizer)
+    # the state's structure (tracing one step's initial state, without running it) is well formed
+    state = eqx.filter_eval_shape(lambda: initial_state(exp.model, optimizer, method, jax.random.key(0),
+                                                        cfg.train.ema_decay))
+    assert state.step.shape == () and exp.target.dim > 0

@@ -2,7 +2,6 @@
 the data it is given (not the target) when the target has no exact sampler."""
 
 import json
-from types import SimpleNamespace
 
 import equinox as eqx
 import jax
@@ -14,10 +13,11 @@ import pytest
 from boltzflow.cli import main
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows import make_flow
-from boltzflow.snf import make_snf, snf_loss
+from boltzflow.settings import parse
+from boltzflow.snf import SNFSettings, make_snf
 from boltzflow.targets import make_target
 from boltzflow.train.data import load_data, ml_sampler, resampler
-from boltzflow.train.methods import METHODS
+from conftest import make_method
 
 
 def test_load_data_formats_and_errors(tmp_path):
@@ -52,20 +52,16 @@ def test_ml_without_samples_is_a_clear_error():
     assert not target.can_sample
     with pytest.raises(BoltzflowError, match="data"):
         ml_sampler(target, None, "method forward_kl")
-    with pytest.raises(BoltzflowError, match="data"):
-        snf_loss("kl_ml", target)
     opt = optax.adam(1e-3)
-    cfg = SimpleNamespace(method={"name": "forward_kl", "bogus": 1}, train=SimpleNamespace(batch_size=8))
+    with pytest.raises(BoltzflowError, match="data"):
+        make_method("kl_ml", target, opt)
     with pytest.raises(BoltzflowError, match="bogus"):
-        METHODS["forward_kl"](cfg, target, opt)
+        make_method("forward_kl", target, opt, bogus=1)
 
 
 def _train(method, model, target, data, steps=300):
     opt = optax.adam(1e-2)
-    cfg = SimpleNamespace(method={"name": method, "data": data, "ml_weight": 1.0, "kl_weight": 0.0}
-                          if method.startswith("snf") else {"name": method, "data": data},
-                          train=SimpleNamespace(batch_size=256))
-    m = METHODS[method](cfg, target, opt)
+    m = make_method(method, target, opt, batch_size=256, data=str(data))
     step = eqx.filter_jit(m.step)
     state = opt.init(eqx.filter(model, eqx.is_inexact_array))
     for k in jax.random.split(jax.random.key(1), steps):
@@ -73,21 +69,23 @@ def _train(method, model, target, data, steps=300):
     return model, metrics
 
 
-def test_ml_fits_the_data_not_the_target():
+def test_ml_fits_the_data_not_the_target(tmp_path):
     """Target N((1, 1), I) without a sampler; data from N((-1, -1), 0.5^2 I): forward KL on the data must give a
     flow with the data's mean and scale (5000 data points: their mean has s.e. 0.007; the tolerance is the flow's
     fitting error after 300 steps, far below the 2.0 distance to the target's mean)."""
     target = make_target({"function": "user_targets:gaussian"})
     data = np.asarray(-1.0 + 0.5 * jax.random.normal(jax.random.key(0), (5000, 2)))
+    np.save(tmp_path / "data.npy", data)
     flow = make_flow({"type": "realnvp", "n_layers": 2, "hidden": 16}, jax.random.key(2), 2)
-    flow, metrics = _train("forward_kl", flow, target, data)
+    flow, metrics = _train("forward_kl", flow, target, tmp_path / "data.npy")
     x = np.asarray(flow.sample(jax.random.key(3), 20_000))
     np.testing.assert_allclose(x.mean(0), data.mean(0), atol=0.1)
     np.testing.assert_allclose(x.std(0), data.std(0), atol=0.1)
     # the SNF's ML term (backward paths) draws from the same data
-    snf = make_snf({"type": "snf", "flow": {"type": "realnvp", "n_layers": 2, "hidden": 16},
-                    "blocks": {"kernel": "metropolis", "n_steps": 2, "step_size": 0.1}}, jax.random.key(2), target)
-    _, m = _train("snf_ml", snf, target, jnp.asarray(data), steps=5)
+    snf = make_snf(parse(SNFSettings, {"flow": {"type": "realnvp", "n_layers": 2, "hidden": 16},
+                                       "blocks": {"kernel": "metropolis", "n_steps": 2, "step_size": 0.1}}, "snf"),
+                   jax.random.key(2), target)
+    _, m = _train("forward_kl", snf, target, tmp_path / "data.npy", steps=5)
     assert np.isfinite(float(m["loss"])) and float(m["n_nonfinite_ml"]) == 0
 
 
@@ -109,4 +107,5 @@ def test_cli_train_with_data(tmp_path, capsys):
     assert report["config"]["method"]["data"] == str((tmp_path / "md.npy").resolve())
     cfg.write_text(cfg.read_text().replace("forward_kl", "reverse_kl"))
     rc = main(["train", str(cfg), "--out", str(tmp_path / "r2"), "--data", str(tmp_path / "md.npy")])
-    assert rc == 2 and "maximum likelihood" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown option(s) for method (reverse_kl): data" in err, err

@@ -4,9 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from boltzflow.config import TrainSettings
 from boltzflow.errors import BoltzflowError
-from boltzflow.train.loop import update_average
+from boltzflow.train.state import TrainSettings, update_average
 
 
 def test_update_average_is_the_warmed_up_exponential_moving_average():
@@ -37,8 +36,7 @@ def test_steps_between_logged_ones_run_as_one_call_with_the_same_result(tmp_path
     import jax
 
     from boltzflow.config import config_from_dict
-    from boltzflow.experiment import load_run
-    from boltzflow.train.loop import train
+    from boltzflow.experiment import load_run, train
 
     cfg = config_from_dict({
         "target": "double_well", "flow": {"type": "realnvp", "n_layers": 2, "hidden": 8, "depth": 1},

@@ -1,7 +1,6 @@
 """Stochastic normalizing flows: exactness of path weights, equilibrium, log Z, backward paths, training."""
 
 import math
-from types import SimpleNamespace
 
 import equinox as eqx
 import jax
@@ -14,10 +13,22 @@ from boltzflow.errors import BoltzflowError
 from boltzflow.estimators import log_z_estimate
 from boltzflow.flows import make_flow
 from boltzflow.flows.distributions import StandardBase
-from boltzflow.snf import (StochasticBlock, backward_log_q, backward_log_weights, blocks_only_snf, make_snf,
-                           path_weights)
+from boltzflow.flows.paths import backward_path, backward_log_q, path_weights
+from boltzflow.settings import parse
+from boltzflow.snf import SNFSettings, StochasticBlock, blocks_only_snf
+from boltzflow.snf import make_snf as _make_snf
 from boltzflow.targets.base import Target
-from boltzflow.train.methods import METHODS
+from conftest import make_method
+
+
+def make_snf(spec, key, target):
+    spec = {k: v for k, v in spec.items() if k != "type"}
+    return _make_snf(parse(SNFSettings, spec, "flow (snf)"), key, target)
+
+
+def backward_log_weights(model, target, x, key):
+    z, lq, _ = backward_path(model, x, key)
+    return z, target.log_prob(x) - lq
 
 
 class Gaussian(Target):
@@ -44,7 +55,7 @@ def within(est, se, truth, k=3.0):
 def test_target_equal_prior_gives_unit_weights(kernel):
     prior = StandardBase(2)
     snf = blocks_only_snf(prior, Gaussian(), n_blocks=2, kernel=kernel, step_size=0.5, n_steps=2)
-    x, log_w = jax.jit(lambda k: path_weights(snf, Gaussian(), k, 512))(jax.random.key(0))
+    x, log_w, _ = jax.jit(lambda k: path_weights(snf, Gaussian(), k, 512))(jax.random.key(0))
     assert x.shape == (512, 2) and log_w.shape == (512,)
     np.testing.assert_allclose(log_w, 0.0, atol=1e-4)
     _, log_wb = backward_log_weights(snf, Gaussian(), x, jax.random.key(1))
@@ -70,7 +81,7 @@ def test_langevin_snf_log_z(kernel):
     """N(0, 1) prior -> e^c N(1, 0.6^2): logmeanexp(log w) = log Z = c within 3 s.e."""
     target = Gaussian(mu=1.0, s=0.6, c=2.5)
     snf = blocks_only_snf(StandardBase(2), target, n_blocks=4, kernel=kernel, step_size=0.2, n_steps=5)
-    _, log_w = jax.jit(lambda k: path_weights(snf, target, k, 20_000))(jax.random.key(0))
+    _, log_w, _ = jax.jit(lambda k: path_weights(snf, target, k, 20_000))(jax.random.key(0))
     log_z, se = log_z_estimate(log_w)
     assert float(se) < 0.05
     within(log_z, se, target.log_z)
@@ -104,7 +115,7 @@ def test_deterministic_snf_weights_equal_flow_weights():
 
     @eqx.filter_jit
     def run(flow, key):
-        x, log_w = path_weights(flow, target, key, 256)
+        x, log_w, _ = path_weights(flow, target, key, 256)
         x2, log_q = flow.sample_and_log_prob(key, 256)
         return x, log_w, x2, log_q, backward_log_q(flow, x, key), flow.log_prob(x)
 
@@ -134,17 +145,13 @@ def test_make_snf_layout_and_errors():
             make_snf({"type": "snf", **bad}, jax.random.key(0), target)
 
 
-def _cfg(name, **opts):
-    return SimpleNamespace(method={"name": name, **opts}, train=SimpleNamespace(batch_size=64))
-
-
 def test_snf_methods_train_step():
     target = Gaussian(mu=1.0, s=0.8)
     snf = make_snf({"type": "snf", "flow": {"type": "realnvp", "n_layers": 2, "hidden": 8},
                     "blocks": {"kernel": "mala", "n_steps": 2, "every": 2, "learn_step_size": True,
                                "learn_lambda": True}}, jax.random.key(0), target)
     opt = optax.adam(1e-2)
-    method = METHODS["snf_kl_ml"](_cfg("snf_kl_ml", ml_weight=0.5), target, opt)
+    method = make_method("kl_ml", target, opt, ml_weight=0.5)
     opt_state = opt.init(eqx.filter(snf, eqx.is_inexact_array))
     step = eqx.filter_jit(method.step)
     new, opt_state, _, metrics = step(snf, opt_state, method.init(None, snf), jax.random.key(1))
@@ -152,10 +159,11 @@ def test_snf_methods_train_step():
     blk_old, blk_new = snf.layers[-1], new.layers[-1]
     assert float(blk_new.log_step) != float(blk_old.log_step)
     assert float(blk_new.raw_lambda) != float(blk_old.raw_lambda)
-    for name in ("snf_kl", "snf_ml", "snf_alpha2"):
-        METHODS[name](_cfg(name), target, opt)
-    with pytest.raises(BoltzflowError):
-        METHODS["snf_kl"](_cfg("snf_kl", bogus=1), target, opt)
+    assert metrics["block_accept"].shape == (1,) and 0 < float(metrics["block_accept"][0]) <= 1
+    for name in ("reverse_kl", "forward_kl", "alpha2_is"):
+        make_method(name, target, opt)
+    with pytest.raises(BoltzflowError, match="bogus"):
+        make_method("reverse_kl", target, opt, bogus=1)
 
 
 @pytest.mark.slow
@@ -167,13 +175,12 @@ def test_double_well_free_energy_reweighted():
     snf = make_snf({"type": "snf", "flow": {"type": "realnvp", "n_layers": 2, "hidden": 32},
                     "blocks": {"kernel": "metropolis", "n_steps": 10, "step_size": 0.3}}, jax.random.key(0), target)
     opt = optax.adam(3e-3)
-    method = METHODS["snf_kl"](SimpleNamespace(method={"name": "snf_kl"}, train=SimpleNamespace(batch_size=256)),
-                               target, opt)
+    method = make_method("reverse_kl", target, opt, batch_size=256)
     state = opt.init(eqx.filter(snf, eqx.is_inexact_array))
     step = eqx.filter_jit(method.step)
     for i in range(150):
         snf, state, _, _ = step(snf, state, (), jax.random.key(100 + i))
-    x, log_w = jax.jit(lambda k: path_weights(snf, target, k, 50_000))(jax.random.key(7))
+    x, log_w, _ = jax.jit(lambda k: path_weights(snf, target, k, 50_000))(jax.random.key(7))
     w = np.asarray(jax.nn.softmax(log_w), np.float64)
     edges = np.linspace(-2.0, 2.0, 9)
     idx = np.digitize(np.asarray(x[:, 0]), edges) - 1

@@ -25,7 +25,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from boltzflow.targets.base import check_batch
+from boltzflow.errors import check_batch
 
 
 class Layer(eqx.Module):
@@ -36,6 +36,12 @@ class Layer(eqx.Module):
 
     def inverse(self, y: jax.Array, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         raise NotImplementedError
+
+    def run(self, x: jax.Array, key: jax.Array | None, inverse: bool):
+        """``forward`` or ``inverse`` and the layer's diagnostics: (y, dS, info); ``info`` is None for a bijection
+        and, for a stochastic block, its acceptance and non-finite counts (boltzflow.mcmc.anneal.AnnealInfo)."""
+        y, ds = self.inverse(x, key) if inverse else self.forward(x, key)
+        return y, ds, None
 
     @property
     def stochastic(self) -> bool:
@@ -76,35 +82,39 @@ class Flow(eqx.Module):
     def stochastic(self) -> bool:
         return any(layer.stochastic for layer in self.layers)
 
+    def run(self, x: jax.Array, key: jax.Array | None, inverse: bool):
+        """Push x through all layers (in reverse order if ``inverse``); returns (y, sum_t dS_t, infos), ``infos``
+        the tuple of the stochastic layers' diagnostics in the order they ran (empty for a bijection)."""
+        check_batch(x, self.dim, "x" if inverse else "z")
+        total, infos = jnp.zeros(x.shape[0], x.dtype), []
+        layers = reversed(self.layers) if inverse else self.layers
+        for layer, k in zip(layers, _split(key, len(self.layers))):
+            x, ds, info = layer.run(x, k, inverse)
+            total = total + ds
+            if info is not None:
+                infos.append(info)
+        return x, total, tuple(infos)
+
     def forward(self, z: jax.Array, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Push z through all layers; returns (x, sum_t dS_t)."""
-        check_batch(z, self.dim, "z")
-        total = jnp.zeros(z.shape[0], z.dtype)
-        for layer, k in zip(self.layers, _split(key, len(self.layers))):
-            z, ds = layer.forward(z, k)
-            total = total + ds
-        return z, total
+        return self.run(z, key, inverse=False)[:2]
 
     def inverse(self, x: jax.Array, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """Pull x back through all layers in reverse order; returns (z, sum_t dS_inv_t)."""
-        check_batch(x, self.dim)
-        total = jnp.zeros(x.shape[0], x.dtype)
-        for layer, k in zip(reversed(self.layers), _split(key, len(self.layers))):
-            x, ds = layer.inverse(x, k)
-            total = total + ds
-        return x, total
+        return self.run(x, key, inverse=True)[:2]
 
-    def sample_with_path(self, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """Returns (x, log q0(z), sum dS): everything a path weight needs (SNF eq. 11)."""
+    def sample_with_path(self, key: jax.Array, n: int):
+        """Returns (x, log q0(z), sum dS, infos): everything a path weight needs (SNF eq. 11), and the stochastic
+        layers' diagnostics."""
         kz, kl = jax.random.split(key)
         z = self.base.sample(kz, n)
-        x, ds = self.forward(z, kl if self.stochastic else None)
-        return x, self.base.log_prob(z), ds
+        x, ds, infos = self.run(z, kl if self.stochastic else None, inverse=False)
+        return x, self.base.log_prob(z), ds, infos
 
     def sample_and_log_prob(self, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
         """Exact samples of q and log q(x) from one pass (deterministic flows only)."""
         self._require_deterministic()
-        x, log_q0, ds = self.sample_with_path(key, n)
+        x, log_q0, ds, _ = self.sample_with_path(key, n)
         return x, log_q0 - ds
 
     def sample(self, key: jax.Array, n: int) -> jax.Array:

@@ -20,7 +20,7 @@ import numpy as np
 
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows.base import Base
-from boltzflow.targets.base import check_batch
+from boltzflow.errors import check_batch
 
 
 def circular_mask(dim: int, circular=None) -> np.ndarray:

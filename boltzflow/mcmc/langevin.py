@@ -52,12 +52,17 @@ def _ensure_grad(point, log_q_fn, log_p_fn):
     return make_point(point.x, log_q_fn, log_p_fn, with_grad=True, log_q=point.log_q)
 
 
+def langevin_mean(x: jax.Array, grad_log_pi: jax.Array, eps) -> jax.Array:
+    """The mean of the move (L1) from x: x + (eps^2 / 2) grad log pi(x)."""
+    return x + 0.5 * eps**2 * grad_log_pi
+
+
 def _langevin_proposal(key, point: Point, w, eps, log_q_fn, log_p_fn):
     """(L1) and the log backward/forward proposal ratio (L2)."""
     xi = jax.random.normal(key, point.x.shape, point.x.dtype)
-    x_new = point.x + 0.5 * eps**2 * annealed_grad(point, w) + eps * xi
+    x_new = langevin_mean(point.x, annealed_grad(point, w), eps) + eps * xi
     proposal = make_point(x_new, log_q_fn, log_p_fn, with_grad=True)
-    xi_b = (point.x - x_new - 0.5 * eps**2 * annealed_grad(proposal, w)) / eps
+    xi_b = (point.x - langevin_mean(proposal.x, annealed_grad(proposal, w), eps)) / eps
     return proposal, 0.5 * squared_norm(xi) - 0.5 * squared_norm(xi_b)
 
 

@@ -9,14 +9,7 @@ from __future__ import annotations
 
 import jax
 
-from boltzflow.errors import BoltzflowError
-
-
-def check_batch(x, dim: int, what: str = "x") -> None:
-    """Raise a one-line :class:`BoltzflowError` unless ``x`` has shape ``(n, dim)``."""
-    shape = getattr(x, "shape", None)
-    if shape is None or len(shape) != 2 or shape[1] != dim:
-        raise BoltzflowError(f"{what} must have shape (n, {dim}), got {shape}")
+from boltzflow.errors import BoltzflowError, check_batch
 
 
 class Target:

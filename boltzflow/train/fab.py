@@ -23,67 +23,47 @@ after which the buffer's weights are multiplied by that correction and log q_old
 The AIS transition kernel's step sizes are adapted during training (boltzflow.mcmc.step_size) and frozen at
 evaluation. The whole iteration (AIS pass, buffer insertion, L optimiser steps) is one jitted function.
 
-Where FAB runs is a :class:`FabSpace`: x-space for a flow (:func:`flow_space`), or, for an SNF with Langevin
-blocks, the space of its paths in the coordinates where the backward path density is free of theta
-(boltzflow.snf_paths): there the SNF is a flow, and everything above applies verbatim. A config whose flow has
-``type: snf`` trains in path space.
+Where FAB runs is a :class:`~boltzflow.flows.paths.Space`, chosen by the experiment (boltzflow.experiment):
+x-space for a flow, or, for an SNF with Langevin blocks, the space of its paths in the coordinates where the
+backward path density is free of theta (boltzflow.snf.paths): there the SNF is a flow, and everything above applies
+verbatim.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from boltzflow.ais import ais_from_config
+from boltzflow.ais import ais_from_settings
 from boltzflow.errors import BoltzflowError
 from boltzflow.estimators import effective_sample_size
+from boltzflow.flows.paths import Space
+from boltzflow.train.api import Method, Problem, gradient_step, masked_mean
 from boltzflow.train.buffer import build_prioritised_buffer
-from boltzflow.train.methods import Method, gradient_step, masked_mean
-
-DEFAULTS = {
-    "alpha": 2.0,
-    "buffer": True,
-    "buffer_size": None,  # default 100 x batch
-    "min_buffer_length": None,  # default 10 x batch
-    "n_updates": 4,  # L: gradient steps per AIS pass (with buffer)
-    "w_adjust_clip": 10.0,  # c_max
-}
 
 
-class FabSpace(NamedTuple):
-    """The points FAB samples and the densities it needs there.
+@dataclass(frozen=True)
+class FabSettings:
+    """The ``method`` section of FAB."""
 
-    ``dim``: dimension of a point; ``sample_and_log_q(model, key, n) -> (points (n, dim), log q (n,))``;
-    ``log_q(model, points) -> (n,)``; ``log_p(points) -> (n,)``, the unnormalised target (free of the model).
-    """
+    alpha: float = 2.0
+    buffer: bool = True
+    buffer_size: int | None = None  # default 100 x batch
+    min_buffer_length: int | None = None  # default 10 x batch
+    n_updates: int = 4  # L: gradient steps per AIS pass (with buffer)
+    w_adjust_clip: float = 10.0  # c_max
 
-    dim: int
-    sample_and_log_q: Callable
-    log_q: Callable
-    log_p: Callable
-
-
-def _flow_log_q(model, x):
-    return model.log_prob(x)
-
-
-def flow_space(target) -> FabSpace:
-    """x-space of a normalizing flow: q is the flow, p the target."""
-    return FabSpace(target.dim, lambda model, key, n: model.sample_and_log_prob(key, n), _flow_log_q,
-                    target.log_prob)
-
-
-def fab_space(cfg, target) -> FabSpace:
-    """Path space for an SNF (``flow.type: snf``; boltzflow.snf_paths), x-space otherwise."""
-    if cfg.flow.get("type") == "snf":
-        from boltzflow.snf_paths import path_space
-
-        return path_space(cfg.flow, target)
-    return flow_space(target)
+    def __post_init__(self):
+        if not self.alpha > 0 or self.n_updates < 1 or not self.w_adjust_clip > 0:
+            raise BoltzflowError("FAB needs alpha > 0, n_updates >= 1 and w_adjust_clip > 0")
+        for name in ("buffer_size", "min_buffer_length"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise BoltzflowError(f"FAB's {name} must be a positive integer, got {getattr(self, name)}")
 
 
 class FabState(NamedTuple):
@@ -91,27 +71,16 @@ class FabState(NamedTuple):
     buffer: object  # BufferState, or () without a buffer
 
 
-def fab_settings(method_cfg: dict) -> dict:
-    unknown = set(method_cfg) - set(DEFAULTS) - {"name"}
-    if unknown:
-        raise BoltzflowError(f"unknown FAB setting(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
-    s = DEFAULTS | {k: v for k, v in method_cfg.items() if k != "name"}
-    if s["alpha"] <= 0 or s["n_updates"] < 1 or s["w_adjust_clip"] <= 0:
-        raise BoltzflowError("FAB needs alpha > 0, n_updates >= 1 and w_adjust_clip > 0")
-    return s
-
-
-def fab_no_buffer_loss(model, x, log_w, log_q_fn=_flow_log_q):
+def fab_no_buffer_loss(model, x, log_w, log_q_fn):
     """S'(theta) = -sum_i softmax(log w)_i log q_theta(x_i) (no gradient through x or w); ``log_q_fn`` is the
-    space's log q (:class:`FabSpace`)."""
+    space's log q (:class:`~boltzflow.flows.paths.Space`)."""
     log_q = log_q_fn(model, x)
     ok = jnp.isfinite(log_w) & jnp.isfinite(log_q)
     w = jax.nn.softmax(jnp.where(ok, log_w, -jnp.inf))
     return -jnp.sum(jnp.where(ok, w * log_q, 0.0)), {"n_nonfinite": jnp.sum(~ok)}
 
 
-def fab_buffer_loss(model, x, log_q_old, valid, alpha: float, clip: float,
-                    log_q_fn=_flow_log_q):
+def fab_buffer_loss(model, x, log_q_old, valid, alpha: float, clip: float, log_q_fn):
     """Algorithm 1's loss on a buffer minibatch; aux carries the log weight correction and the new log q
     (``log_q_fn`` as in :func:`fab_no_buffer_loss`)."""
     log_q = log_q_fn(model, x)
@@ -122,11 +91,11 @@ def fab_buffer_loss(model, x, log_q_old, valid, alpha: float, clip: float,
     return loss, (log_correction, jax.lax.stop_gradient(log_q))
 
 
-def build_fab(cfg, target, optimizer) -> Method:
-    s = fab_settings(cfg.method)
-    alpha, n = float(s["alpha"]), cfg.train.batch_size
-    space = fab_space(cfg, target)
-    ais = ais_from_config(space.log_p, cfg.ais, alpha=alpha)
+def build_fab(s: FabSettings, problem: Problem) -> Method:
+    """FAB's (init, step) in ``problem.space``, with AIS from ``problem.ais`` (an AISSettings)."""
+    alpha, n, optimizer = s.alpha, problem.batch_size, problem.optimizer
+    space: Space = problem.space
+    ais = ais_from_settings(space.log_p, problem.ais, alpha=alpha)
 
     def run_ais(model, ais_state, key):
         # AIS runs outside any differentiated function: its samples and weights carry no gradient.
@@ -139,7 +108,7 @@ def build_fab(cfg, target, optimizer) -> Method:
             m |= {"ais_accept": res.info.accept.mean(), "ais_step_size": jnp.mean(ais_state.step_sizes)}
         return m
 
-    if not s["buffer"]:
+    if not s.buffer:
         def step(model, opt_state, state: FabState, key):
             res, ais_state = run_ais(model, state.ais_state, key)
             model, opt_state, loss, aux, gnorm = gradient_step(fab_no_buffer_loss, model, opt_state, optimizer,
@@ -149,12 +118,12 @@ def build_fab(cfg, target, optimizer) -> Method:
 
         return Method(init=lambda key, model: FabState(ais.init_state(), ()), step=step)
 
-    max_len = s["buffer_size"] or 100 * n
-    min_len = s["min_buffer_length"] or 10 * n
+    max_len = s.buffer_size or 100 * n
+    min_len = s.min_buffer_length or 10 * n
     if min_len < n:
         raise BoltzflowError(f"min_buffer_length ({min_len}) must be at least the batch size ({n})")
     buffer = build_prioritised_buffer(space.dim, max_len, min_len)
-    n_updates, clip = int(s["n_updates"]), float(s["w_adjust_clip"])
+    n_updates, clip = s.n_updates, s.w_adjust_clip
 
     def fill_once(model, state: FabState, key):
         res, ais_state = run_ais(model, state.ais_state, key)

@@ -1,21 +1,22 @@
-"""The training loop shared by every method: optimiser, jitted steps, progress, metrics, checkpoints, resume.
+"""The one training loop, for every method: jitted steps, progress, metrics, checkpoints, exact resume.
 
-A *method* (boltzflow.train.methods) supplies ``init(key, model) -> method_state`` and a pure
-``step(model, opt_state, method_state, key) -> (model, opt_state, method_state, metrics)``. This module owns
-everything around it, once:
+A method (boltzflow.train.api) supplies ``init`` and a pure ``step``; this module runs it, once for all:
 
-- optax: global-norm clipping -> Adam with linear warm-up and cosine decay; ``optax.apply_if_finite`` skips any
-  update whose gradient is not finite (counted in the metrics as ``skipped_steps``);
 - the whole step is compiled, and the steps between two logged ones run as one call (a ``fori_loop``);
-- optional parameter averaging (``train.ema_decay``): an exponential moving average of the parameters, with the
-  usual warm-up ``decay_t = min(decay, (1 + t) / (10 + t))``, is kept beside the trained model and is the model
-  that evaluation, sampling and ``load_run`` use (the method itself, e.g. FAB's AIS, keeps using the online model);
-- ``metrics.jsonl`` (one JSON object per logged step, with the wall-clock ``time_s`` of training excluding
-  evaluation), a progress bar with loss, ESS and ETA, a flow-IS ESS every ``eval_every`` steps;
-- ``checkpoint.eqx`` + ``checkpoint.json`` every ``checkpoint_every`` steps, at the time limit and at the end;
-  running ``train`` again on the same directory resumes from the checkpoint with the same keys (a larger
-  ``--steps`` also stretches the cosine schedule);
-- a time limit.
+- ``metrics.jsonl``: one JSON object per logged step (step 1, multiples of ``log_every``, ``eval_every``,
+  ``checkpoint_every``, and the last), with the wall-clock ``time_s`` of training excluding evaluation; a progress
+  bar with loss, ESS and ETA; a flow-IS ESS every ``eval_every`` steps;
+- ``checkpoint.eqx`` (the whole TrainState: model, optimiser, method state such as FAB's buffer and AIS step sizes,
+  parameter average, key) and ``checkpoint.json`` (step, time, evaluations) every ``checkpoint_every`` steps, at
+  the time limit and at the end, each written to a temporary file and renamed, so a kill at any moment leaves the
+  last complete checkpoint;
+- resume: run again on the same directory and training continues from the checkpoint; the steps logged after it
+  (done before an interruption, lost with it) are dropped from ``metrics.jsonl`` and run again, so the file
+  holds each step once and the run ends with the parameters of an uninterrupted one (tested by killing a
+  subprocess);
+- ``time_limit_s``: stop cleanly with a checkpoint once training has taken that long; running again continues.
+
+Which run a directory holds (its config) is checked by the caller (boltzflow.experiment.train).
 """
 
 from __future__ import annotations
@@ -23,57 +24,17 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-import yaml
+from tqdm.auto import tqdm
 
-from boltzflow.config import Config, config_from_dict
-from boltzflow.errors import BoltzflowError
 from boltzflow.estimators import effective_sample_size
-from boltzflow.snf import path_weights
-
-
-class TrainState(NamedTuple):
-    model: Any
-    opt_state: Any
-    method_state: Any
-    key: jax.Array  # raw key data (uint32), so that checkpoints serialise it
-    step: jax.Array  # () int32
-    averaged: Any = None  # EMA of the model's parameters (train.ema_decay), else None
-
-    @property
-    def final_model(self):
-        """The model to evaluate and sample from: the parameter average if one is kept, else the model."""
-        return self.model if self.averaged is None else self.averaged
-
-
-def update_average(averaged, model, step, decay: float):
-    """One EMA update of the inexact-array leaves, ``decay_t = min(decay, (1 + t) / (10 + t))``."""
-    t = step.astype(jnp.float32)
-    d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
-    avg_p, static = eqx.partition(averaged, eqx.is_inexact_array)
-    new_p = eqx.filter(model, eqx.is_inexact_array)
-    mixed = jax.tree_util.tree_map(lambda a, b: (d * a + (1.0 - d) * b).astype(a.dtype), avg_p, new_p)
-    return eqx.combine(mixed, static)
-
-
-def make_optimizer(train) -> optax.GradientTransformation:
-    """Clip by global norm, then Adam on a warm-up + cosine schedule; non-finite updates are skipped."""
-    warmup = min(train.warmup_steps, max(train.steps - 1, 0))
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0 if warmup else train.lr,
-        peak_value=train.lr,
-        warmup_steps=warmup,
-        decay_steps=max(train.steps, warmup + 1),
-        end_value=train.lr * train.final_lr_fraction,
-    )
-    opt = optax.chain(optax.clip_by_global_norm(train.clip_norm), optax.adam(schedule))
-    return optax.apply_if_finite(opt, max_consecutive_errors=50)
+from boltzflow.flows.paths import path_weights
+from boltzflow.train.api import Method
+from boltzflow.train.state import TrainSettings, TrainState, initial_state, state_like, update_average
 
 
 def make_flow_ess_fn(target, n: int):
@@ -95,22 +56,41 @@ def _scalar_metrics(metrics: dict) -> dict:
     return out
 
 
+def _write_atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    tmp.replace(path)
+
+
 def _write_checkpoint(out: Path, state: TrainState, info: dict) -> None:
-    tmp = out / "checkpoint.eqx.tmp"
-    eqx.tree_serialise_leaves(tmp, state)
-    tmp.replace(out / "checkpoint.eqx")
-    (out / "checkpoint.json").write_text(json.dumps(info, indent=1))
+    """The state, then its info; a kill between the two leaves a newer state than info, which _resume handles."""
+    _write_atomic(out / "checkpoint.eqx", lambda p: eqx.tree_serialise_leaves(p, state))
+    _write_atomic(out / "checkpoint.json", lambda p: p.write_text(json.dumps(info, indent=1)))
 
 
-def _resume(out: Path, config: Config, like: TrainState) -> tuple[TrainState, dict] | None:
-    ckpt, info_path, cfg_path = out / "checkpoint.eqx", out / "checkpoint.json", out / "config.yaml"
-    if not (ckpt.exists() and info_path.exists() and cfg_path.exists()):
+def _resume(out: Path, like: TrainState) -> tuple[TrainState, dict] | None:
+    """The checkpointed state and info, with ``metrics.jsonl`` cut back to the checkpoint's step; None if the
+    directory has no checkpoint."""
+    ckpt, info_path = out / "checkpoint.eqx", out / "checkpoint.json"
+    if not (ckpt.exists() and info_path.exists()):
         return None
-    old = config_from_dict(yaml.safe_load(cfg_path.read_text()), str(cfg_path))
-    # A run may be extended (more steps, a longer time limit); anything else is a different experiment.
-    if old.with_train(steps=1, time_limit_s=None) != config.with_train(steps=1, time_limit_s=None):
-        raise BoltzflowError(f"{out} holds a run with a different config; choose another --out")
-    return eqx.tree_deserialise_leaves(ckpt, like), json.loads(info_path.read_text())
+    state = eqx.tree_deserialise_leaves(ckpt, like)
+    info = json.loads(info_path.read_text())
+    step = int(state.step)
+    info["evals"] = [e for e in info["evals"] if e["step"] <= step]
+    metrics = out / "metrics.jsonl"
+    if metrics.exists():
+        rows = [line for line in metrics.read_text().splitlines() if line.strip()]
+        kept = []
+        for line in rows:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if row.get("step", 0) <= step:
+                kept.append(line)
+        _write_atomic(metrics, lambda p: p.write_text("".join(r + "\n" for r in kept)))
+    return state, info
 
 
 class Progress:
@@ -119,8 +99,6 @@ class Progress:
     def __init__(self, total: int, initial: int, enabled: bool):
         self.bar = None
         if enabled:
-            from tqdm.auto import tqdm
-
             self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
 
     def update(self, n: int, **postfix) -> None:
@@ -142,26 +120,23 @@ def _steps_to_next_boundary(done: int, total: int, periods) -> int:
     return min([total - done] + [p - done % p for p in periods])
 
 
-def train(config: Config, out: str | Path, *, progress: bool = True, log_every: int = 10) -> dict:
-    """Train ``config`` into the run directory ``out`` (resuming if it holds a checkpoint); returns a summary."""
-    from boltzflow.experiment import build_experiment, initial_state, state_like
-
+def train(out: str | Path, settings: TrainSettings, model, optimizer, method: Method, target, *,
+          progress: bool = True, log_every: int = 10) -> dict:
+    """Train ``model`` by ``method`` into the run directory ``out`` (resuming from its checkpoint if it has one);
+    returns a summary. The optimiser must be the one ``method`` was built with."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    ts = config.train
-    exp = build_experiment(config)
-    optimizer = make_optimizer(ts)
-    method = exp.build_method(optimizer)
+    ts = settings
     key = jax.random.key(ts.seed)
     info = {"time_s": 0.0, "evals": []}
-    resumed = _resume(out, config, state_like(exp, optimizer, method, key))
+    resumed = _resume(out, state_like(model, optimizer, method, key, ts.ema_decay))
     if resumed is None:
         t_init = time.perf_counter()
-        state = initial_state(exp, optimizer, method, key)  # FAB fills its buffer here: counted as training time
+        state = initial_state(model, optimizer, method, key, ts.ema_decay)  # FAB fills its buffer: training time
         info["time_s"] = time.perf_counter() - t_init
+        (out / "metrics.jsonl").write_text("")
     else:
         state, info = resumed
-    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
     def one_step(state: TrainState):
         key, k_step, k_eval = jax.random.split(jax.random.wrap_key_data(state.key), 3)
@@ -188,7 +163,7 @@ def train(config: Config, out: str | Path, *, progress: bool = True, log_every: 
         dynamic, metrics, k_eval = jax.lax.fori_loop(0, n, body, (dynamic, *zeros))
         return eqx.combine(dynamic, static), metrics, jax.random.wrap_key_data(k_eval)
 
-    flow_ess = make_flow_ess_fn(exp.target, ts.eval_samples)
+    flow_ess = make_flow_ess_fn(target, ts.eval_samples)
     start_step = int(state.step)
     bar = Progress(ts.steps, start_step, progress)
     t_train = info["time_s"]

@@ -44,7 +44,7 @@ FAB minimises the alpha-divergence between the path measures,
 marginal one, as the SNF paper's path KL (eq. 13) does for KL. With P fixed, FAB's gradient, its AIS target
 g = P^alpha Q^(1-alpha) (P^2/Q for alpha = 2), its loss -E_g[log Q_theta(u)] and its buffer's weight correction
 (1 - alpha)(log Q_theta - log Q_old) carry over unchanged: :func:`path_space` returns a
-:class:`~boltzflow.train.fab.FabSpace` whose points are u (dimension (M + 1) d) and whose log q is (P2); AIS's
+:class:`~boltzflow.flows.paths.Space` whose points are u (dimension (M + 1) d) and whose log q is (P2); AIS's
 HMC moves x and the noises jointly. The path weights of the trained SNF (P3 / P2) then give its importance weights.
 
 Limits. Metropolised blocks (Metropolis, HMC, MALA) have a point mass at rejection, so no bijection (P1) exists
@@ -62,7 +62,9 @@ import jax.numpy as jnp
 
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows.base import Flow
-from boltzflow.snf import StochasticBlock
+from boltzflow.flows.paths import Space
+from boltzflow.mcmc.langevin import langevin_mean
+from boltzflow.snf.block import StochasticBlock
 
 
 def _plan(model: Flow):
@@ -74,8 +76,9 @@ def _plan(model: Flow):
             continue
         if not isinstance(layer, StochasticBlock) or layer.kernel != "ula":
             kind = getattr(layer, "kernel", type(layer).__name__)
-            raise BoltzflowError(f"FAB on an SNF needs unadjusted Langevin blocks (kernel: ula), whose transition "
-                                 f"density is smooth; a {kind!r} block has a point mass at rejection")
+            raise BoltzflowError(f"this SNF has {kind} blocks, whose moves have a point mass at rejection, so its "
+                                 f"density is intractable even over paths (only unadjusted Langevin blocks, kernel "
+                                 f"ula, have a smooth one)")
         for _ in range(layer.n_steps):
             moves.append((tuple(pending), layer))
             pending = []
@@ -98,14 +101,14 @@ def _push(layers, v, inverse: bool = False):
 
 
 def _drift(block: StochasticBlock, a):
-    """m(a) = a + (eps^2/2) grad log pi_lambda(a), and eps."""
-    prior, lam = jax.lax.stop_gradient(block.prior), block.lam
+    """m(a) = a + (eps^2/2) grad log pi_lambda(a) (boltzflow.mcmc.langevin.langevin_mean), and eps. A gradient
+    that is not finite stays so: the path then has a non-finite density and is dropped, as any such sample."""
+    prior, lam, eps = jax.lax.stop_gradient(block.prior), block.lam, block.step_size
 
     def log_pi(b):
         return jnp.sum((1.0 - lam) * prior.log_prob(b) + lam * block.target.log_prob(b))
 
-    eps = block.step_size
-    return a + 0.5 * eps**2 * jax.grad(log_pi)(a), eps
+    return langevin_mean(a, jax.grad(log_pi)(a), eps), eps
 
 
 def _log_normal(e):
@@ -164,12 +167,9 @@ def _split(model: Flow, u):
     return jnp.split(u, m, axis=1)
 
 
-def path_space(flow_spec: dict, target):
-    """:class:`~boltzflow.train.fab.FabSpace` of the SNF that ``flow_spec`` builds (built once here for its
-    layout; the space's functions take the trained model as an argument)."""
-    from boltzflow.experiment import make_model
-    from boltzflow.train.fab import FabSpace
-
-    dim = n_path_points(make_model(flow_spec, jax.random.key(0), target)) * target.dim
-    return FabSpace(dim=dim, sample_and_log_q=sample_path, log_q=path_log_q,
-                    log_p=lambda v: path_log_p(target, v))
+def path_space(model: Flow, target) -> Space:
+    """The :class:`~boltzflow.flows.paths.Space` of paths u = (x, eta_1..eta_M) of this SNF's layout (the
+    space's functions take the trained model as an argument; only the layout of ``model`` is used here)."""
+    dim = n_path_points(model) * target.dim
+    return Space(dim=dim, sample_and_log_q=sample_path, log_q=path_log_q, log_p=lambda v: path_log_p(target, v),
+                 x_dim=target.dim)

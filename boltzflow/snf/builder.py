@@ -1,0 +1,123 @@
+"""Building an SNF: flow layers with stochastic blocks between them, from typed settings.
+
+::
+
+    flow:
+      type: snf
+      flow: {type: realnvp | nsf, n_layers: 4, ...}   # optional (null / absent: blocks only); make_flow settings
+      blocks:
+        kernel: metropolis | hmc | mala | ula | underdamped
+        n_steps: 10          # kernel steps per block (underdamped: BAOAB steps in one velocity refresh)
+        step_size: 0.1       # initial step size (scalar)
+        every: 1             # a block after every `every` flow layers (couplings and LU maps count as layers)
+        n_blocks: null       # blocks-only SNF (no flow): number of blocks (default 1)
+        at_start: false      # also put a block before the first flow layer
+        at_end: true         # false: no block after the last flow layer (the SNF ends on a flow layer)
+        learn_lambda: false  # lambda = sigmoid(a) learnable, initialised as below (clipped to [1e-3, 1-1e-3])
+        learn_step_size: false
+        # any other key is a kernel setting: n_leapfrog (hmc), friction (underdamped)
+
+A block after flow layer i of n samples pi_lambda with lambda = i / n, the fraction of the flow done: one after the
+last layer samples the target (lambda = 1), one at the start the prior (lambda = 0). Blocks-only SNFs: block t of
+T has lambda_t = t / T (SNF sec. 4).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+
+from boltzflow.errors import BoltzflowError
+from boltzflow.flows.base import Base, Flow, Layer
+from boltzflow.flows.builders import FLOW_SETTINGS, make_flow
+from boltzflow.flows.compose import Chain, Scan
+from boltzflow.flows.distributions import StandardBase
+from boltzflow.mcmc.registry import make_kernel
+from boltzflow.settings import Tagged
+from boltzflow.snf.block import StochasticBlock
+
+
+@dataclass(frozen=True)
+class BlockSettings:
+    """Where the stochastic blocks go and what they run (module docstring)."""
+
+    kernel: str = "metropolis"
+    n_steps: int = 10
+    step_size: float = 0.1
+    every: int = 1
+    n_blocks: int | None = None
+    at_start: bool = False
+    at_end: bool = True
+    learn_lambda: bool = False
+    learn_step_size: bool = False
+    kernel_options: dict = field(default_factory=dict, metadata={"extra": True})
+
+    def __post_init__(self):
+        if "n_steps" in self.kernel_options:
+            raise BoltzflowError("set the underdamped kernel's steps with the block's n_steps")
+        make_kernel(self.kernel, **self.kernel_options)
+        for name in ("n_steps", "every") + (("n_blocks",) if self.n_blocks is not None else ()):
+            if getattr(self, name) < 1:
+                raise BoltzflowError(f"blocks.{name} must be a positive integer, got {getattr(self, name)!r}")
+        if not self.step_size > 0:
+            raise BoltzflowError(f"blocks.step_size must be positive, got {self.step_size!r}")
+
+
+@dataclass(frozen=True)
+class SNFSettings:
+    """``flow: {type: snf, flow: ..., blocks: ...}``: the deterministic flow (None: blocks only) and the blocks."""
+
+    flow: Tagged | None = field(default=None, metadata={"choices": FLOW_SETTINGS, "tag": "type"})
+    blocks: BlockSettings = field(default_factory=BlockSettings)
+
+    def __post_init__(self):
+        if self.flow is not None and self.blocks.n_blocks is not None:
+            raise BoltzflowError("blocks.n_blocks is for blocks-only SNFs; with a flow use blocks.every")
+
+
+def flatten_layers(layers) -> list[Layer]:
+    """The deterministic layers of a flow as a flat list (Scan stacks and Chains unrolled, order kept)."""
+    out = []
+    for layer in layers:
+        if isinstance(layer, Scan):
+            out.extend(flatten_layers([layer.layer(i) for i in range(layer.n)]))
+        elif isinstance(layer, Chain):
+            out.extend(flatten_layers(layer.layers))
+        else:
+            out.append(layer)
+    return out
+
+
+def make_snf(s: SNFSettings, key: jax.Array, target, dtype=jnp.float32) -> Flow:
+    """An SNF from its settings (module docstring): flow layers with a block after every ``every`` of them."""
+    b = s.blocks
+    if s.flow is not None:
+        flow = make_flow(s.flow, key, target.dim, dtype)
+        base, det = flow.base, flatten_layers(flow.layers)
+        n_f = len(det)
+        slots = [0.0] if b.at_start else []  # flow layers, and each block's lambda as a float
+        for i, layer in enumerate(det):
+            slots.append(layer)
+            if (i + 1) % b.every == 0 and (b.at_end or i + 1 < n_f):
+                slots.append((i + 1) / n_f)
+    else:
+        return blocks_only_snf(StandardBase(target.dim, dtype=dtype), target, b.n_blocks or 1, b.kernel,
+                               b.step_size, b.n_steps, learn_lambda=b.learn_lambda,
+                               learn_step_size=b.learn_step_size, settings=b.kernel_options, dtype=dtype)
+    return Flow(base, tuple(_block(b, base, target, slot, dtype) if isinstance(slot, float) else slot
+                            for slot in slots))
+
+
+def _block(b: BlockSettings, base: Base, target, lam: float, dtype) -> StochasticBlock:
+    return StochasticBlock(b.kernel, base, target, lam, b.step_size, b.n_steps, b.learn_lambda, b.learn_step_size,
+                           b.kernel_options, dtype=dtype)
+
+
+def blocks_only_snf(prior: Base, target, n_blocks: int, kernel: str = "metropolis", step_size: float = 0.1,
+                    n_steps: int = 10, lambdas=None, **kw) -> Flow:
+    """An SNF of stochastic blocks only from ``prior`` (lambda_t = t / T unless ``lambdas`` is given)."""
+    lambdas = [(t + 1) / n_blocks for t in range(n_blocks)] if lambdas is None else list(lambdas)
+    return Flow(prior, tuple(StochasticBlock(kernel, prior, target, float(lam), float(step_size), n_steps, **kw)
+                             for lam in lambdas))
