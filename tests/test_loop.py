@@ -56,3 +56,129 @@ def test_steps_between_logged_ones_run_as_one_call_with_the_same_result(tmp_path
     assert all(np.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(chunked, stepwise))
     half = len(chunked) // 2  # model, then average: they differ, so the comparison above sees trained values
     assert not all(np.array_equal(a, b) for a, b in zip(chunked[:half], chunked[half:]))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Resume a user can trust: kill -9 at any moment, run again, end where the uninterrupted run ends
+# ---------------------------------------------------------------------------------------------------------------------
+FAB_SMALL = """\
+target: gmm4
+flow: {type: realnvp, n_layers: 2, hidden: 16, depth: 1}
+method: {name: fab, buffer: true, min_buffer_length: 256, buffer_size: 1024, n_updates: 2}
+ais: {kernel: hmc, n_intermediate: 2, step_size: 0.3, n_leapfrog: 2}
+train: {steps: 80, batch_size: 64, lr: 1.0e-3, warmup_steps: 5, eval_every: 40, eval_samples: 256,
+        checkpoint_every: 10, ema_decay: 0.9}
+"""
+
+TRAIN_SCRIPT = ("import sys; from boltzflow.config import load_config; from boltzflow.experiment import train; "
+                "train(load_config(sys.argv[1]), sys.argv[2], progress=False)")
+
+
+def _train_subprocess(cfg, out):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", TRAIN_SCRIPT, str(cfg), str(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _leaves(state):
+    import equinox as eqx
+    import jax
+
+    return [np.asarray(a) for a in jax.tree_util.tree_leaves(eqx.filter(state, eqx.is_array))]
+
+
+def _rows(out):
+    import json
+
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_kill_9_then_rerun_ends_with_the_uninterrupted_parameters(tmp_path):
+    """FAB with its buffer, AIS step-size adaptation, Adam and a parameter average: a training killed (SIGKILL)
+    at a random moment after its second checkpoint and run again must end with exactly the state (every array:
+    model, optimiser, buffer, step sizes, average, key) of a run that was never interrupted, and its
+    metrics.jsonl must hold each logged step once, as the uninterrupted run's does."""
+    import json
+    import os
+    import random
+    import signal
+    import time
+
+    from boltzflow.experiment import load_run
+
+    cfg = tmp_path / "fab.yaml"
+    cfg.write_text(FAB_SMALL)
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    proc = _train_subprocess(cfg, whole)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+
+    proc = _train_subprocess(cfg, killed)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        info = killed / "checkpoint.json"
+        if info.exists() and json.loads(info.read_text())["step"] >= 20:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed: make it longer"
+    time.sleep(random.Random(0).uniform(0.0, 0.3))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    interrupted_at = json.loads((killed / "checkpoint.json").read_text())["step"]
+    assert interrupted_at < 80
+    proc = _train_subprocess(cfg, killed)
+    assert proc.wait(timeout=600) == 0, proc.stderr.read()
+
+    a, b = _leaves(load_run(whole)[1]), _leaves(load_run(killed)[1])
+    assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
+    steps = [r["step"] for r in _rows(killed)]
+    assert steps == [r["step"] for r in _rows(whole)] and len(steps) == len(set(steps))
+    times = [r["time_s"] for r in _rows(killed)]
+    assert times == sorted(times)  # time_s continues from the checkpoint instead of restarting
+
+
+def test_time_limit_stops_with_a_checkpoint_and_a_rerun_finishes(tmp_path):
+    from boltzflow.config import config_from_dict
+    from boltzflow.experiment import load_run, train
+
+    d = {"target": "double_well", "flow": {"type": "realnvp", "n_layers": 2, "hidden": 8, "depth": 1},
+         "method": {"name": "reverse_kl"},
+         "train": {"steps": 100_000, "batch_size": 32, "warmup_steps": 2, "eval_every": 1000, "eval_samples": 64,
+                   "checkpoint_every": 50_000, "time_limit_s": 2.0}}
+    out = tmp_path / "run"
+    summary = train(config_from_dict(d), out, progress=False)
+    assert summary["stopped_by_time_limit"] and 0 < summary["steps"] < 100_000
+    assert int(load_run(out)[1].step) == summary["steps"]  # the checkpoint holds the last step done
+    d["train"] |= {"steps": summary["steps"] + 20, "time_limit_s": None}
+    again = train(config_from_dict(d), out, progress=False)
+    assert again["steps"] == summary["steps"] + 20 and not again["stopped_by_time_limit"]
+    steps = [r["step"] for r in _rows(out)]
+    assert len(steps) == len(set(steps)) and steps[-1] == summary["steps"] + 20
+
+
+def test_float64_trains_a_float64_model(tmp_path):
+    """train.dtype: float64 makes the model, its samples and its training float64."""
+    import equinox as eqx
+    import jax
+
+    from boltzflow.config import config_from_dict
+    from boltzflow.experiment import load_run, train
+    from boltzflow.flows.paths import path_weights
+
+    cfg = config_from_dict({
+        "target": "double_well",
+        "flow": {"type": "snf", "flow": {"type": "nsf", "n_layers": 2, "hidden": 8, "depth": 1},
+                 "blocks": {"kernel": "mala", "n_steps": 1, "learn_step_size": True}},
+        "method": {"name": "kl_ml"},
+        "train": {"steps": 5, "batch_size": 16, "eval_every": 5, "eval_samples": 64, "dtype": "float64"}})
+    try:
+        train(cfg, tmp_path / "run", progress=False)
+        exp, state = load_run(tmp_path / "run")
+        for tree in (state.model, state.opt_state):
+            dtypes = {a.dtype for a in jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))}
+            assert dtypes == {np.dtype("float64")}, dtypes
+        x, log_w, infos = path_weights(exp.model, exp.target, jax.random.key(0), 8)
+        assert x.dtype == log_w.dtype == infos[0].accept.dtype == np.float64
+    finally:
+        jax.config.update("jax_enable_x64", False)

@@ -29,6 +29,10 @@ from typing import Any, Callable
 from boltzflow.errors import BoltzflowError
 from boltzflow.targets.base import Target
 from boltzflow.targets.function import FunctionTarget
+from boltzflow.targets.funnel import Funnel
+from boltzflow.targets.gmm import GMM40, GaussianMixture
+from boltzflow.targets.images import ImageTarget
+from boltzflow.targets.wells import DoubleWell, ManyWell
 
 
 @dataclass(frozen=True)
@@ -52,11 +56,6 @@ def register_target(name: str, factory: Callable[..., Target], description: str,
 
 
 def _builtin_presets() -> None:
-    from boltzflow.targets.funnel import Funnel
-    from boltzflow.targets.gmm import GMM40, GaussianMixture
-    from boltzflow.targets.images import ImageTarget
-    from boltzflow.targets.wells import DoubleWell, ManyWell
-
     register_target("double_well", DoubleWell, "2-D double well of the SNF paper and FAB (2 modes)", True, True)
     register_target("many_well", ManyWell, "FAB Many Well: dim/2 double wells (dim=32: 2^16 modes)", True, True)
     register_target("gmm40", GMM40, "FAB 2-D mixture of 40 Gaussians, std softplus(1)", True, True)
