@@ -24,11 +24,10 @@ import jax
 import numpy as np
 import yaml
 
-from boltzflow.config import load_config
+from boltzflow.config import config_from_dict, read_config
 from boltzflow.evaluate import evaluate
-from boltzflow.experiment import load_run
+from boltzflow.experiment import load_run, train
 from boltzflow.plot import read_metrics
-from boltzflow.train.loop import train
 
 KEYS = ["ess", "ais_ess", "mean_log_q_exact", "forward_kl", "expectation_rel_error_pct", "log_z_error",
         "z_rel_error_pct", "mean_log_q_modes", "min_log_q_modes", "modes_covered", "train_time_s", "ms_per_iter", "time_to_ess_0.5_s"]
@@ -57,12 +56,13 @@ def main():
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
-    base = load_config(args.preset)
+    raw, source = read_config(args.preset)
     if args.method:
-        base = base.replace(method={"name": args.method}, name=f"{base.name}_{args.method}")
+        raw |= {"method": {"name": args.method}, "name": f"{raw['name']}_{args.method}"}
     if args.method_option:
         opts = dict(o.split("=", 1) for o in args.method_option)
-        base = base.replace(method={**base.method, **{k: yaml.safe_load(v) for k, v in opts.items()}})
+        raw["method"] = {**raw.get("method", {}), **{k: yaml.safe_load(v) for k, v in opts.items()}}
+    base = config_from_dict(raw, source)
     out = Path(args.out)
     results = []
     for seed in args.seeds:
@@ -85,7 +85,7 @@ def main():
         if vals:
             summary[k] = {"mean": float(np.mean(vals)), "stderr": float(np.std(vals, ddof=1) / math.sqrt(len(vals)))
                           if len(vals) > 1 else float("nan"), "n": len(vals)}
-    meta = {"preset": args.preset, "method": base.method.get("name"), "seeds": args.seeds,
+    meta = {"preset": args.preset, "method": base.method.name, "seeds": args.seeds,
             "machine": f"{platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s), "
                        f"{__import__('os').cpu_count()} CPU cores", "date": time.strftime("%Y-%m-%d"),
             "jax": jax.__version__}

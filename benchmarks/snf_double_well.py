@@ -5,7 +5,9 @@
     python benchmarks/snf_double_well.py --paper --out runs/bench/snf_dw_paper.json  # the paper's training budget
 
 Protocol (Wu, Koehler & Noe 2020, sec. 5 / Table 1). Each model is trained ``--trainings`` times from different
-seeds (default KL + ML, SNF eqs. 13-14, ``--kl-weight`` / ``--ml-weight``); "+MC" puts a Metropolis block
+seeds (default KL + ML, SNF eqs. 13-14, ``--kl-weight`` / ``--ml-weight``) by ``boltzflow.experiment.train``, the
+loop ``boltzflow train`` runs (Adam at a constant learning rate: ``warmup_steps: 0``, ``final_lr_fraction: 1``;
+gradient-norm clip 10); the run directories are kept under ``--runs``. "+MC" puts a Metropolis block
 (``--mc-steps`` steps, lambda = i / n after layer i of n) after every flow layer; ``--no-mc-at-end`` drops the
 block after the last layer (the SNF ends on a flow layer). After training, ``--samples`` (100k) samples give the
 free energy along x1 on ``--bins`` bins over [-2.5, 2.5],
@@ -31,8 +33,9 @@ sampling.
 ``--paper`` sets the paper's own models and training budget (its code, noegroup/stochastic_normalizing_flows,
 experiment1_doublewell.ipynb): 3 blocks of 2 couplings (RNVP MLP 64x2; NSF 20 bins, tail bound 3, MLP 64x3); "+MC":
 a Metropolis block of 20 steps (step 0.25) before the first coupling and after every block (4 blocks); ML on a fixed
-set of 10k equilibrium samples (here exact ones; the paper's came from a long Metropolis chain), 300 Adam steps of
-ML alone, then 300 of 0.5 ML + 0.5 KL, batch 128, lr 5e-3. Differences that remain: our lambdas are the fraction of
+set of 10k equilibrium samples (here exact ones, written to a .npy file that the method's ``data`` option reads;
+the paper's came from a long Metropolis chain), 300 Adam steps of ML alone, then 300 of 0.5 ML + 0.5 KL started
+from the first run's model (``train.init_from``), batch 128, lr 5e-3. Differences that remain: our lambdas are the fraction of
 the flow done (0, 1/3, 2/3, 1; the paper's 0, 0, 1/2, 1), SiLU conditioners (the paper's ReLU; one MLP for
 scale and shift), the Adam state restarts between the two phases, and the error metric is the one above (the
 paper's bias is |mean over bins of the signed error| and its std is over 20 repeated 100k draws of one model).
@@ -50,25 +53,37 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from boltzflow.flows import make_flow
-from boltzflow.snf import fit, make_snf, path_weights
+from boltzflow.config import config_from_dict
+from boltzflow.experiment import load_run, train
+from boltzflow.flows.paths import path_weights
+from boltzflow.plot import read_metrics
 from boltzflow.targets.wells import DoubleWell, free_energy_x1
 
 MODELS = ("RNVP", "RNVP+MC", "NSF", "NSF+MC")
 EXACT = "exact samples"  # reference row: the metric's own noise floor at this sample size
 
 
-def build(name, key, target, args):
+def flow_spec(name, args):
     flow = {"type": "realnvp", "n_layers": args.layers, "hidden": args.hidden, "depth": args.depth}
     if name.startswith("NSF"):
         flow.update(type="nsf", bins=args.nsf_bins, bound=args.nsf_bound, depth=args.nsf_depth or args.depth)
     if name.endswith("+MC"):
-        spec = {"type": "snf", "flow": flow,
+        return {"type": "snf", "flow": flow,
                 "blocks": {"kernel": "metropolis", "n_steps": args.mc_steps, "step_size": args.mc_step_size,
                            "every": args.mc_every, "at_start": args.mc_at_start, "at_end": args.mc_at_end,
                            "learn_lambda": args.mc_learn, "learn_step_size": args.mc_learn}}
-        return make_snf(spec, key, target)
-    return make_flow(flow, key, target.dim)
+    return flow
+
+
+def config(name, seed, args, method, steps, data=None, init_from=None):
+    """The run's config: what `boltzflow train` would read from a YAML file."""
+    if data is not None:
+        method = {**method, "data": str(data)}
+    return config_from_dict({
+        "name": f"{name}-seed{seed}", "target": "double_well", "flow": flow_spec(name, args), "method": method,
+        "train": {"steps": steps, "batch_size": args.batch, "lr": args.lr, "warmup_steps": 0,
+                  "final_lr_fraction": 1.0, "clip_norm": 10.0, "eval_every": steps, "eval_samples": 4096,
+                  "checkpoint_every": steps, "seed": seed, "init_from": init_from}})
 
 
 def exact_free_energy(edges):
@@ -103,25 +118,33 @@ def errors(x1, w, edges, f_exact, n_batches=10):
 
 def run_one(name, seed, target, args, edges, f_exact):
     key = jax.random.key(seed)
-    k_init, k_train, k_sample = jax.random.split(key, 3)
-    k_data, k_ml = jax.random.split(jax.random.fold_in(key, 1))
-    model = build(name, k_init, target, args)
-    data = target.sample(k_data, args.data) if args.data else None  # a fixed training set, or fresh samples
+    k_sample, k_data = jax.random.split(key)
+    run = Path(args.runs) / f"{name}-seed{seed}"
+    data = None
+    if args.data:  # a fixed training set (else fresh exact samples every step)
+        run.mkdir(parents=True, exist_ok=True)
+        data = run / "data.npy"
+        np.save(data, np.asarray(target.sample(k_data, args.data)))
+    kl_ml = {"name": "kl_ml", "kl_weight": args.kl_weight, "ml_weight": args.ml_weight}
     t0 = time.time()
-    if args.ml_steps:  # ML alone first (the paper's first phase)
-        model, _ = fit(model, target, k_ml, args.ml_steps, args.batch, args.lr, 0.0, 1.0, data=data)
-    model, losses = fit(model, target, k_train, args.steps, args.batch, args.lr, args.kl_weight, args.ml_weight,
-                        data=data)
+    init_from = None
+    if args.ml_steps:  # ML alone first (the paper's first phase), then KL + ML from its model
+        init_from = str(run / "ml")
+        train(config(name, seed, args, {"name": "forward_kl"}, args.ml_steps, data), init_from, progress=False)
+    train(config(name, seed, args, kl_ml, args.steps, data, init_from), run / "kl_ml", progress=False)
     train_s = time.time() - t0
-    blocks = [layer for layer in getattr(model, "layers", ()) if layer.stochastic]
+    exp, _ = load_run(run / "kl_ml")
+    model = exp.model
+    losses = [r["loss"] for r in read_metrics(run / "kl_ml")]
+    blocks = [layer for layer in model.layers if layer.stochastic]
     learned = {"lambdas": [float(b.lam) for b in blocks], "step_sizes": [float(b.step_size) for b in blocks]}
-    return {"model": name, "seed": seed, "train_s": train_s, "final_loss": float(np.mean(losses[-20:])), **learned,
+    return {"model": name, "seed": seed, "train_s": train_s, "final_loss": float(np.mean(losses[-2:])), **learned,
             **score(model, target, k_sample, args.samples, args.chunk, edges, f_exact)}
 
 
 def score(model, target, key, n_samples, chunk, edges, f_exact):
     """ESS, log Z error and the free-energy errors (unweighted and reweighted) of n_samples paths."""
-    draw = jax.jit(lambda k: path_weights(model, target, k, chunk))
+    draw = jax.jit(lambda k: path_weights(model, target, k, chunk)[:2])
     xs, lws = zip(*[draw(k) for k in jax.random.split(key, -(-n_samples // chunk))])
     x = np.asarray(jnp.concatenate(xs))[:n_samples]
     lw = np.asarray(jnp.concatenate(lws), np.float64)[:n_samples]
@@ -190,6 +213,7 @@ def main():
     p.add_argument("--quick", action="store_true", help="2 trainings, 150 steps, 3 layers, 20k samples")
     p.add_argument("--paper", action="store_true", help="the paper's models and training budget (docstring)")
     p.add_argument("--out", required=True)
+    p.add_argument("--runs", default="runs/bench/snf_dw_runs", help="where the run directories go")
     args = p.parse_args()
     if args.paper:
         args.layers, args.hidden, args.depth, args.nsf_depth, args.nsf_bins, args.nsf_bound = 6, 64, 2, 3, 20, 3.0
@@ -219,6 +243,7 @@ def main():
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"args": vars(args), "platform": platform.platform(), "device": str(jax.devices()[0]),
+                               "date": time.strftime("%Y-%m-%d"),
                                "bin_centres": (0.5 * (edges[1:] + edges[:-1])).tolist(), "f_exact": f_exact.tolist(),
                                "summary": summary, "runs": runs}))
 

@@ -1,4 +1,4 @@
-"""FAB on an SNF (path space, boltzflow.snf_paths) against FAB on the same flow without stochastic blocks.
+"""FAB on an SNF (path space, boltzflow.snf.paths) against FAB on the same flow without stochastic blocks.
 
     python benchmarks/snf_fab_double_well.py --trainings 3 --out runs/bench/snf_fab_dw.json
     python benchmarks/snf_fab_double_well.py --quick --out runs/bench/snf_fab_dw_quick.json
@@ -25,9 +25,8 @@ import numpy as np
 from snf_double_well import exact_free_energy, score, summarise, table
 
 from boltzflow.config import config_from_dict
-from boltzflow.experiment import load_run
+from boltzflow.experiment import load_run, train
 from boltzflow.targets.wells import DoubleWell
-from boltzflow.train.loop import train
 
 MODELS = ("RNVP (FAB)", "RNVP+ULA (FAB paths)")
 

@@ -6,7 +6,9 @@
 Models (depth 5 by default, SNF paper sec. 5): "flow" = RealNVP with ``--layers`` coupling layers; "MC" = the same
 number of Metropolis blocks with ``--mc-steps`` (10) steps each, lambda_t = t / T, from the N(0, I) prior (no
 training); "SNF" = the RealNVP with a Metropolis block after every layer. Flow and SNF are trained by path KL
-(SNF eq. 13; ``--ml-weight`` > 0 adds ML on exact samples, eq. 14). Metric: the KL divergence between the 50 x 50
+(SNF eq. 13, method ``reverse_kl``; ``--ml-weight`` > 0 adds ML on exact samples, eq. 14, method ``kl_ml``) by
+``boltzflow.experiment.train``, the loop ``boltzflow train`` runs (constant learning rate, gradient-norm clip 10;
+run directories under OUT/runs). Metric: the KL divergence between the 50 x 50
 histogram of ``--samples`` unweighted samples h and the exact bin probabilities p on the image box (both
 normalised on the box; p by a 4 x 4 midpoint rule per bin of the exact normalised density):
 
@@ -27,9 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from boltzflow.flows import make_flow
-from boltzflow.flows.distributions import StandardBase
-from boltzflow.snf import blocks_only_snf, fit, make_snf
+from boltzflow.config import config_from_dict
+from boltzflow.experiment import build_experiment, load_run, train
 from boltzflow.targets import make_target
 
 BINS = 50
@@ -62,28 +63,36 @@ def kls(h, p):
 
 
 def draw(model, key, n, chunk=20_000):
-    f = jax.jit(lambda k: model.sample_with_path(k, chunk)[0])
+    f = jax.jit(lambda k: model.sample(k, chunk))
     xs = [f(k) for k in jax.random.split(key, -(-n // chunk))]
     return np.asarray(jnp.concatenate(xs))[:n]
 
 
-def model_for(kind, target, key, layers, mc_steps, args):
+def config(kind, image, layers, mc_steps, seed, args):
     flow = {"type": "realnvp", "n_layers": layers, "hidden": args.hidden}
-    if kind == "flow":
-        return make_flow(flow, key, 2)
+    blocks = {"kernel": "metropolis", "n_steps": mc_steps, "step_size": args.mc_step_size}
     if kind == "MC":
-        return blocks_only_snf(StandardBase(2), target, layers, "metropolis", args.mc_step_size, mc_steps)
-    return make_snf({"type": "snf", "flow": flow, "blocks": {"kernel": "metropolis", "n_steps": mc_steps,
-                                                            "step_size": args.mc_step_size}}, key, target)
+        flow = {"type": "snf", "blocks": {**blocks, "n_blocks": layers}}
+    elif kind == "SNF":
+        flow = {"type": "snf", "flow": flow, "blocks": blocks}
+    method = {"name": "kl_ml", "kl_weight": 1.0, "ml_weight": args.ml_weight} if args.ml_weight else "reverse_kl"
+    return config_from_dict({
+        "name": f"{image}-{kind}-L{layers}-mc{mc_steps}", "target": image, "flow": flow, "method": method,
+        "train": {"steps": args.steps, "batch_size": args.batch, "lr": args.lr, "warmup_steps": 0,
+                  "final_lr_fraction": 1.0, "clip_norm": 10.0, "eval_every": args.steps, "eval_samples": 4096,
+                  "checkpoint_every": args.steps, "seed": seed}})
 
 
-def evaluate_one(kind, target, p, key, layers, mc_steps, args):
-    k_init, k_train, k_s = jax.random.split(key, 3)
-    model = model_for(kind, target, k_init, layers, mc_steps, args)
+def evaluate_one(kind, image, target, p, seed, layers, mc_steps, args):
+    cfg = config(kind, image, layers, mc_steps, seed, args)
     t0 = time.time()
-    if kind != "MC":
-        model, _ = fit(model, target, k_train, args.steps, args.batch, args.lr, 1.0, args.ml_weight)
-    x = draw(model, k_s, args.samples)
+    if kind == "MC":  # no parameters to train: the blocks from the prior
+        model = build_experiment(cfg).model
+    else:
+        run = Path(args.out) / "runs" / f"{cfg.name}-seed{seed}"
+        train(cfg, run, progress=False)
+        model = load_run(run)[0].model
+    x = draw(model, jax.random.key(10_000 + seed), args.samples)
     h = sample_hist(target, x)
     kl, kl_pq = kls(h, p)
     return {"model": kind, "layers": layers, "mc_steps": mc_steps, "kl": kl, "kl_pq": kl_pq,
@@ -150,14 +159,14 @@ def main():
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    key = jax.random.key(args.seed)
+    base = 1000 * args.seed
     results = {"args": vars(args), "device": str(jax.devices()[0]), "images": {}, "sweeps": {}}
     for name in args.images:
         target = make_target(name)
         p = exact_hist(target)
         rows, hists = [], []
         for kind in ("flow", "MC", "SNF"):
-            r, h = evaluate_one(kind, target, p, jax.random.fold_in(key, len(rows)), args.layers, args.mc_steps, args)
+            r, h = evaluate_one(kind, name, target, p, base + len(rows), args.layers, args.mc_steps, args)
             print(f"{name} {kind}: KL {r['kl']:.3f} (KL p||h {r['kl_pq']:.3f}, {r['time_s']:.0f}s)", flush=True)
             rows.append(r), hists.append(h)
         results["images"][name] = rows
@@ -167,11 +176,11 @@ def main():
     sw_layers, sw_steps = [], []
     for n in args.sweep_layers:
         for kind in ("flow", "SNF"):
-            sw_layers.append(evaluate_one(kind, target, p, jax.random.fold_in(key, 100 + n), n, args.mc_steps, args)[0])
+            sw_layers.append(evaluate_one(kind, args.sweep_image, target, p, base + 100 + n, n, args.mc_steps, args)[0])
             print(f"sweep layers={n} {kind}: KL {sw_layers[-1]['kl']:.3f}", flush=True)
     for s in args.sweep_mc_steps:
         for kind in ("MC", "SNF"):
-            sw_steps.append(evaluate_one(kind, target, p, jax.random.fold_in(key, 200 + s), args.layers, s, args)[0])
+            sw_steps.append(evaluate_one(kind, args.sweep_image, target, p, base + 200 + s, args.layers, s, args)[0])
             print(f"sweep mc_steps={s} {kind}: KL {sw_steps[-1]['kl']:.3f}", flush=True)
     results["sweeps"] = {"image": args.sweep_image, "layers": sw_layers, "mc_steps": sw_steps}
     sweep_plot(out / "sweeps.png", results["sweeps"])

@@ -33,7 +33,8 @@ def _train(args) -> None:
         method = raw.get("method") or {}
         raw["method"] = {**({"name": method} if isinstance(method, str) else method),
                          "data": str(Path(args.data).resolve())}
-    overrides = {k: v for k, v in (("seed", args.seed), ("steps", args.steps), ("time_limit_s", args.time_limit))
+    overrides = {k: v for k, v in (("seed", args.seed), ("steps", args.steps), ("time_limit_s", args.time_limit),
+                                   ("init_from", args.init_from and str(Path(args.init_from).resolve())))
                  if v is not None}
     if overrides:
         raw["train"] = {**(raw.get("train") or {}), **overrides}
@@ -97,6 +98,8 @@ def _presets(args) -> None:
 def _table(metrics: dict, title: str) -> str:
     lines = [title, "-" * len(title)]
     for k, v in metrics.items():
+        if isinstance(v, list) and all(isinstance(a, float) for a in v):
+            v = "[" + ", ".join(f"{a:.3g}" for a in v) + "]"
         lines.append(f"{k:28s} {v:.6g}" if isinstance(v, float) else f"{k:28s} {v}")
     return "\n".join(lines)
 
@@ -111,6 +114,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--steps", type=int)
     t.add_argument("--time-limit", type=float, help="seconds of training before stopping with a checkpoint")
     t.add_argument("--target", help="replace the target: a preset name or module:function")
+    t.add_argument("--init-from", metavar="DIR", help="start from the trained model of another run (same flow)")
     t.add_argument("--data", help="samples of p (.npy / .npz, shape (n, dim)) for the maximum-likelihood term")
     t.add_argument("--eval-samples", type=int, default=10_000)
     t.add_argument("--no-progress", action="store_true")

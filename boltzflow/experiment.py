@@ -59,6 +59,8 @@ def model_dtype(config: Config):
 
 
 def build_experiment(config: Config) -> Experiment:
+    """The target and the model at step 0: freshly initialised from the seed, or, with ``train.init_from``, the
+    trained model of that run directory (e.g. maximum likelihood first, then KL + ML or FAB)."""
     dtype = model_dtype(config)
     target = make_target(config.target)
     key = jax.random.fold_in(jax.random.key(config.train.seed), 1)
@@ -66,7 +68,23 @@ def build_experiment(config: Config) -> Experiment:
         model = make_snf(config.flow.settings, key, target, dtype)
     else:
         model = make_flow(config.flow, key, target.dim, dtype)
+    if config.train.init_from is not None:
+        model = _trained_model_like(Path(config.train.init_from), model)
     return Experiment(config, target, model)
+
+
+def _trained_model_like(run_dir: Path, model):
+    """The arrays of ``run_dir``'s final model in the structure of ``model`` (same flow settings required)."""
+    trained, fresh = eqx.partition(load_run(run_dir)[0].model, eqx.is_array)[0], eqx.partition(model, eqx.is_array)
+
+    def layout(tree):  # paths, shapes and dtypes of the arrays (static fields such as the target object differ)
+        return [(jax.tree_util.keystr(k), a.shape, a.dtype) for k, a in jax.tree_util.tree_leaves_with_path(tree)]
+
+    if layout(trained) != layout(fresh[0]):
+        raise BoltzflowError(f"train.init_from: the model of {run_dir} has another structure than this config's "
+                             f"flow; use the same flow settings")
+    arrays = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(fresh[0]), jax.tree_util.tree_leaves(trained))
+    return eqx.combine(arrays, fresh[1])
 
 
 def build_method(exp: Experiment, optimizer) -> Method:

@@ -52,7 +52,7 @@ def _scalar_metrics(metrics: dict) -> dict:
     out = {}
     for k, v in jax.device_get(metrics).items():
         v = np.asarray(v)
-        out[k] = float(v) if v.size == 1 else [float(a) for a in v.ravel()]
+        out[k] = float(v) if v.ndim == 0 else [float(a) for a in v.ravel()]
     return out
 
 

@@ -41,6 +41,7 @@ class TrainSettings:
     checkpoint_every: int = 500
     seed: int = 0
     dtype: Literal["float32", "float64"] = "float32"  # of the whole model, its samples and its training
+    init_from: str | None = None  # a run directory whose trained model is this run's starting point
 
     def __post_init__(self):
         positive = ("steps", "batch_size", "lr", "eval_every", "eval_samples", "checkpoint_every", "clip_norm")
