@@ -182,3 +182,25 @@ def test_float64_trains_a_float64_model(tmp_path):
         assert x.dtype == log_w.dtype == infos[0].accept.dtype == np.float64
     finally:
         jax.config.update("jax_enable_x64", False)
+
+
+def test_init_from_starts_at_another_runs_trained_model(tmp_path):
+    """train.init_from: step 0 of the new run is the first run's final model (e.g. ML, then KL + ML); a run with
+    another flow cannot start from it."""
+    from boltzflow.config import config_from_dict
+    from boltzflow.experiment import build_experiment, load_run, train
+
+    d = {"target": "double_well",
+         "flow": {"type": "snf", "flow": {"type": "realnvp", "n_layers": 2, "hidden": 8, "depth": 1},
+                  "blocks": {"kernel": "metropolis", "n_steps": 2, "learn_step_size": True}},
+         "method": {"name": "forward_kl"},
+         "train": {"steps": 15, "batch_size": 32, "eval_every": 15, "eval_samples": 64}}
+    train(config_from_dict(d), tmp_path / "ml", progress=False)
+    d2 = {**d, "method": {"name": "kl_ml"}, "train": {**d["train"], "init_from": str(tmp_path / "ml")}}
+    start, trained = build_experiment(config_from_dict(d2)).model, load_run(tmp_path / "ml")[0].model
+    assert all(np.array_equal(a, b) for a, b in zip(_leaves(start), _leaves(trained)))
+    fresh = build_experiment(config_from_dict(d)).model
+    assert not all(np.array_equal(a, b) for a, b in zip(_leaves(start), _leaves(fresh)))
+    bad = {**d2, "flow": {**d["flow"], "flow": {"type": "realnvp", "n_layers": 4, "hidden": 8, "depth": 1}}}
+    with pytest.raises(BoltzflowError, match="another structure"):
+        build_experiment(config_from_dict(bad))
