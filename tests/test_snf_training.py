@@ -36,3 +36,15 @@ def test_snf_kl_ml_training_on_the_double_well(tmp_path):
     assert all(len(r["block_accept"]) == 2 and r["block_nonfinite"] == 0 for r in rows)
     log_z, se = log_z_estimate(log_w0)  # untrained weights are unbiased too, only noisier
     assert abs(float(log_z) - exp.target.log_z) < 4 * float(se)
+
+
+def test_evaluate_ais_on_an_snf_with_metropolis_blocks_says_why_it_cannot():
+    import pytest
+
+    from boltzflow.errors import BoltzflowError
+
+    exp = build_experiment(config_from_dict({
+        "target": "double_well", "method": "reverse_kl",
+        "flow": {"type": "snf", "flow": {"type": "realnvp", "n_layers": 2, "hidden": 8}, "blocks": {"n_steps": 1}}}))
+    with pytest.raises(BoltzflowError, match="evaluate --ais needs a model with a tractable density.*metropolis"):
+        evaluate(exp, jax.random.key(0), n_samples=64, with_ais=True)
