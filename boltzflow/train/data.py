@@ -1,10 +1,10 @@
 """Where the maximum-likelihood terms get their x ~ p: a user's data set, or the target's exact sampler.
 
-ML methods (``forward_kl``, ``snf_ml``, ``snf_kl_ml``) train on samples of p. A target with an exact sampler
+ML methods (``forward_kl``, ``kl_ml``) train on samples of p. A target with an exact sampler
 provides fresh ones every step; otherwise, or to reproduce a finite-data protocol (the SNF paper trains on 10k
 MD-like samples), the method option ``data`` names a file of samples, e.g. from molecular dynamics::
 
-    method: {name: snf_kl_ml, data: md_samples.npy}   # or: boltzflow train CONFIG --data md_samples.npy
+    method: {name: kl_ml, data: md_samples.npy}   # or: boltzflow train CONFIG --data md_samples.npy
 
 The file is ``.npy`` (an ``(n, dim)`` array) or ``.npz`` (array ``x``, or its only array); every step draws a
 minibatch with replacement from it. The samples should be (close to) equilibrium samples of p: ML fits q to them,
