@@ -44,11 +44,11 @@ def pi_samples(key, n):
 
 
 # --- the double well u = x1^4 - 6 x1^2 - 0.5 x1 + 0.5 x2^2 (SNF paper), with an exact sampler ----------------------
-P_X1_POS = 0.8443
 _GRID = np.linspace(-3.5, 3.5, 70001)
 _DENS = np.exp(-(_GRID**4 - 6 * _GRID**2 - 0.5 * _GRID))
 _CDF = np.concatenate([[0.0], np.cumsum(0.5 * (_DENS[1:] + _DENS[:-1]) * np.diff(_GRID))])
 _CDF /= _CDF[-1]
+P_X1_POS = 1.0 - float(np.interp(0.0, _GRID, _CDF))  # 0.84431 (trapezoid quadrature, error << 1e-6)
 
 
 def dw_log_p(x):
@@ -141,11 +141,14 @@ def test_unadjusted_kernels_are_biased_but_path_weights_correct_it(name, eps, kw
     p0, p, ds, acc, bad = run_chains(kernel, x0, W_HALF, eps, 5, std_normal_log_q, gauss_log_p)
     assert int(bad) == 0 and float(jnp.min(acc)) == 1.0
     var_unweighted = np.var(np.asarray(p.x, np.float64), axis=0)
-    se_var = np.diag(PI_COV) * math.sqrt(2 / N)
+    # the chains' law is Gaussian (linear moves from a Gaussian start): se of a sample variance = var sqrt(2 / N),
+    # from the sample's own variance (the larger, biased one: the stricter choice)
+    se_var = var_unweighted * math.sqrt(2 / N)
     assert np.all(var_unweighted - np.diag(PI_COV) > 4 * se_var), var_unweighted  # the bias is real
     log_w = annealed_log_prob(p, W_HALF) - annealed_log_prob(p0, W_HALF) + ds
     log_z, se = log_z_estimate(log_w)
-    assert abs(float(log_z)) < 4 * float(se) + 1e-3, (log_z, se)
+    # log Z = 0 within 4 s.e., plus the estimator's Jensen bias of about se^2 / 2 (estimators.py, E2)
+    assert abs(float(log_z)) < 4 * float(se) + float(se) ** 2 / 2, (log_z, se)
     mean, se_mean = self_normalised_expectation(log_w, p.x)
     assert np.all(np.abs(np.asarray(mean) - PI_MEAN) < 4 * np.asarray(se_mean))
     var, se_v = self_normalised_expectation(log_w, (p.x - jnp.asarray(PI_MEAN, jnp.float32)) ** 2)
@@ -283,4 +286,4 @@ def test_per_dimension_step_size_and_float64():
         _, p, ds, acc, _ = run_chains(make_kernel("hmc", n_leapfrog=3), x0, W_HALF, jnp.array([0.3, 0.5]), 3,
                                       std_normal_log_q, gauss_log_p)
         assert p.x.dtype == jnp.float64 and ds.dtype == jnp.float64 and p.log_p.dtype == jnp.float64
-        assert np.isfinite(np.asarray(ds)).all() and 0.3 < float(jnp.mean(acc)) <= 1.0
+        assert np.isfinite(np.asarray(ds)).all() and float(jnp.mean(acc)) > 0.3

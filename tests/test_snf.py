@@ -48,6 +48,9 @@ class Gaussian(Target):
 
 
 def within(est, se, truth, k=3.0):
+    """|est - truth| < k se: for an asymptotically normal estimate with its sample standard error, k = 3 is a
+    two-sided p ~ 2.7e-3 per assertion (seeds are fixed, so a pass is reproducible). The 1e-6 is float32 round-off
+    for estimates whose se is 0 up to round-off (exact weights)."""
     assert abs(float(est) - truth) < k * float(se) + 1e-6, (float(est), float(se), truth)
 
 
@@ -83,7 +86,7 @@ def test_langevin_snf_log_z(kernel):
     snf = blocks_only_snf(StandardBase(2), target, n_blocks=4, kernel=kernel, step_size=0.2, n_steps=5)
     _, log_w, _ = jax.jit(lambda k: path_weights(snf, target, k, 20_000))(jax.random.key(0))
     log_z, se = log_z_estimate(log_w)
-    assert float(se) < 0.05
+    assert float(se) < 0.05  # precise enough for the comparison to have power (and Jensen's se^2 / 2 negligible)
     within(log_z, se, target.log_z)
 
 
@@ -159,7 +162,7 @@ def test_snf_methods_train_step():
     blk_old, blk_new = snf.layers[-1], new.layers[-1]
     assert float(blk_new.log_step) != float(blk_old.log_step)
     assert float(blk_new.raw_lambda) != float(blk_old.raw_lambda)
-    assert metrics["block_accept"].shape == (1,) and 0 < float(metrics["block_accept"][0]) <= 1
+    assert metrics["block_accept"].shape == (1,) and float(metrics["block_accept"][0]) > 0  # (<= 1 by construction)
     for name in ("reverse_kl", "forward_kl", "alpha2_is"):
         make_method(name, target, opt)
     with pytest.raises(BoltzflowError, match="bogus"):
@@ -191,4 +194,7 @@ def test_double_well_free_energy_reweighted():
     dens = np.exp(-np.asarray(free_energy_x1(jnp.asarray(grid))))
     exact = np.array([np.trapezoid(dens[(grid >= a) & (grid <= b)], grid[(grid >= a) & (grid <= b)])
                       for a, b in zip(edges[:-1], edges[1:])])
-    assert np.all(np.abs(mass - exact) < 4 * se + 1e-3), (centres, mass, exact, se)
+    # 4 delta-method standard errors per bin (two-sided p ~ 6e-5 each, ~5e-4 for the 8 bins together); the
+    # self-normalised estimate's bias, of order mass / (n ESS) (ESS ~ 0.11: 1e-8 to 1.2e-4 across the bins), is
+    # far below each bin's se (4e-5 to 6e-3)
+    assert np.all(np.abs(mass - exact) < 4 * se), (centres, mass, exact, se)

@@ -70,7 +70,7 @@ def test_path_weights_estimate_log_z():
     snf = _perturbed_snf(target)
     u, log_q = jax.jit(lambda k: sample_path(snf, k, 50_000))(jax.random.key(1))
     log_z, se = log_z_estimate(path_log_p(target, u) - log_q)
-    assert float(se) < 0.05
+    assert float(se) < 0.05  # precise enough for the comparison to have power (and Jensen's se^2 / 2 negligible)
     within(log_z, se, target.log_z)
 
 
@@ -94,10 +94,14 @@ def test_fab_trains_an_snf_in_path_space(tmp_path):
     train(cfg, tmp_path / "run", progress=False)
     exp, state = load_run(tmp_path / "run")
     ev = evaluate(exp, jax.random.key(5), n_samples=10_000, ais_state=state.method_state.ais_state, with_ais=True)
+    # training must help: an effect-size requirement, not a comparison with a truth (0.09 -> 0.43 at these seeds)
     assert ev["ess"] > before + 0.1, (before, ev["ess"])
-    assert abs(ev["log_z_error"]) < 3 * ev["log_z_stderr"] + 0.02, ev
+    # log Z^ within 3 of its standard errors (as `within`), plus its Jensen bias of about se^2 / 2 (estimators.py)
+    se = ev["log_z_stderr"]
+    assert abs(ev["log_z_error"]) < 3 * se + se**2 / 2, ev
     # AIS targeting p in path space (the evaluation FAB uses): its x-marginal is p, so log Z is unbiased too
-    assert abs(ev["ais_log_z_error"]) < 3 * ev["ais_log_z_stderr"] + 0.02, ev
+    se = ev["ais_log_z_stderr"]
+    assert abs(ev["ais_log_z_error"]) < 3 * se + se**2 / 2, ev
 
 
 def test_fab_refuses_snfs_with_metropolised_blocks(tmp_path):
