@@ -73,10 +73,13 @@ class FabState(NamedTuple):
 
 def fab_no_buffer_loss(model, x, log_w, log_q_fn):
     """S'(theta) = -sum_i softmax(log w)_i log q_theta(x_i) (no gradient through x or w); ``log_q_fn`` is the
-    space's log q (:class:`~boltzflow.flows.paths.Space`)."""
-    log_q = log_q_fn(model, x)
-    ok = jnp.isfinite(log_w) & jnp.isfinite(log_q)
-    w = jax.nn.softmax(jnp.where(ok, log_w, -jnp.inf))
+    space's log q (:class:`~boltzflow.flows.paths.Space`). Points without a finite weight are evaluated at 0
+    instead (their term is masked, and a masked NaN would still reach the gradient through ``where``); a batch
+    with no valid point has loss 0 and gradient 0."""
+    w_ok = jnp.isfinite(log_w)
+    log_q = log_q_fn(model, jnp.where(w_ok[:, None], x, 0.0))
+    ok = w_ok & jnp.isfinite(log_q)
+    w = jax.nn.softmax(jnp.where(ok, log_w, jnp.where(jnp.any(ok), -jnp.inf, 0.0)))
     return -jnp.sum(jnp.where(ok, w * log_q, 0.0)), {"n_nonfinite": jnp.sum(~ok)}
 
 
