@@ -133,6 +133,7 @@ def run_one(name, seed, target, args, edges, f_exact):
         train(config(name, seed, args, {"name": "forward_kl"}, args.ml_steps, data), init_from, progress=False)
     train(config(name, seed, args, kl_ml, args.steps, data, init_from), run / "kl_ml", progress=False)
     train_s = time.time() - t0
+    jax.clear_caches()  # every training compiles its own steps: without this, 80 trainings fill the memory
     exp, _ = load_run(run / "kl_ml")
     model = exp.model
     losses = [r["loss"] for r in read_metrics(run / "kl_ml")]
