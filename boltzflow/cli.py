@@ -1,4 +1,4 @@
-"""The ``boltzflow`` command: train | evaluate | sample | plot | targets | presets.
+"""The ``boltzflow`` command: train | evaluate | sample | plot | md | targets | presets.
 
 User mistakes (BoltzflowError) print one line ``boltzflow: error: ...`` and exit with status 2; anything else is a
 bug and keeps its traceback.
@@ -19,8 +19,12 @@ from boltzflow.errors import BoltzflowError
 from boltzflow.evaluate import evaluate
 from boltzflow.experiment import load_run, train
 from boltzflow.flows.paths import path_weights
+from boltzflow.molecules.md import geometric_temperatures, run_replica_exchange
+from boltzflow.molecules.reference import write_reference
+from boltzflow.molecules.system import minimize
 from boltzflow.plot import plot_samples, plot_training
-from boltzflow.targets import targets_table
+from boltzflow.targets import make_target, targets_table
+from boltzflow.targets.molecule import MoleculeTarget
 
 
 def _train(args) -> None:
@@ -87,6 +91,38 @@ def _plot(args) -> None:
     print(f"wrote {run / 'samples.png'} and {run / 'training.png'}")
 
 
+def _md(args) -> None:
+    spec = {"name": args.target, "engine": args.engine}
+    if args.temperature is not None:
+        spec["temperature"] = args.temperature
+    target = make_target(spec)
+    if not isinstance(target, MoleculeTarget):
+        raise BoltzflowError(f"md needs a molecular target (aldp_implicit, aldp_vacuum, molecule), got {args.target!r}")
+    if args.float64:
+        jax.config.update("jax_enable_x64", True)
+    t0 = target.temperature
+    temps = geometric_temperatures(t0, args.t_max or t0, args.replicas if args.t_max else 1)
+    dt_ps = args.dt_fs * 1e-3
+    steps = lambda ps: int(round(ps / dt_ps))  # noqa: E731
+    save_every, exchange_every = steps(args.save_ps), steps(args.exchange_ps)
+    n_steps = int(round(args.ns * 1000 / args.save_ps)) * save_every
+    equilibration = int(round(args.equilibration_ps / args.save_ps)) * save_every
+    out = Path(args.out or f"runs/md-{target.name}")
+    report = run_replica_exchange(
+        str(out), target.energy_kj, np.repeat(target.molecule.masses, 3), minimize(target.molecule).reshape(-1),
+        temps, n_chains=args.chains, n_steps=n_steps, equilibration=equilibration, dt_fs=args.dt_fs,
+        friction=args.friction, save_every=save_every, exchange_every=exchange_every, seed=args.seed,
+        dtype=np.float64 if args.float64 else np.float32, time_limit_s=args.time_limit,
+        progress=not args.no_progress)
+    if not report["finished"]:
+        print(f"stopped after {report['wall_s']:.0f} s with a checkpoint in {out}; run the same command to continue")
+        return
+    summary = write_reference(str(out), target.molecule)
+    print(_table({**{k: v for k, v in report.items() if not isinstance(v, (dict, list))},
+                  **{k: v for k, v in summary.items() if k.startswith("population")}},
+                 f"md of {target.name}: {report['samples']} samples -> {out}/reference.npz"))
+
+
 def _targets(args) -> None:
     print(targets_table())
 
@@ -134,6 +170,27 @@ def parser() -> argparse.ArgumentParser:
     pl = sub.add_parser("plot", help="(re)draw a run's plots")
     pl.add_argument("run")
     pl.set_defaults(func=_plot)
+    m = sub.add_parser("md", help="reference samples of a molecular target by replica-exchange Langevin MD "
+                                  "(resumable)")
+    m.add_argument("target", help="molecular target preset (aldp_implicit, aldp_vacuum)")
+    m.add_argument("--temperature", type=float, help="kelvin (default: the target's)")
+    m.add_argument("--t-max", type=float, help="highest replica temperature (default: no replica exchange)")
+    m.add_argument("--replicas", type=int, default=8, help="temperatures from T to --t-max, geometric")
+    m.add_argument("--chains", type=int, default=16, help="independent replica-exchange chains run as one batch")
+    m.add_argument("--ns", type=float, default=1.0, help="simulated nanoseconds per chain after equilibration")
+    m.add_argument("--equilibration-ps", type=float, default=50.0)
+    m.add_argument("--dt-fs", type=float, default=1.0)
+    m.add_argument("--friction", type=float, default=1.0, help="Langevin friction, 1/ps")
+    m.add_argument("--save-ps", type=float, default=1.0, help="picoseconds between saved samples of each chain")
+    m.add_argument("--exchange-ps", type=float, default=0.1, help="picoseconds between replica swaps")
+    m.add_argument("--engine", default="jax", choices=["jax", "openmm"])
+    m.add_argument("--float64", action="store_true")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--out", help="run directory (default runs/md-TARGET); an unfinished run there is resumed")
+    m.add_argument("--time-limit", type=float, help="seconds before stopping with a checkpoint")
+    m.add_argument("--no-progress", action="store_true")
+    m.set_defaults(func=_md)
+
     sub.add_parser("targets", help="list built-in targets").set_defaults(func=_targets)
     sub.add_parser("presets", help="list preset configs").set_defaults(func=_presets)
     return p

@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from boltzflow.molecules.metrics import angle_density  # noqa: E402
+
 
 def _save(fig, path) -> Path:
     """Lay out, write (PNG at 110 dpi) and close ``fig``; returns the path."""
@@ -112,4 +114,99 @@ def plot_free_energy(centres, f_exact, profiles: dict, path, xlabel: str = "$x_1
     ax.set(xlabel=xlabel, ylabel="free energy (kT)", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: profiles fill the axes
+    return _save(fig, path)
+
+
+_ANGLE_TICKS = ([-np.pi, -np.pi / 2, 0, np.pi / 2, np.pi], ["$-\\pi$", "$-\\pi/2$", "0", "$\\pi/2$", "$\\pi$"])
+
+
+def _angle_label(name: str) -> str:
+    """phi -> $\\phi$, omega_2 -> $\\omega_2$, gamma1 -> $\\gamma_1$; other names as they are."""
+    for greek in ("phi", "psi", "omega", "gamma", "chi"):
+        if name == greek:
+            return f"$\\{greek}$"
+        if name.startswith(greek) and name[len(greek):].lstrip("_").isdigit():
+            return f"$\\{greek}_{{{name[len(greek):].lstrip('_')}}}$"
+    return name
+
+
+def plot_ramachandran(panels, path, bins: int = 100) -> Path:
+    """Ramachandran plots side by side, as the FAB paper's Figure 3 (reference | model | model reweighted).
+
+    ``panels`` is a list of ``(title, phi, psi, log_w or None)``: each is drawn as a 2-D histogram density on
+    [-pi, pi]^2 (``bins`` x ``bins``, weighted by the self-normalised exp(log_w) if given; non-finite weights count
+    as 0) with one logarithmic colour scale shared by all panels and a colour bar on the right. A panel without a
+    sample of positive weight says so instead."""
+    panels = list(panels)
+    if not panels:
+        raise ValueError("plot_ramachandran needs at least one panel")
+    dens = [angle_density(np.stack([np.asarray(phi, float).reshape(-1), np.asarray(psi, float).reshape(-1)], 1),
+                          log_w, bins) for _, phi, psi, log_w in panels]
+    positive = np.concatenate([d[d > 0] for d in dens if d is not None] or [np.ones(1)])
+    vmax = positive.max()
+    norm = matplotlib.colors.LogNorm(vmin=max(positive.min(), vmax * 1e-6), vmax=vmax)
+    n = len(panels)
+    fig, axes = plt.subplots(1, n + 1, figsize=(3.9 * n + 0.6, 4.0),
+                             gridspec_kw={"width_ratios": [1.0] * n + [0.06]})
+    edges = np.linspace(-np.pi, np.pi, bins + 1)
+    mesh = None
+    for i, (ax, (title, *_), d) in enumerate(zip(axes[:n], panels, dens)):
+        if d is None:
+            ax.text(0.5, 0.5, "no sample with\npositive weight", ha="center", va="center", transform=ax.transAxes)
+        else:
+            mesh = ax.pcolormesh(edges, edges, np.ma.masked_less_equal(d.T, 0), norm=norm, cmap="viridis",
+                                 rasterized=True)
+        ax.set(xlim=(-np.pi, np.pi), ylim=(-np.pi, np.pi), xlabel="$\\phi$", title=title, aspect="equal")
+        ax.set_xticks(*_ANGLE_TICKS)
+        ax.set_yticks(*_ANGLE_TICKS)
+        if i == 0:
+            ax.set_ylabel("$\\psi$")
+        else:
+            ax.tick_params(labelleft=False)
+    if mesh is not None:
+        fig.colorbar(mesh, cax=axes[n], label="density")
+    else:
+        axes[n].set_axis_off()
+    return _save(fig, path)
+
+
+def plot_torsion_marginals(named: dict, path, log_scale: bool = True, bins: int = 100) -> Path:
+    """Marginal densities of torsion angles, one panel per torsion: the phi marginal in log scale (FAB paper,
+    Figure 4) or phi, psi and the methyl rotations (SNF paper, Figure 5).
+
+    ``named`` maps a torsion name ("phi", "gamma1", ...) to a list of ``(label, angles, log_w or None)``, each drawn
+    as a histogram density on [-pi, pi] (``bins`` bins; weighted by the self-normalised exp(log_w) if given). With
+    ``log_scale`` the density axis is logarithmic (empty bins left out), showing down to 1e-5 of the highest one."""
+    named = dict(named)
+    if not named:
+        raise ValueError("plot_torsion_marginals needs at least one torsion")
+    n = len(named)
+    ncols = min(n, 5)
+    nrows = -(-n // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.1 * nrows), squeeze=False)
+    for ax in axes.ravel()[n:]:
+        fig.delaxes(ax)
+    edges = np.linspace(-np.pi, np.pi, bins + 1)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    for ax, (name, lines) in zip(axes.ravel(), named.items()):
+        top, colours = 0.0, {}
+        for label, angles, log_w in lines:
+            d = angle_density(np.asarray(angles, float).reshape(-1), log_w, bins)
+            colour = colours.setdefault(label, f"C{len(colours)}")
+            if d is None:
+                ax.plot([], [], color=colour, label=f"{label} (no weight)")
+                continue
+            top = max(top, d.max())
+            ax.plot(centres, np.where(d > 0, d, np.nan) if log_scale else d, drawstyle="steps-mid", lw=1.1,
+                    color=colour, label=label)
+        ax.set(xlim=(-np.pi, np.pi), xlabel=_angle_label(name), ylabel="density")
+        ax.set_xticks(*_ANGLE_TICKS)
+        if log_scale:
+            ax.set_yscale("log")
+            if top > 0:
+                ax.set_ylim(top * 1e-5, top * 2)
+        elif top > 0:
+            ax.set_ylim(0, top * 1.05)
+        ax.grid(alpha=0.3)
+    axes.ravel()[0].legend(fontsize=8)
     return _save(fig, path)

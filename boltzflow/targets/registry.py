@@ -4,7 +4,9 @@ Accepted specs (:func:`make_target`):
 
 - a preset name: ``"double_well"``, ``"many_well"`` (kwarg ``dim``, default 32; ``"many_well_50"`` is short for
   ``{"name": "many_well", "dim": 50}``), ``"gmm40"``, ``"gmm4"``, ``"funnel"`` (kwarg ``dim``), ``"smiley"``,
-  ``"dog"``, ``"text"`` (kwarg ``text``) -- see :func:`list_targets`;
+  ``"dog"``, ``"text"`` (kwarg ``text``), ``"aldp_implicit"``, ``"aldp_vacuum"`` and ``"molecule"`` (kwargs
+  ``temperature``, ``engine``, ...; see :class:`boltzflow.targets.molecule.MoleculeTarget`) -- see
+  :func:`list_targets`;
 - a dict ``{"name": PRESET, **kwargs}``;
 - ``"module:function"`` or ``{"function": "module:function", **kwargs}``: ``function(**kwargs)`` returns a
   :class:`Target` or a pair ``(log_prob, dim)`` with ``log_prob: (n, dim) -> (n,)``, wrapped in a validated
@@ -32,6 +34,7 @@ from boltzflow.targets.function import FunctionTarget
 from boltzflow.targets.funnel import Funnel
 from boltzflow.targets.gmm import GMM40, GaussianMixture
 from boltzflow.targets.images import ImageTarget
+from boltzflow.targets.molecule import MoleculeTarget
 from boltzflow.targets.wells import DoubleWell, ManyWell
 
 
@@ -55,6 +58,14 @@ def register_target(name: str, factory: Callable[..., Target], description: str,
     _PRESETS[name] = TargetInfo(name, factory, description, bool(log_z_known), bool(exact_samples))
 
 
+def _builtin_molecule(molecule: str) -> Callable[..., Target]:
+    def make(temperature: float = 300.0, engine: str = "jax", platform: str = "CPU", n_workers: int | None = None,
+             energy_cut: float = 1e8, energy_max: float = 1e20) -> Target:
+        return MoleculeTarget(molecule, temperature, engine, platform, n_workers, energy_cut, energy_max)
+
+    return make
+
+
 def _builtin_presets() -> None:
     register_target("double_well", DoubleWell, "2-D double well of the SNF paper and FAB (2 modes)", True, True)
     register_target("many_well", ManyWell, "FAB Many Well: dim/2 double wells (dim=32: 2^16 modes)", True, True)
@@ -65,6 +76,15 @@ def _builtin_presets() -> None:
     register_target("dog", ImageTarget.dog, "2-D image density: a dog silhouette (SNF paper)", True, True)
     register_target("text", ImageTarget.text, "2-D image density: a line of text (kwarg text='boltzflow')",
                     True, True)
+    register_target("aldp_implicit", _builtin_molecule("aldp_implicit"),
+                    "alanine dipeptide, Amber ff96 + OBC1 implicit solvent, Cartesian (66 dims); temperature=300",
+                    False, False)
+    register_target("aldp_vacuum", _builtin_molecule("aldp_vacuum"),
+                    "alanine dipeptide in vacuum, Amber ff96, Cartesian (66 dims); temperature=300 (SNF: 1000)",
+                    False, False)
+    register_target("molecule", MoleculeTarget,
+                    "any OpenMM System: molecule={prmtop, inpcrd} | {pdb, forcefield} | {openmmtools}, temperature",
+                    False, False)
 
 
 _builtin_presets()

@@ -1,0 +1,362 @@
+"""How close a sampler gets to a molecule's Boltzmann distribution, judged on torsion angles (NumPy, outside jit).
+
+Conformations are batches ``(n, 3 N)`` (or ``(n, N, 3)``) of Cartesian positions in nm, as the molecular targets
+use them.
+
+**Dihedral angle** of atoms (i, j, k, l), IUPAC sign convention (the same as OpenMM and mdtraj), in (-pi, pi]:
+
+    b1 = x_j - x_i,  b2 = x_k - x_j,  b3 = x_l - x_k,
+    angle = atan2(|b2| b1 . (b2 x b3),  (b1 x b2) . (b2 x b3)).                                      (D1)
+
+Looking along j -> k, the angle is positive when l is turned clockwise from i; cis = 0, trans = pi.
+
+**Named torsions** (:func:`named_torsions`) are found from the topology (bonds, atom names, elements, residues),
+never from fixed indices:
+
+- ``phi``  = C(i-1) - N(i) - CA(i) - C(i) and ``psi`` = N(i) - CA(i) - C(i) - N(i+1) for each residue i that has
+  them, where N, CA, C are the atoms so named in residue i (C bonded to CA), C(i-1) the carbon of another residue
+  bonded to N(i), N(i+1) the nitrogen of another residue bonded to C(i);
+- ``omega`` = X - C - N - Y for each peptide bond C(i) - N(i+1) between residues, X the carbon bonded to C(i) in
+  its residue (CA, or the methyl carbon of an ACE cap), Y the carbon bonded to N(i+1) in its residue (CA, or the
+  methyl carbon of an NME cap);
+- ``gamma1``, ``gamma2``, ... (the SNF paper's names for alanine dipeptide's methyl rotations), one per methyl
+  group (a carbon with three hydrogens and one heavy neighbour), in the order of the carbon's index:
+  H - C - X - Y with H the methyl's lowest-index hydrogen, X its heavy neighbour and Y the lowest-index heavy
+  neighbour of X other than C that is not a terminal atom (has a heavy neighbour besides X); so for alanine
+  dipeptide gamma1 = H1-CH3-C-N (ACE), gamma2 = HB1-CB-CA-N (ALA), gamma3 = H1-C-N-C (NME), as in the
+  internal-coordinate Z-matrix of the Boltzmann-generator / FAB alanine dipeptide flows.
+
+One torsion of a kind is named plainly (``phi``); several are numbered from 1 along the atom order (``phi_1``,
+``phi_2``, ...). A methyl rotation is 3-fold symmetric (the three hydrogens are equivalent, so its marginal has
+three equal modes); its marginal is compared on the raw dihedral over (-pi, pi], as the SNF paper plots it, not
+folded onto (-pi/3, pi/3]: a sampler that fills the three wells unequally is penalised.
+
+**Histogram KL** as Midgley et al. (2023, FAB) compute it for the Ramachandran plot (fab-torch,
+``fab/utils/aldp.py``): densities p (reference) and q (model) from normalised histograms (``density=True``) on
+[-pi, pi]^d with ``bins`` bins per axis (default 100 per axis: FAB's 100 x 100 for the Ramachandran plot; fab-torch's
+training-time evaluation used 200 bins for the 1-D phi and psi marginals and 64 per axis for its plots), and
+
+    KL(p || q) = sum_bins p log((p + eps) / (q + eps)) * bin_area,    eps = 1e-10 (FAB's eps, on densities).  (K1)
+
+The model histogram may carry self-normalised importance weights W_i proportional to exp(log_w_i) (the
+"reweighted" KL, estimating KL(p || target) from model samples); a non-finite log weight counts as weight 0, and
+with no positive weight (or no reference sample) the KL is NaN, without a warning. Angles outside (-pi, pi] are
+wrapped into it; a sample whose angle is not finite is left out (as fab-torch drops NaN dihedrals).
+
+**Basins** (:func:`basin_populations`) of alanine dipeptide's Ramachandran plot: the half-planes phi <= 0
+(C7eq / beta / PII and alpha_R) and phi > 0 (alpha_L / C7ax, the rare side), and within phi <= 0 the split
+alpha_R = {psi in [-120 deg, 50 deg)} against beta = the rest (C7eq, beta, PII). The psi limits are the usual
+rough choice, sitting in the low-density gaps; move them with ``alpha_r_psi``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from boltzflow.errors import BoltzflowError
+from boltzflow.molecules.system import MolecularSystem
+
+#: eps of (K1), as in FAB's evaluation.
+EPS = 1e-10
+#: Default bins per axis of (K1).
+BINS = 100
+#: psi range of the alpha_R basin (phi <= 0), radians: [-120 deg, 50 deg).
+ALPHA_R_PSI = (np.deg2rad(-120.0), np.deg2rad(50.0))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# dihedrals
+
+
+def _positions(x) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    if x.ndim == 1:
+        x = x[None]
+    if x.ndim == 2:
+        if x.shape[1] % 3:
+            raise BoltzflowError(f"conformations must have shape (n, 3 n_atoms), got {x.shape}")
+        x = x.reshape(x.shape[0], -1, 3)
+    if x.ndim != 3 or x.shape[2] != 3:
+        raise BoltzflowError(f"conformations must have shape (n, 3 n_atoms) or (n, n_atoms, 3), got {x.shape}")
+    return x
+
+
+def wrap_angle(a) -> np.ndarray:
+    """Angles mapped into (-pi, pi] (float64; NaN stays NaN)."""
+    a = np.asarray(a, np.float64)
+    return np.pi - np.mod(np.pi - a, 2 * np.pi)
+
+
+def dihedral(x, i: int, j: int, k: int, l: int) -> np.ndarray:  # noqa: E741
+    """Dihedral angle (D1) of atoms (i, j, k, l) in each conformation of ``x`` ``(n, 3N)``: ``(n,)`` in (-pi, pi].
+
+    NaN where the angle is undefined (three collinear atoms) or the positions are not finite."""
+    p = _positions(x)
+    n_atoms = p.shape[1]
+    if not all(-n_atoms <= a < n_atoms for a in (i, j, k, l)):
+        raise BoltzflowError(f"dihedral atoms {(i, j, k, l)} out of range for {n_atoms} atoms")
+    b1, b2, b3 = p[:, j] - p[:, i], p[:, k] - p[:, j], p[:, l] - p[:, k]
+    n1, n2 = np.cross(b1, b2), np.cross(b2, b3)
+    y = np.linalg.norm(b2, axis=1) * np.sum(b1 * n2, axis=1)
+    xx = np.sum(n1 * n2, axis=1)
+    with np.errstate(invalid="ignore"):
+        angle = np.arctan2(y, xx)
+        degenerate = (np.linalg.norm(n1, axis=1) == 0) | (np.linalg.norm(n2, axis=1) == 0)
+    angle = np.where(degenerate, np.nan, angle)
+    return np.where(angle <= -np.pi, np.pi, angle)  # atan2(-0., -1) = -pi belongs to +pi
+
+
+def torsion_angles(x, torsions: dict) -> dict:
+    """``{name: dihedral(x, *atoms)}`` for a dict such as :func:`named_torsions` returns."""
+    return {name: dihedral(x, *atoms) for name, atoms in torsions.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# named torsions from the topology
+
+
+def _neighbours(molecule) -> list[set[int]]:
+    nb = [set() for _ in range(len(molecule.atom_names))]
+    for a, b in np.asarray(molecule.bonds, np.int64).reshape(-1, 2):
+        nb[int(a)].add(int(b))
+        nb[int(b)].add(int(a))
+    return nb
+
+
+def _numbered(kind: str, quads: list, out: dict) -> None:
+    if len(quads) == 1:
+        out[kind] = quads[0]
+    else:
+        for n, q in enumerate(quads, 1):
+            out[f"{kind}_{n}"] = q
+
+
+def _backbone(molecule) -> list[tuple[tuple | None, tuple | None]]:
+    """(phi, psi) atom quadruples (or None) of each residue that has an N - CA - C backbone, in residue order."""
+    names, elements = molecule.atom_names, molecule.elements
+    res = np.asarray(molecule.residue_index)
+    nb = _neighbours(molecule)
+    out = []
+    for r in sorted(set(res.tolist())):
+        atoms = [a for a in range(len(names)) if res[a] == r]
+        n = next((a for a in atoms if names[a] == "N" and elements[a] == "N"), None)
+        ca = next((a for a in atoms if names[a] == "CA" and elements[a] == "C"), None)
+        if n is None or ca is None or ca not in nb[n]:
+            continue
+        c = next((a for a in atoms if names[a] == "C" and elements[a] == "C" and a in nb[ca]), None)
+        if c is None:
+            continue
+        c_prev = min((a for a in nb[n] if res[a] != r and elements[a] == "C"), default=None)
+        n_next = min((a for a in nb[c] if res[a] != r and elements[a] == "N"), default=None)
+        out.append(((c_prev, n, ca, c) if c_prev is not None else None,
+                    (n, ca, c, n_next) if n_next is not None else None))
+    return out
+
+
+def _omegas(molecule) -> list[tuple[int, int, int, int]]:
+    elements, res = molecule.elements, np.asarray(molecule.residue_index)
+    nb = _neighbours(molecule)
+    out = []
+    for c in range(len(elements)):
+        if elements[c] != "C":
+            continue
+        heavy_o = [a for a in nb[c] if elements[a] == "O" and len(nb[a]) == 1]
+        for n in sorted(nb[c]):
+            if elements[n] != "N" or res[n] == res[c] or not heavy_o:
+                continue
+            x = min((a for a in nb[c] if a != n and elements[a] == "C" and res[a] == res[c]), default=None)
+            y = min((a for a in nb[n] if a != c and elements[a] == "C" and res[a] == res[n]), default=None)
+            if x is not None and y is not None:
+                out.append((x, c, n, y))
+    return sorted(out, key=lambda q: (q[1], q[2]))
+
+
+def _methyls(molecule) -> list[tuple[int, int, int, int]]:
+    elements = molecule.elements
+    nb = _neighbours(molecule)
+
+    def heavy(a):
+        return sorted(b for b in nb[a] if elements[b] != "H")
+
+    out = []
+    for c in range(len(elements)):
+        hs = sorted(b for b in nb[c] if elements[b] == "H")
+        if elements[c] != "C" or len(hs) != 3 or len(heavy(c)) != 1:
+            continue
+        x = heavy(c)[0]
+        beyond = [y for y in heavy(x) if y != c]
+        inner = [y for y in beyond if any(z != x for z in heavy(y))]
+        if beyond:
+            out.append((hs[0], c, x, (inner or beyond)[0]))
+    return out
+
+
+def named_torsions(molecule: MolecularSystem) -> dict[str, tuple[int, int, int, int]]:
+    """Backbone phi / psi / omega and methyl rotations gamma1, gamma2, ... found from the topology (module
+    docstring). Works on anything with ``atom_names``, ``elements``, ``residue_index`` and ``bonds``."""
+    out: dict[str, tuple[int, int, int, int]] = {}
+    bb = _backbone(molecule)
+    _numbered("phi", [p for p, _ in bb if p is not None], out)
+    _numbered("psi", [s for _, s in bb if s is not None], out)
+    _numbered("omega", _omegas(molecule), out)
+    for n, q in enumerate(_methyls(molecule), 1):
+        out[f"gamma{n}"] = q
+    return {k: tuple(int(a) for a in v) for k, v in out.items()}
+
+
+def ramachandran_pairs(molecule: MolecularSystem) -> list[tuple[str, str]]:
+    """(phi name, psi name) in :func:`named_torsions` for each residue that has both, in residue order."""
+    names = named_torsions(molecule)
+    by_atoms = {v: k for k, v in names.items()}
+    return [(by_atoms[p], by_atoms[s]) for p, s in _backbone(molecule) if p is not None and s is not None]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# weights and histograms
+
+
+def normalised_weights(log_w, n: int | None = None) -> np.ndarray | None:
+    """Self-normalised weights W (summing to 1) from log weights, non-finite ones as 0 (NumPy twin of
+    :func:`boltzflow.estimators.normalised_weights`). All zeros if no weight is finite; None if ``log_w`` is None."""
+    if log_w is None:
+        return None
+    lw = np.asarray(log_w, np.float64).reshape(-1)
+    if n is not None and lw.shape[0] != n:
+        raise BoltzflowError(f"{lw.shape[0]} log weights for {n} samples")
+    ok = np.isfinite(lw)
+    if not ok.any():
+        return np.zeros_like(lw)
+    w = np.where(ok, np.exp(np.where(ok, lw, 0.0) - np.max(lw[ok])), 0.0)
+    return w / w.sum()
+
+
+def _angles(a, d: int, what: str) -> np.ndarray:
+    a = np.asarray(a, np.float64)
+    if d == 1:
+        a = a.reshape(-1, 1) if a.ndim <= 1 else a
+    if a.ndim != 2 or a.shape[1] != d:
+        raise BoltzflowError(f"{what} must have shape {'(n,)' if d == 1 else f'(n, {d})'}, got {a.shape}")
+    return a
+
+
+def angle_density(angles, log_w=None, bins: int = BINS) -> np.ndarray | None:
+    """Normalised histogram (a density over [-pi, pi]^d, d = 1 for ``(n,)`` angles, 2 for ``(n, 2)``), weighted by
+    exp(log_w) if given; None when there is no sample with positive weight."""
+    a = np.asarray(angles, np.float64)
+    a = _angles(a, 1 if a.ndim <= 1 else a.shape[1], "angles")
+    d = a.shape[1]
+    w = normalised_weights(log_w, a.shape[0])
+    if w is None:
+        w = np.ones(a.shape[0])
+    ok = np.all(np.isfinite(a), axis=1) & (w > 0)
+    if not ok.any():
+        return None
+    a, w = wrap_angle(a[ok]), w[ok]
+    counts, _ = np.histogramdd(a, bins=[bins] * d, range=[(-np.pi, np.pi)] * d, weights=w)
+    return counts / (counts.sum() * (2 * np.pi / bins) ** d)
+
+
+def histogram_kl(ref_angles, model_angles, model_log_w=None, bins: int = BINS, eps: float = EPS) -> float:
+    """(K1) between histograms of ``(n,)`` angles (1-D) or ``(n, d)`` angle tuples; NaN if either is empty."""
+    p = angle_density(ref_angles, None, bins)
+    q = angle_density(model_angles, model_log_w, bins)
+    if p is None or q is None:
+        return float("nan")
+    if p.shape != q.shape:
+        raise BoltzflowError(f"reference and model angles differ in dimension: {p.ndim} and {q.ndim}")
+    return float(np.sum(p * np.log((p + eps) / (q + eps))) * (2 * np.pi / bins) ** p.ndim)
+
+
+def torsion_kl(ref_angles, model_angles, model_log_w=None, bins: int = BINS) -> float:
+    """(K1) of a 1-D torsion marginal: reference angles ``(n,)`` against model angles ``(m,)`` (optionally
+    weighted by ``model_log_w`` ``(m,)``)."""
+    return histogram_kl(_angles(ref_angles, 1, "ref_angles"), _angles(model_angles, 1, "model_angles"),
+                        model_log_w, bins)
+
+
+def ramachandran_kl(ref_phi_psi, model_phi_psi, model_log_w=None, bins: int = BINS) -> float:
+    """(K1) of the Ramachandran plot: reference ``(n, 2)`` (phi, psi) against model ``(m, 2)`` (optionally
+    weighted by ``model_log_w`` ``(m,)``), ``bins`` x ``bins`` bins."""
+    return histogram_kl(_angles(ref_phi_psi, 2, "ref_phi_psi"), _angles(model_phi_psi, 2, "model_phi_psi"),
+                        model_log_w, bins)
+
+
+def molecular_metrics(molecule: MolecularSystem, ref_x, model_x, model_log_w=None, bins: int = BINS) -> dict:
+    """KLs (K1) of every named torsion's marginal (``kl_<name>``) and of each Ramachandran plot
+    (``kl_ramachandran``, or ``kl_ramachandran_1``, ... for several residues) between reference conformations
+    ``ref_x`` ``(n, 3N)`` and model conformations ``model_x`` ``(m, 3N)``; with ``model_log_w`` ``(m,)`` also the
+    reweighted ones (``..._reweighted``). Floats, NaN where undefined."""
+    torsions = named_torsions(molecule)
+    dim = 3 * len(molecule.atom_names)
+    for what, x in (("ref_x", ref_x), ("model_x", model_x)):
+        shape = np.shape(x)
+        if len(shape) != 2 or shape[1] != dim:
+            raise BoltzflowError(f"{what} must have shape (n, {dim}), got {shape}")
+    ref, model = torsion_angles(ref_x, torsions), torsion_angles(model_x, torsions)
+    if model_log_w is not None:
+        normalised_weights(model_log_w, np.shape(model_x)[0])  # shape check
+    variants = [("", None)] + ([("_reweighted", model_log_w)] if model_log_w is not None else [])
+    out = {}
+    for name in torsions:
+        for suffix, lw in variants:
+            out[f"kl_{name}{suffix}"] = torsion_kl(ref[name], model[name], lw, bins)
+    pairs = ramachandran_pairs(molecule)
+    for n, (phi, psi) in enumerate(pairs, 1):
+        key = "kl_ramachandran" if len(pairs) == 1 else f"kl_ramachandran_{n}"
+        for suffix, lw in variants:
+            out[key + suffix] = ramachandran_kl(np.stack([ref[phi], ref[psi]], 1),
+                                                np.stack([model[phi], model[psi]], 1), lw, bins)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# basins and block averages
+
+
+def basin_populations(phi, psi, log_w=None, alpha_r_psi: tuple[float, float] = ALPHA_R_PSI) -> dict:
+    """Fractions of (weighted) mass in alanine dipeptide's Ramachandran basins (module docstring):
+    ``phi_negative``, ``phi_positive`` (the two sum to 1), ``alpha_R`` and ``beta`` (the two sum to
+    ``phi_negative``), each with ``<basin>_se``, the self-normalised standard error sqrt(sum W_i^2 (1_i - p)^2)
+    (for independent samples; for a correlated chain use :func:`block_standard_error` on the indicators).
+    Samples with a non-finite angle or weight count as weight 0. NaN everywhere if no weight is positive."""
+    phi, psi = np.asarray(phi, np.float64).reshape(-1), np.asarray(psi, np.float64).reshape(-1)
+    if phi.shape != psi.shape:
+        raise BoltzflowError(f"phi and psi differ in length: {phi.shape[0]} and {psi.shape[0]}")
+    w = normalised_weights(log_w, phi.shape[0])
+    w = np.ones_like(phi) if w is None else w
+    w = np.where(np.isfinite(phi) & np.isfinite(psi), w, 0.0)
+    total = w.sum()
+    phi, psi = wrap_angle(np.nan_to_num(phi)), wrap_angle(np.nan_to_num(psi))
+    lo, hi = alpha_r_psi
+    neg = phi <= 0
+    alpha = neg & (psi >= lo) & (psi < hi)
+    regions = {"phi_negative": neg, "phi_positive": ~neg, "alpha_R": alpha, "beta": neg & ~alpha}
+    out = {}
+    for name, ind in regions.items():
+        if total <= 0:
+            out[name], out[name + "_se"] = float("nan"), float("nan")
+            continue
+        W = w / total
+        p = float(np.sum(W * ind))
+        out[name] = p
+        out[name + "_se"] = float(np.sqrt(np.sum(W**2 * (ind - p) ** 2)))
+    return out
+
+
+def block_standard_error(values, n_blocks: int = 20) -> float:
+    """Standard error of the mean of a time series (e.g. an MCMC chain) by block averaging: the series is cut into
+    ``n_blocks`` contiguous blocks of equal length (the first len % n_blocks values dropped) and
+
+        se = std(block means, ddof=1) / sqrt(n_blocks),
+
+    valid when blocks are longer than the autocorrelation time. Non-finite values are an error; NaN if the series
+    has fewer values than blocks or ``n_blocks`` < 2."""
+    v = np.asarray(values, np.float64).reshape(-1)
+    if not np.all(np.isfinite(v)):
+        raise BoltzflowError("block_standard_error: values must be finite")
+    n_blocks = int(n_blocks)
+    if n_blocks < 2 or v.shape[0] < n_blocks:
+        return float("nan")
+    size = v.shape[0] // n_blocks
+    means = v[v.shape[0] - size * n_blocks:].reshape(n_blocks, size).mean(axis=1)
+    return float(np.std(means, ddof=1) / np.sqrt(n_blocks))

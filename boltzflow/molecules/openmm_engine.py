@@ -1,0 +1,479 @@
+"""The ``openmm`` engine: OpenMM itself evaluates energies and forces, in worker processes, callable from jitted JAX.
+
+Design
+------
+**Why processes.** An ``openmm.Context`` evaluates one conformation at a time and holds the GIL while its Python
+wrapper runs; a batch of conformations is embarrassingly parallel, so the batch is split across worker processes,
+each holding its own Context (CPU platform, 1 thread by default, or the Reference platform). Processes also keep
+OpenMM's threads, its memory and any crash inside its C++ away from the process that runs JAX: a worker that dies
+is reported as an error (and the pool restarted on the next call), the training process lives on.
+
+**Why not fork.** By the time a target is evaluated JAX has started its thread pools; ``fork`` copies only the
+calling thread, and a child that touches a lock another thread held at the fork deadlocks. Workers are therefore
+fresh interpreters -- what multiprocessing's ``spawn`` start method makes -- started here with
+:class:`subprocess.Popen` (``python -c "...; _worker_main(fd)"``) and spoken to over a
+:func:`multiprocessing.connection.Pipe` (a socket pair; one end is passed to the child with ``pass_fds``).
+(:mod:`subprocess` forks and execs in C, with no Python code in between, which is safe with threads.)
+Starting them directly rather than through ``multiprocessing.get_context("spawn").Process`` avoids the one trap of
+multiprocessing's spawn: the child re-imports the parent's ``__main__`` script, so a user script without an
+``if __name__ == "__main__":`` guard would run again, training and all, inside every worker. A worker imports only
+numpy, OpenMM and this module (JAX is imported lazily, by :meth:`OpenMMEngine.energy_fn`, in the parent only).
+
+**Lifecycle.** A pool starts lazily, on the first evaluation, and starts its workers in parallel. Pools are cached
+per (System XML, platform, platform properties, number of workers), so rebuilding a target with the same molecule
+reuses the running pool instead of starting a second one. A pool ends by :meth:`OpenMMEngine.close` (or leaving
+the engine's ``with`` block), by an :mod:`atexit` handler that closes every pool (a stop message, a short wait,
+then SIGKILL), or when the parent dies: the worker's end of the socket then reads end-of-file and the worker exits,
+so no worker outlives its parent even after a SIGKILL. Workers ignore SIGINT -- a Ctrl-C in a terminal is sent to
+the whole foreground process group -- so only the parent sees it: the ``KeyboardInterrupt`` is raised in the
+parent while it waits for results, the pool (whose workers are mid-batch, with replies in flight) is killed and
+dropped from the cache, and the ``KeyboardInterrupt`` propagates. The next evaluation starts a fresh pool.
+
+**Failures.** A conformation OpenMM cannot evaluate -- non-finite coordinates (which OpenMM refuses), an exception
+from OpenMM, or a non-finite energy or force -- gets energy ``+inf`` and zero forces; the rest of the batch is
+unaffected. A target turns the non-finite energy into ``log p = -inf``.
+
+**Units.** Positions in nm, energies in kJ/mol, forces in kJ/mol/nm (OpenMM's own units). A System's
+``CMMotionRemover`` acts only when an integrator steps and adds no energy or force; the workers drop it anyway,
+and ``groups`` (a bit mask of force groups, default all) selects which force groups are summed.
+
+JAX
+---
+:meth:`OpenMMEngine.energy_fn` returns ``energy(x)``, ``x`` of shape ``(..., 3 * n_atoms)`` (flattened
+conformations in nm) -> ``(...)`` kJ/mol, in ``x``'s dtype. It calls the pool through :func:`jax.pure_callback`
+(one host call returns both the energies and the forces) and is differentiable through :func:`jax.custom_vjp`:
+the forward pass keeps the forces as the residual, and since ``F = -dE/dx`` the backward pass is
+``x_bar = -g[..., None] * F`` for the cotangent ``g`` of the energies -- no second evaluation. So ``jax.grad`` and
+``jax.value_and_grad`` of anything built on ``energy`` work under ``jax.jit``; ``jax.vmap`` works (the callback is
+declared with ``vmap_method="expand_dims"``: a vmapped call reaches the host as one call with an extra leading
+axis, which the host function flattens into the batch). Forward-mode (``jax.jvp``) and second derivatives are not
+available: the pool gives first derivatives only.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from multiprocessing.connection import Connection, Pipe, wait
+
+import numpy as np
+
+from boltzflow.errors import BoltzflowError
+from boltzflow.molecules.system import MolecularSystem
+
+#: Default cap on the number of worker processes (each evaluates whole conformations; beyond a few workers the
+#: host-side transfer and the other work on the machine dominate).
+MAX_DEFAULT_WORKERS = 8
+
+#: Seconds a worker gets to start (import OpenMM, build its Context) before the pool gives up.
+START_TIMEOUT = 120.0
+
+#: Seconds a closing pool waits for its workers to exit after the stop message, before it kills them.
+CLOSE_TIMEOUT = 2.0
+
+ALL_GROUPS = 0xFFFFFFFF
+
+# --------------------------------------------------------------------------------------------------- the worker
+
+
+def _evaluate_batch(context, positions: np.ndarray, groups: int, energy_unit, force_unit):
+    """Energies ``(n,)`` and forces ``(n, n_atoms, 3)`` of ``positions`` ``(n, n_atoms, 3)`` with one Context; a
+    conformation that cannot be evaluated gets ``+inf`` and zero forces."""
+    n, n_atoms, _ = positions.shape
+    energies = np.full(n, np.inf)
+    forces = np.zeros((n, n_atoms, 3))
+    for i in range(n):
+        p = positions[i]
+        if not np.isfinite(p).all():
+            continue
+        try:
+            context.setPositions(p)
+            state = context.getState(getEnergy=True, getForces=True, groups=groups)
+            e = state.getPotentialEnergy().value_in_unit(energy_unit)
+            f = np.asarray(state.getForces(asNumpy=True).value_in_unit(force_unit), np.float64)
+        except Exception:  # OpenMM raises plain Exceptions (e.g. "Particle coordinate is NaN")
+            continue
+        if np.isfinite(e) and np.isfinite(f).all():
+            energies[i] = e
+            forces[i] = f
+    return energies, forces
+
+
+def _make_context(system_xml: str, platform: str, properties: dict):
+    import openmm
+
+    system = openmm.XmlSerializer.deserialize(system_xml)
+    for k in reversed(range(system.getNumForces())):
+        if isinstance(system.getForce(k), openmm.CMMotionRemover):
+            system.removeForce(k)
+    try:
+        plat = openmm.Platform.getPlatformByName(platform)
+    except Exception:
+        names = [openmm.Platform.getPlatform(k).getName() for k in range(openmm.Platform.getNumPlatforms())]
+        raise BoltzflowError(f"OpenMM platform {platform!r} is not available; available: {', '.join(names)}") from None
+    return openmm.Context(system, openmm.VerletIntegrator(0.001), plat, dict(properties))
+
+
+def _worker_main(fd: int) -> None:
+    """Entry point of a worker process (SIGINT is already ignored by the bootstrap).
+
+    Protocol on the connection: first ``("init", system_xml, platform, properties)`` -> ``("ready", pid)`` or
+    ``("error", message)``; then ``("eval", positions, groups)`` -> ``("ok", energies, forces)`` or ``("error",
+    message)``, until ``None`` or end-of-file (the parent closed its end or died).
+    """
+    import traceback
+
+    import openmm.unit as unit
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = Connection(fd)
+    try:
+        _, system_xml, platform, properties = conn.recv()
+        try:
+            context = _make_context(system_xml, platform, properties)
+        except Exception as e:
+            conn.send(("error", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__))
+            return
+        conn.send(("ready", os.getpid()))
+        energy_unit, force_unit = unit.kilojoule_per_mole, unit.kilojoule_per_mole / unit.nanometer
+        while True:
+            msg = conn.recv()
+            if msg is None:
+                return
+            _, positions, groups = msg
+            try:
+                conn.send(("ok", *_evaluate_batch(context, positions, groups, energy_unit, force_unit)))
+            except Exception:
+                conn.send(("error", traceback.format_exc()))
+    except (EOFError, OSError):  # the parent is gone
+        return
+
+
+_BOOTSTRAP = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); import sys; sys.path.insert(0, {root!r}); "
+              "from boltzflow.molecules.openmm_engine import _worker_main; _worker_main({fd})")
+
+# ----------------------------------------------------------------------------------------------------- the pool
+
+
+class _Pool:
+    """Worker processes, each with one Context of the same System; one batch at a time (a lock)."""
+
+    def __init__(self, key, system_xml: str, platform: str, properties: dict, n_workers: int):
+        self.key = key
+        self.n_workers = n_workers
+        self.lock = threading.Lock()
+        self.procs: list[subprocess.Popen] = []
+        self.conns: list[Connection] = []
+        self.closed = False
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        try:
+            for _ in range(n_workers):
+                parent_end, child_end = Pipe(duplex=True)
+                fd = child_end.fileno()
+                proc = subprocess.Popen([sys.executable, "-c", _BOOTSTRAP.format(root=root, fd=fd)], pass_fds=(fd,),
+                                        stdin=subprocess.DEVNULL, env=env)
+                child_end.close()
+                self.procs.append(proc)
+                self.conns.append(parent_end)
+            for conn in self.conns:
+                conn.send(("init", system_xml, platform, dict(properties)))
+            deadline = time.monotonic() + START_TIMEOUT
+            for k, conn in enumerate(self.conns):
+                if not conn.poll(max(0.0, deadline - time.monotonic())):
+                    raise RuntimeError(f"OpenMM worker {k} did not start within {START_TIMEOUT:.0f} s")
+                reply = self._recv(k)
+                if reply[0] == "error":
+                    raise BoltzflowError(f"OpenMM engine could not start: {reply[1]}")
+        except BaseException:
+            self.kill()
+            raise
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
+
+    def _recv(self, k: int):
+        try:
+            return self.conns[k].recv()
+        except (EOFError, OSError):
+            code = self.procs[k].poll()
+            raise RuntimeError(f"OpenMM worker process {self.procs[k].pid} died (exit code {code})") from None
+
+    def evaluate(self, positions: np.ndarray, groups: int):
+        n = positions.shape[0]
+        chunks = np.array_split(positions, min(n, self.n_workers)) if n else []
+        with self.lock:
+            if self.closed:
+                raise RuntimeError("this OpenMM pool was closed")
+            try:
+                for conn, chunk in zip(self.conns, chunks):
+                    conn.send(("eval", np.ascontiguousarray(chunk), groups))
+                replies = [None] * len(chunks)
+                pending = {self.conns[k]: k for k in range(len(chunks))}
+                while pending:  # wait() rather than a recv in order: a dead worker is noticed at once
+                    for conn in wait(list(pending)):
+                        k = pending.pop(conn)
+                        replies[k] = self._recv(k)
+                errors = [r[1] for r in replies if r[0] == "error"]
+                if errors:
+                    raise RuntimeError(f"OpenMM worker failed:\n{errors[0]}")
+            except BaseException:  # KeyboardInterrupt included: replies are in flight, the pool cannot be reused
+                _forget(self)
+                self.kill()
+                raise
+        if not chunks:
+            return np.zeros(0), np.zeros((0,) + positions.shape[1:])
+        return (np.concatenate([r[1] for r in replies]), np.concatenate([r[2] for r in replies]))
+
+    def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
+        """Ask the workers to stop, wait up to ``timeout`` seconds, kill what is left."""
+        if self.closed:
+            return
+        busy = not self.lock.acquire(timeout=timeout)  # let a batch in progress (another thread) finish
+        self.closed = True
+        if busy:
+            self.kill()
+            return
+        self.lock.release()
+        for conn in self.conns:
+            try:
+                conn.send(None)
+            except OSError:
+                pass
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+    def kill(self) -> None:
+        """Kill the workers at once and reap them."""
+        self.closed = True
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+        for proc in self.procs:
+            try:
+                proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                pass
+        for conn in self.conns:
+            conn.close()
+
+
+_POOLS: dict = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _forget(pool: _Pool) -> None:
+    with _POOLS_LOCK:
+        if _POOLS.get(pool.key) is pool:
+            del _POOLS[pool.key]
+
+
+def close_all() -> None:
+    """Close every pool (registered with :mod:`atexit`)."""
+    with _POOLS_LOCK:
+        pools = list(_POOLS.values())
+        _POOLS.clear()
+    for pool in pools:
+        pool.close()
+
+
+def _forget_all_in_forked_child() -> None:
+    """A forked copy of this process must not talk to (or, at its exit, stop) its parent's workers."""
+    global _POOLS, _POOLS_LOCK
+    _POOLS, _POOLS_LOCK = {}, threading.Lock()
+
+
+atexit.register(close_all)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_all_in_forked_child)
+
+
+def default_workers() -> int:
+    """The CPUs this process may use, capped at :data:`MAX_DEFAULT_WORKERS`."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:
+        n = os.cpu_count() or 1
+    return max(1, min(n, MAX_DEFAULT_WORKERS))
+
+
+# --------------------------------------------------------------------------------------------------- the engine
+
+
+class OpenMMEngine:
+    """Energies and forces of one OpenMM System from a pool of worker processes (module docstring: the design).
+
+    Args:
+        molecule: a :class:`~boltzflow.molecules.system.MolecularSystem` or the System's XML serialisation.
+        platform: OpenMM platform of the workers' Contexts: ``"CPU"`` (default; mixed precision -- forces in single
+            precision, energies accumulated in double) or ``"Reference"`` (double precision, slower); any other
+            platform name OpenMM knows is passed through.
+        n_workers: worker processes; default :func:`default_workers`.
+        threads: threads of each CPU-platform Context (default 1: the parallelism is across workers).
+        groups: force groups to sum, a bit mask (default all).
+
+    The pool starts on the first evaluation and is shared by every engine with the same System, platform, threads
+    and number of workers. Use ``with OpenMMEngine(...) as engine:`` or :meth:`close` to stop it early; it is
+    otherwise stopped at interpreter exit. :meth:`close` stops the shared pool; a later evaluation (by this or
+    another engine) starts a fresh one.
+    """
+
+    def __init__(self, molecule, platform: str = "CPU", n_workers: int | None = None, threads: int = 1,
+                 groups: int = ALL_GROUPS):
+        if isinstance(molecule, MolecularSystem):
+            self.system_xml, self.n_atoms = molecule.system_xml, molecule.n_atoms
+        elif isinstance(molecule, str) and molecule.lstrip().startswith("<"):
+            self.system_xml, self.n_atoms = molecule, _count_particles(molecule)
+        else:
+            raise BoltzflowError(f"OpenMMEngine needs a MolecularSystem or a System's XML, "
+                                 f"got {type(molecule).__name__}")
+        if not isinstance(platform, str) or not platform:
+            raise BoltzflowError(f"platform must be an OpenMM platform name such as 'CPU' or 'Reference', "
+                                 f"got {platform!r}")
+        if n_workers is None:
+            n_workers = default_workers()
+        if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
+            raise BoltzflowError(f"n_workers must be a positive integer, got {n_workers!r}")
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise BoltzflowError(f"threads must be a positive integer, got {threads!r}")
+        if isinstance(groups, bool) or not isinstance(groups, int) or not 0 < groups <= ALL_GROUPS:
+            raise BoltzflowError(f"groups must be a bit mask of force groups (an int in 1..2**32-1), got {groups!r}")
+        self.platform = platform
+        self.n_workers = n_workers
+        self.threads = threads
+        self.groups = groups
+        self.properties = {"Threads": str(threads)} if platform == "CPU" else {}
+        self._key = (hashlib.sha256(self.system_xml.encode()).hexdigest(), platform,
+                     tuple(sorted(self.properties.items())), n_workers)
+        self._energy_fn = None
+
+    def __repr__(self) -> str:
+        return (f"OpenMMEngine(n_atoms={self.n_atoms}, platform={self.platform!r}, n_workers={self.n_workers}, "
+                f"started={self.started})")
+
+    # pickling carries the settings, not the pool or the JAX function
+    def __getstate__(self):
+        return {k: v for k, v in self.__dict__.items() if k != "_energy_fn"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state, _energy_fn=None)
+
+    @property
+    def dim(self) -> int:
+        return 3 * self.n_atoms
+
+    def _pool(self) -> _Pool:
+        with _POOLS_LOCK:
+            pool = _POOLS.get(self._key)
+            if pool is None or pool.closed:
+                pool = _POOLS[self._key] = _Pool(self._key, self.system_xml, self.platform, self.properties,
+                                                 self.n_workers)
+            return pool
+
+    @property
+    def started(self) -> bool:
+        """Whether this engine's pool is running."""
+        pool = _POOLS.get(self._key)
+        return pool is not None and not pool.closed
+
+    def start(self) -> OpenMMEngine:
+        """Start the pool now (it otherwise starts on the first evaluation)."""
+        self._pool()
+        return self
+
+    def worker_pids(self) -> list[int]:
+        """Process ids of the running pool's workers (empty when it is not running)."""
+        pool = _POOLS.get(self._key)
+        return pool.pids if pool is not None and not pool.closed else []
+
+    def close(self) -> None:
+        """Stop the (shared) pool of this engine's settings, if running."""
+        with _POOLS_LOCK:
+            pool = _POOLS.pop(self._key, None)
+        if pool is not None:
+            pool.close()
+
+    def __enter__(self) -> OpenMMEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def energies_forces(self, positions) -> tuple[np.ndarray, np.ndarray]:
+        """Energies ``(n,)`` kJ/mol and forces ``(n, n_atoms, 3)`` kJ/mol/nm of ``positions`` ``(n, n_atoms, 3)``
+        nm (also accepted: ``(n, 3 * n_atoms)`` or one conformation ``(n_atoms, 3)``), NumPy float64. A conformation
+        that cannot be evaluated gets energy ``+inf`` and zero forces."""
+        x = np.asarray(positions, dtype=np.float64)
+        single = x.shape == (self.n_atoms, 3)
+        if single:
+            x = x[None]
+        elif x.ndim == 2 and x.shape[1] == self.dim:
+            x = x.reshape(-1, self.n_atoms, 3)
+        if x.ndim != 3 or x.shape[1:] != (self.n_atoms, 3):
+            raise BoltzflowError(f"positions must have shape (n, {self.n_atoms}, 3) or (n, {self.dim}), "
+                                 f"got {np.shape(positions)}")
+        e, f = self._pool().evaluate(np.ascontiguousarray(x), self.groups)
+        return (e[0], f[0]) if single else (e, f)
+
+    def energy_fn(self):
+        """A jittable ``energy(x)``: ``x`` ``(..., 3 * n_atoms)`` nm -> ``(...)`` kJ/mol in ``x``'s dtype, with
+        ``grad = -forces`` (custom VJP) and vmap support (module docstring: the maths). The same function object is
+        returned on every call, so JAX's caches keyed on it are shared."""
+        if self._energy_fn is None:
+            self._energy_fn = _make_energy_fn(self)
+        return self._energy_fn
+
+
+def _count_particles(system_xml: str) -> int:
+    import openmm
+
+    try:
+        return openmm.XmlSerializer.deserialize(system_xml).getNumParticles()
+    except Exception as e:
+        raise BoltzflowError(f"not a serialised OpenMM System: {str(e).strip()[:200]}") from None
+
+
+def _make_energy_fn(engine: OpenMMEngine):
+    import jax
+    import jax.numpy as jnp
+
+    dim = engine.dim
+
+    def host(x):
+        x = np.asarray(x)
+        e, f = engine.energies_forces(x.reshape(-1, engine.n_atoms, 3))
+        return e.reshape(x.shape[:-1]).astype(x.dtype), f.reshape(x.shape).astype(x.dtype)
+
+    def call(x):
+        if x.shape[-1:] != (dim,):
+            raise BoltzflowError(f"x must have shape (..., {dim}) (flattened conformations), got {x.shape}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise BoltzflowError(f"x must be a floating-point array, got {x.dtype}")
+        shapes = (jax.ShapeDtypeStruct(x.shape[:-1], x.dtype), jax.ShapeDtypeStruct(x.shape, x.dtype))
+        return jax.pure_callback(host, shapes, x, vmap_method="expand_dims")
+
+    @jax.custom_vjp
+    def energy(x):
+        return call(jnp.asarray(x))[0]
+
+    def fwd(x):
+        e, f = call(jnp.asarray(x))
+        return e, f
+
+    def bwd(forces, g):
+        return (-g[..., None] * forces,)
+
+    energy.defvjp(fwd, bwd)
+    return energy

@@ -1,0 +1,67 @@
+"""Reference samples of a molecule from replica-exchange MD: the file the tests and the evaluation read.
+
+:func:`write_reference` turns an MD run's ``samples.npz`` (from :func:`boltzflow.molecules.md.run_replica_exchange`)
+into ``reference.npz``: Cartesian positions (float32, nm), energies, the named torsions (phi, psi, omega, methyl
+rotations; :func:`boltzflow.molecules.metrics.named_torsions`), chain and time of each sample, and a summary with
+the Ramachandran basin populations and their standard errors by block averaging over time.
+
+Block averaging: the MD saves all C chains at once, so the population estimate is the mean over saves t of
+y_t = (1/C) sum_c 1[sample (t, c) in the basin]; the saves form a time series whose correlation the blocks
+absorb (:func:`boltzflow.molecules.metrics.block_standard_error`, 20 blocks).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+
+from boltzflow.errors import BoltzflowError
+from boltzflow.molecules.metrics import (basin_populations, block_standard_error, named_torsions, ramachandran_pairs,
+                                         torsion_angles)
+from boltzflow.molecules.system import MolecularSystem
+
+REFERENCE = "reference.npz"
+SUMMARY = "reference.json"
+
+
+def load_reference(path: str) -> dict:
+    """A reference file as a dict of arrays (``x`` (n, 3N) float32, ``energy``, ``torsion_<name>``, ...)."""
+    if not os.path.isfile(path):
+        raise BoltzflowError(f"no reference samples at {path!r} (make them with `boltzflow md`)")
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def write_reference(out: str, molecule: MolecularSystem, samples_path: str | None = None,
+                    n_blocks: int = 20) -> dict:
+    """Write ``out/reference.npz`` and ``out/reference.json`` from ``samples.npz`` (module docstring)."""
+    data = load_reference(samples_path or os.path.join(out, "samples.npz"))
+    x, chain = data["x"], data["chain"]
+    if x.ndim != 2 or x.shape[1] != molecule.dim:
+        raise BoltzflowError(f"samples have shape {x.shape}, the molecule needs (n, {molecule.dim})")
+    torsions = named_torsions(molecule)
+    angles = torsion_angles(x, torsions)
+    n_chains = int(chain.max()) + 1 if chain.size else 0
+    summary = {"molecule": molecule.name, "temperature": float(data.get("temperature", np.nan)),
+               "samples": int(x.shape[0]), "chains": n_chains, "torsions": {k: list(map(int, v)) for k, v in
+                                                                             torsions.items()}}
+    pairs = ramachandran_pairs(molecule)
+    if len(pairs) == 1 and n_chains and x.shape[0] % n_chains == 0:
+        phi, psi = angles[pairs[0][0]], angles[pairs[0][1]]
+        pops = basin_populations(phi, psi)
+        populations = {b: pops[b] for b in ("phi_negative", "phi_positive", "alpha_R", "beta")}
+        # time series of per-save basin fractions, for block standard errors
+        saves = x.shape[0] // n_chains
+        for basin in populations:
+            series = np.array([basin_populations(phi[t * n_chains:(t + 1) * n_chains],
+                                                 psi[t * n_chains:(t + 1) * n_chains])[basin] for t in range(saves)])
+            summary[f"population_{basin}"] = populations[basin]
+            summary[f"population_{basin}_se"] = block_standard_error(series, n_blocks)
+    arrays = {"x": x.astype(np.float32), "energy": data["energy"], "chain": chain, "time_ps": data["time_ps"],
+              **{f"torsion_{k}": v.astype(np.float32) for k, v in angles.items()}}
+    np.savez_compressed(os.path.join(out, REFERENCE), **arrays)
+    with open(os.path.join(out, SUMMARY), "w") as f:
+        json.dump(summary, f, indent=1)
+    return summary
