@@ -20,9 +20,9 @@ from boltzflow.evaluate import evaluate
 from boltzflow.experiment import load_run, train
 from boltzflow.flows.paths import path_weights
 from boltzflow.molecules.md import geometric_temperatures, run_replica_exchange
-from boltzflow.molecules.reference import write_reference
+from boltzflow.molecules.reference import load_reference, write_reference
 from boltzflow.molecules.system import minimize
-from boltzflow.plot import plot_samples, plot_training
+from boltzflow.plot import plot_molecule_samples, plot_samples, plot_training
 from boltzflow.targets import make_target, targets_table
 from boltzflow.targets.molecule import MoleculeTarget
 
@@ -62,6 +62,11 @@ def finish_run(out: Path, summary: dict, n_eval: int) -> dict:
 
 def _plot_model_samples(exp, path: Path) -> None:
     key = jax.random.key(123)
+    if isinstance(exp.target, MoleculeTarget):  # torsions, not coordinates
+        x, log_w, _ = jax.jit(lambda k: path_weights(exp.model, exp.target, k, 10_000))(key)
+        ref = exp.target.reference_path and load_reference(exp.target.reference_path)["x"]
+        plot_molecule_samples(exp.target, x, log_w, path.parent, reference_x=ref)
+        return
     x = exp.model.sample(key, 3000)
     exact = exp.target.sample(key, 3000) if exp.target.can_sample else None
     plot_samples(exp.target, x, path, title=f"{exp.config.name}: model samples", exact=exact)
@@ -88,7 +93,7 @@ def _plot(args) -> None:
     run = Path(args.run)
     _plot_model_samples(exp, run / "samples.png")
     plot_training(run)
-    print(f"wrote {run / 'samples.png'} and {run / 'training.png'}")
+    print(f"wrote the plots of {run}")
 
 
 def _md(args) -> None:

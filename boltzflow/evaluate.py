@@ -14,6 +14,13 @@ For a flow q and target p (log p unnormalised, log Z = log int exp(log p)):
   drawn in that order), estimated by self-normalised IS; E_p[f] from 2^20 exact samples;
 - ``block_accept``, ``block_nonfinite`` for an SNF: each stochastic block's mean acceptance and the moves rejected
   for non-finite densities, over the samples drawn;
+- for a molecular target (boltzflow.targets.molecule): ``chirality_fraction`` (model samples with the reference
+  structure's handedness; the others get weight 0 in what follows, as FAB filters them), and, where the target has
+  reference MD samples, the KL of each named torsion's marginal and of the (phi, psi) histogram, unweighted and
+  ``_reweighted`` (boltzflow.molecules.metrics: FAB's histogram KL, 100 bins per axis), ``mean_log_q_reference``
+  = E_p[log q] on the reference samples (log q of the Cartesian conformation including the internal-coordinate
+  layer's log-det, as the FAB paper's E_p[log q] of its alanine dipeptide flow), and the phi > 0 population of
+  the reweighted model beside the reference's;
 - with ``ais=True`` the same estimates from AIS (targeting p, step sizes frozen at their trained values); for
   an SNF with Langevin blocks AIS runs in its path space (boltzflow.snf.paths), whose x-marginal is p; for a model
   without a tractable density (an SNF with Metropolis blocks) a one-line error says so.
@@ -29,6 +36,8 @@ from boltzflow.ais import ais_from_settings
 from boltzflow.estimators import effective_sample_size, log_z_estimate
 from boltzflow.experiment import Experiment
 from boltzflow.flows.paths import backward_log_q, block_metrics, path_weights
+from boltzflow.molecules.metrics import basin_populations, molecular_metrics, named_torsions, torsion_angles
+from boltzflow.molecules.reference import load_reference
 
 
 def quadratic_test_function(dim: int):
@@ -104,6 +113,8 @@ def evaluate(exp: Experiment, key, n_samples: int = 10_000, ais_state=None, with
             out["min_log_q_modes"] = float(jnp.min(log_q_modes))
         out["modes_covered"] = int(target.modes_covered(np.asarray(x)))
         out["n_modes"] = int(modes.shape[0])
+    if hasattr(target, "molecule"):
+        out.update(molecular_evaluation(target, x, log_w, log_q_fn, chunk))
     if with_ais:
         ais = ais_from_settings(space.log_p, exp.config.ais, alpha=1.0)
         state = ais_state if ais_state is not None else ais.init_state()
@@ -111,11 +122,32 @@ def evaluate(exp: Experiment, key, n_samples: int = 10_000, ais_state=None, with
         def run(k, n):
             res = ais.run(k, state, lambda kk, m: space.sample_and_log_q(model, kk, m),
                           lambda v: space.log_q(model, v), n, adapt=False)[0]
-            return res.x[:, : space.x_dim], res.log_w
+            return space.to_x(res.x), res.log_w
 
         x_ais, log_w_ais = _chunked(jax.jit(run, static_argnums=1), k_ais, n_samples, min(chunk, n_samples))
         out.update(importance_metrics(target, log_w_ais, prefix="ais_"))
     return _flag_nonfinite(out)
+
+
+def molecular_evaluation(target, x, log_w, log_q_fn, chunk: int = 4096) -> dict:
+    """The molecular metrics of weighted model samples (module docstring)."""
+    x, log_w = np.asarray(x), np.asarray(log_w, np.float64)
+    chiral = np.asarray(target.chirality.mask(x))
+    out = {"chirality_fraction": float(chiral.mean())}
+    x, log_w = x[chiral], log_w[chiral]
+    if target.reference_path is None:
+        return out
+    ref = load_reference(target.reference_path)["x"]
+    out.update(molecular_metrics(target.molecule, ref, x, log_w))
+    log_q_ref = _chunked_apply(log_q_fn, jnp.asarray(ref, jnp.result_type(float)), chunk)
+    out["mean_log_q_reference"] = float(jnp.mean(log_q_ref))
+    torsions = named_torsions(target.molecule)
+    if "phi" in torsions and "psi" in torsions:
+        model, refa = torsion_angles(x, torsions), torsion_angles(ref, torsions)
+        pops = basin_populations(model["phi"], model["psi"], log_w)
+        out["phi_positive_reweighted"] = pops["phi_positive"]
+        out["phi_positive_reference"] = basin_populations(refa["phi"], refa["psi"])["phi_positive"]
+    return out
 
 
 def _flag_nonfinite(metrics: dict) -> dict:

@@ -22,7 +22,7 @@ import yaml
 from boltzflow.config import Config, config_from_dict
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows.builders import make_flow
-from boltzflow.flows.paths import Space, flow_space
+from boltzflow.flows.paths import Space, model_space
 from boltzflow.snf.builder import make_snf
 from boltzflow.snf.paths import path_space
 from boltzflow.targets import make_target
@@ -39,10 +39,11 @@ class Experiment:
     model: Any
 
     def space(self, purpose: str) -> Space:
-        """Where AIS runs for this model: x-space for a flow, path space for an SNF with Langevin blocks
-        (boltzflow.snf.paths); otherwise a one-line error saying that ``purpose`` needs a tractable density."""
+        """Where AIS runs for this model: x-space for a flow (or the internal coordinates below its last layer,
+        boltzflow.flows.paths.model_space), path space for an SNF with Langevin blocks (boltzflow.snf.paths);
+        otherwise a one-line error saying that ``purpose`` needs a tractable density."""
         if not self.model.stochastic:
-            return flow_space(self.target)
+            return model_space(self.model, self.target)
         try:
             return path_space(self.model, self.target)
         except BoltzflowError as e:
@@ -67,7 +68,7 @@ def build_experiment(config: Config) -> Experiment:
     if config.flow.name == "snf":
         model = make_snf(config.flow.settings, key, target, dtype)
     else:
-        model = make_flow(config.flow, key, target.dim, dtype)
+        model = make_flow(config.flow, key, target.dim, dtype, molecule=getattr(target, "molecule", None))
     if config.train.init_from is not None:
         model = _trained_model_like(Path(config.train.init_from), model)
     return Experiment(config, target, model)

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from boltzflow.molecules.metrics import angle_density  # noqa: E402
+from boltzflow.molecules.metrics import angle_density, named_torsions, ramachandran_pairs, torsion_angles  # noqa: E402
 
 
 def _save(fig, path) -> Path:
@@ -210,3 +210,27 @@ def plot_torsion_marginals(named: dict, path, log_scale: bool = True, bins: int 
         ax.grid(alpha=0.3)
     axes.ravel()[0].legend(fontsize=8)
     return _save(fig, path)
+
+
+def plot_molecule_samples(target, x, log_w, out_dir, reference_x=None) -> list[Path]:
+    """A molecular run's pictures: ``ramachandran.png`` (reference | model | model reweighted, FAB Figure 3; the
+    reference panel only when reference samples are given) and ``torsions.png`` (every named torsion's marginal in
+    log scale: phi as FAB Figure 4, phi / psi / methyl rotations as SNF Figure 5). Model samples of the wrong
+    chirality are left out (weight 0), as in evaluation."""
+    x = np.asarray(x)
+    keep = np.asarray(target.chirality.mask(x))
+    x, log_w = x[keep], np.asarray(log_w, np.float64)[keep]
+    torsions = named_torsions(target.molecule)
+    model = torsion_angles(x, torsions)
+    ref = torsion_angles(np.asarray(reference_x), torsions) if reference_x is not None else None
+    out_dir = Path(out_dir)
+    paths = []
+    for phi, psi in ramachandran_pairs(target.molecule)[:1]:
+        panels = ([("reference (MD)", ref[phi], ref[psi], None)] if ref is not None else []) + [
+            ("model", model[phi], model[psi], None), ("model, reweighted", model[phi], model[psi], log_w)]
+        paths.append(plot_ramachandran(panels, out_dir / "ramachandran.png"))
+    named = {name: ([("reference (MD)", ref[name], None)] if ref is not None else [])
+             + [("model", model[name], None), ("model, reweighted", model[name], log_w)] for name in torsions}
+    if named:
+        paths.append(plot_torsion_marginals(named, out_dir / "torsions.png"))
+    return paths

@@ -168,9 +168,10 @@ def to_dict(value, tag: str | None = None):
     return value
 
 
-def from_signature(fn, name: str, skip=("key", "dim", "dtype")):
+def from_signature(fn, name: str, skip=("key", "dim", "dtype"), bases: tuple = ()):
     """A frozen settings dataclass from the keyword arguments of ``fn`` (their annotations and defaults), so a
-    builder's defaults are written once, in its signature."""
+    builder's defaults are written once, in its signature; ``bases``: settings dataclasses whose fields come
+    first (options the caller handles, not ``fn``)."""
     hints = typing.get_type_hints(fn)
     fields = []
     for p in inspect.signature(fn).parameters.values():
@@ -179,4 +180,4 @@ def from_signature(fn, name: str, skip=("key", "dim", "dtype")):
         if p.name not in hints:
             raise TypeError(f"{fn.__name__}: parameter {p.name} needs a type annotation")
         fields.append((p.name, hints[p.name], dataclasses.field(default=p.default)))
-    return dataclasses.make_dataclass(name, fields, frozen=True)
+    return dataclasses.make_dataclass(name, fields, bases=bases, frozen=True)

@@ -15,6 +15,9 @@ path-probability ratio ``dS``:
 
   For a purely deterministic chain this is log p(x) - log q(x), the ordinary flow importance weight.
 
+A layer may change the dimension (``out_dim``; e.g. internal -> Cartesian coordinates): the base has the latent
+dimension and :attr:`Flow.dim` is the data dimension after all layers.
+
 A :class:`Flow` is a base distribution and a tuple of layers; it is an equinox module (a pytree), so its
 parameters are its array leaves and optax trains it directly.
 """
@@ -47,6 +50,11 @@ class Layer(eqx.Module):
     def stochastic(self) -> bool:
         return False
 
+    def out_dim(self, in_dim: int) -> int:
+        """Dimension of ``forward``'s output for an input of dimension ``in_dim``: the same for most layers; a layer
+        that changes it (e.g. :class:`~boltzflow.flows.internal.InternalCoordinates`) overrides this."""
+        return in_dim
+
 
 class Base(eqx.Module):
     """Abstract base (latent) distribution q0 with ``sample(key, n)`` and batched ``log_prob``."""
@@ -76,7 +84,11 @@ class Flow(eqx.Module):
 
     @property
     def dim(self) -> int:
-        return self.base.dim
+        """Dimension of x, the data side: the base's dimension as the layers change it (most keep it)."""
+        dim = self.base.dim
+        for layer in self.layers:
+            dim = layer.out_dim(dim)
+        return dim
 
     @property
     def stochastic(self) -> bool:
@@ -85,7 +97,7 @@ class Flow(eqx.Module):
     def run(self, x: jax.Array, key: jax.Array | None, inverse: bool):
         """Push x through all layers (in reverse order if ``inverse``); returns (y, sum_t dS_t, infos), ``infos``
         the tuple of the stochastic layers' diagnostics in the order they ran (empty for a bijection)."""
-        check_batch(x, self.dim, "x" if inverse else "z")
+        check_batch(x, self.dim if inverse else self.base.dim, "x" if inverse else "z")
         total, infos = jnp.zeros(x.shape[0], x.dtype), []
         layers = reversed(self.layers) if inverse else self.layers
         for layer, k in zip(layers, _split(key, len(self.layers))):

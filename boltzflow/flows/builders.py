@@ -26,6 +26,7 @@ from boltzflow.flows.base import Flow
 from boltzflow.flows.compose import Chain, stack_layers
 from boltzflow.flows.coupling import Affine, Coupling, RQSpline
 from boltzflow.flows.distributions import StandardBase, circular_mask
+from boltzflow.flows.internal import InternalCoordinates
 from boltzflow.flows.permutation import LULinear
 from boltzflow.settings import Tagged, from_signature, parse_tagged
 
@@ -147,21 +148,61 @@ def make_nsf(
 
 
 FLOW_TYPES = {"realnvp": make_realnvp, "nsf": make_nsf}
+COORDINATES = ("cartesian", "internal")
+
+
+@dataclasses.dataclass(frozen=True)
+class CoordinateSettings:
+    """Which coordinates the flow models: ``cartesian`` (x itself) or, for a molecular target, ``internal``
+    (bonds, angles, dihedrals of a Z-matrix from the bond graph, normalised around the energy minimum): the flow
+    then models the 3N - 6 internal coordinates, with the dihedrals of rotatable bonds circular, and
+    :class:`~boltzflow.flows.internal.InternalCoordinates` is its last layer."""
+
+    coordinates: str = "cartesian"
+
+    def __post_init__(self):
+        if self.coordinates not in COORDINATES:
+            raise BoltzflowError(f"coordinates must be one of {', '.join(COORDINATES)}, got {self.coordinates!r}")
+
 
 #: Settings of each flow type (a frozen dataclass per type, made from the builder's keyword arguments, so the
 #: defaults live in one place: the signatures above). The dtype is not a flow setting: it is the run's
 #: ``train.dtype``.
-FLOW_SETTINGS = {name: from_signature(fn, f"{name.upper()}Settings") for name, fn in FLOW_TYPES.items()}
+FLOW_SETTINGS = {name: from_signature(fn, f"{name.upper()}Settings", bases=(CoordinateSettings,))
+                 for name, fn in FLOW_TYPES.items()}
 
 
-def make_flow(spec, key, dim: int, dtype=jnp.float32) -> Flow:
+def make_flow(spec, key, dim: int, dtype=jnp.float32, molecule=None) -> Flow:
     """Build a flow from its settings: a :class:`~boltzflow.settings.Tagged` (``name`` in :data:`FLOW_TYPES`) or a
-    mapping ``{"type": "realnvp" | "nsf", **keyword arguments of make_realnvp / make_nsf}``."""
+    mapping ``{"type": "realnvp" | "nsf", "coordinates": ..., **keyword arguments of make_realnvp / make_nsf}``.
+    ``coordinates: internal`` needs the target's ``molecule`` (a MolecularSystem)."""
     if not isinstance(spec, Tagged):
         spec = parse_tagged(spec, FLOW_SETTINGS, "type", "flow")
+    options = dataclasses.asdict(spec.settings)
+    if options.pop("coordinates") == "internal":
+        return _internal_flow(spec.name, options, key, dim, dtype, molecule)
     try:
-        return FLOW_TYPES[spec.name](key, dim, dtype=dtype, **dataclasses.asdict(spec.settings))
+        return FLOW_TYPES[spec.name](key, dim, dtype=dtype, **options)
     except BoltzflowError:
         raise
     except (TypeError, ValueError) as err:  # e.g. an activation name that does not exist
         raise BoltzflowError(f"bad options for flow type {spec.name!r}: {err}") from None
+
+
+def _internal_flow(name: str, options: dict, key, dim: int, dtype, molecule) -> Flow:
+    """A flow on a molecule's normalised internal coordinates followed by the internal-coordinate layer."""
+    if molecule is None:
+        raise BoltzflowError("flow coordinates: internal needs a molecular target (aldp_implicit, aldp_vacuum, "
+                             "molecule)")
+    if name != "nsf":
+        raise BoltzflowError(f"flow coordinates: internal needs a flow with circular dimensions for the torsions "
+                             f"(type nsf), not {name}")
+    ic = InternalCoordinates(molecule)
+    if ic.data_dim != dim:
+        raise BoltzflowError(f"the molecule has {ic.data_dim} Cartesian coordinates, the target {dim}")
+    if options.get("circular"):
+        raise BoltzflowError("flow coordinates: internal chooses the circular dimensions itself (the torsions of "
+                             "rotatable bonds); leave circular unset")
+    options["circular"] = ic.circular_indices
+    inner = FLOW_TYPES[name](key, ic.latent_dim, dtype=_dtype(dtype), **options)
+    return Flow(inner.base, inner.layers + (ic,))

@@ -21,9 +21,11 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from boltzflow.errors import BoltzflowError
 from boltzflow.flows.base import Flow
 
 
@@ -61,14 +63,14 @@ class Space(NamedTuple):
 
     ``dim``: dimension of a point; ``sample_and_log_q(model, key, n) -> (points (n, dim), log q (n,))``;
     ``log_q(model, points) -> (n,)``; ``log_p(points) -> (n,)``, the unnormalised target (free of the model);
-    ``x_dim``: the first ``x_dim`` coordinates of a point are the sample x.
+    ``to_x(points) -> (n, target.dim)``: the samples x the points stand for.
     """
 
     dim: int
     sample_and_log_q: Callable
     log_q: Callable
     log_p: Callable
-    x_dim: int
+    to_x: Callable
 
 
 def _sample_and_log_q(model: Flow, key, n):
@@ -79,6 +81,44 @@ def _log_q(model: Flow, x):
     return model.log_prob(x)
 
 
+def _identity(x):
+    return x
+
+
 def flow_space(target) -> Space:
     """x-space of a normalizing flow: q is the flow, p the target."""
-    return Space(target.dim, _sample_and_log_q, _log_q, target.log_prob, target.dim)
+    return Space(target.dim, _sample_and_log_q, _log_q, target.log_prob, _identity)
+
+
+def _without_last(model: Flow) -> Flow:
+    return Flow(model.base, model.layers[:-1])
+
+
+def latent_space(model: Flow, target) -> Space:
+    """The space below a flow's last layer g when g changes dimension (internal coordinates -> Cartesian): points
+    z, q_z the flow without g, and the target pulled back through g,
+
+        log p_z(z) = log p(g(z)) + log|det J_g(z)|,
+
+    so that importance weights p_z / q_z equal p(x) / q(x) at x = g(z). g must have no trained parameters (the
+    pulled-back target is free of the model); the internal-coordinate layer has none. FAB runs its AIS here, as the
+    FAB paper does for alanine dipeptide (AIS in the flow's internal coordinates)."""
+    last = model.layers[-1]
+    if jax.tree_util.tree_leaves(eqx.filter(last, eqx.is_inexact_array)):
+        raise BoltzflowError(f"the last layer {type(last).__name__} has trained parameters; AIS below it would need "
+                             "a target that depends on the model")
+
+    def log_p(z):
+        x, ds = last.forward(z)
+        return target.log_prob(x) + ds
+
+    return Space(model.base.dim, lambda m, k, n: _without_last(m).sample_and_log_prob(k, n),
+                 lambda m, z: _without_last(m).log_prob(z), log_p, lambda z: last.forward(z)[0])
+
+
+def model_space(model: Flow, target) -> Space:
+    """Where AIS runs for a deterministic flow: x-space, or, if the flow's last layer changes the dimension,
+    the space below it (:func:`latent_space`)."""
+    if model.dim != model.base.dim:
+        return latent_space(model, target)
+    return flow_space(target)

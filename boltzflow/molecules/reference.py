@@ -24,6 +24,14 @@ from boltzflow.molecules.system import MolecularSystem
 
 REFERENCE = "reference.npz"
 SUMMARY = "reference.json"
+#: Reference sets shipped with boltzflow: ``data/{molecule}_{temperature:g}K.npz`` (+ ``.json`` summary).
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+def builtin_reference(molecule: str, temperature: float) -> str | None:
+    """Path of the shipped reference set of a built-in molecule at a temperature, or None if there is none."""
+    path = os.path.join(DATA, f"{molecule}_{float(temperature):g}K.npz")
+    return path if os.path.isfile(path) else None
 
 
 def load_reference(path: str) -> dict:

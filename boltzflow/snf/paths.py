@@ -172,4 +172,4 @@ def path_space(model: Flow, target) -> Space:
     space's functions take the trained model as an argument; only the layout of ``model`` is used here)."""
     dim = n_path_points(model) * target.dim
     return Space(dim=dim, sample_and_log_q=sample_path, log_q=path_log_q, log_p=lambda v: path_log_p(target, v),
-                 x_dim=target.dim)
+                 to_x=lambda u: u[:, :target.dim])

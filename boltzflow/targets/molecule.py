@@ -28,7 +28,9 @@ import numpy as np
 
 from boltzflow.errors import BoltzflowError
 from boltzflow.molecules.forcefield import batched_energy, read_forcefield
+from boltzflow.molecules.chirality import Chirality
 from boltzflow.molecules.openmm_engine import OpenMMEngine
+from boltzflow.molecules.reference import builtin_reference
 from boltzflow.molecules.system import MolecularSystem, load_system
 from boltzflow.targets.base import Target
 
@@ -55,13 +57,16 @@ class MoleculeTarget(Target):
         platform: OpenMM platform of the openmm engine (``"CPU"`` or ``"Reference"``).
         n_workers: worker processes of the openmm engine (default: one per core).
         energy_cut, energy_max: the regularisation thresholds in kT.
+        reference: an ``.npz`` of reference samples (``x``, (n, 3 n_atoms), e.g. ``reference.npz`` of
+            ``boltzflow md``) for the molecular metrics of ``boltzflow evaluate``; default: the set shipped with
+            boltzflow for this molecule and temperature, if there is one.
     """
 
     log_z = None
 
     def __init__(self, molecule="aldp_implicit", temperature: float = 300.0, engine: str = "jax",
                  platform: str = "CPU", n_workers: int | None = None, energy_cut: float = 1e8,
-                 energy_max: float = 1e20):
+                 energy_max: float = 1e20, reference: str | None = None):
         if engine not in ENGINES:
             raise BoltzflowError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
         temperature = float(temperature)
@@ -76,6 +81,8 @@ class MoleculeTarget(Target):
         self.energy_cut, self.energy_max = float(energy_cut), float(energy_max)
         self.name = f"{self.molecule.name}_{temperature:g}K"
         self.dim = self.molecule.dim
+        self.reference_path = reference or builtin_reference(self.molecule.name, temperature)
+        self.chirality = Chirality.from_system(self.molecule)
         if engine == "jax":
             self.params = read_forcefield(self.molecule.openmm_system())
             self.energy_kj = batched_energy(self.params)
@@ -97,6 +104,7 @@ class MoleculeTarget(Target):
         out.temperature = float(temperature)
         out.kT = GAS_CONSTANT * out.temperature
         out.name = f"{self.molecule.name}_{out.temperature:g}K"
+        out.reference_path = builtin_reference(self.molecule.name, out.temperature)
         return out
 
     def __repr__(self) -> str:
