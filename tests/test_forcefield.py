@@ -165,3 +165,29 @@ def test_bad_molecule_specs_fail_in_one_line():
         with pytest.raises(BoltzflowError, match=match) as e:
             make_target(spec)
         assert "\n" not in str(e.value)
+
+
+def test_mirror_images_are_outside_the_target_unless_asked_for():
+    """The default target is the starting structure's stereoisomer (L-alanine): x -> -x has the same energy but
+    log p = -inf; with chirality: false it has the same log p."""
+    target = make_target("aldp_implicit")
+    anyform = make_target({"name": "aldp_implicit", "chirality": False})
+    x = minimize(target.molecule).reshape(1, -1)
+    both = jnp.asarray(np.concatenate([x, -x]), jnp.float32)
+    lp, lp_any = np.asarray(target.log_prob(both)), np.asarray(anyform.log_prob(both))
+    assert np.isfinite(lp[0]) and lp[1] == -np.inf
+    np.testing.assert_allclose(lp_any[1], lp_any[0], rtol=1e-5)
+    np.testing.assert_allclose(lp_any[0], lp[0])
+
+
+def test_missing_openmm_is_one_clear_line(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['openmm'] = None; sys.modules['openmm.app'] = None\n"
+            "from boltzflow.cli import main\n"
+            "sys.exit(main(['train', 'quick_gmm', '--target', 'aldp_implicit', '--out', sys.argv[1]]))")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().splitlines() == ["boltzflow: error: molecular targets need OpenMM: pip install "
+                                             "'boltzflow[molecules]' (or pip install openmm)"]

@@ -16,7 +16,7 @@ import numpy as np  # noqa: E402
 
 from boltzflow.errors import BoltzflowError  # noqa: E402
 from boltzflow.flows import Flow, InternalCoordinates, StandardBase, make_nsf  # noqa: E402
-from boltzflow.molecules.chirality import Chirality, chirality_mask, find_stereocentres  # noqa: E402
+from boltzflow.molecules.chirality import Chirality, find_stereocentres  # noqa: E402
 from boltzflow.molecules.system import load_system, minimize, openmmtools_data_dir  # noqa: E402
 from boltzflow.molecules.zmatrix import (  # noqa: E402
     ZMatrix, build_zmatrix, cartesian_to_internal, internal_to_cartesian, log_det_jacobian, ring_bonds)
@@ -312,7 +312,7 @@ def test_chirality_alanine_dipeptide_rejects_the_d_form(aldp):
     l_forms = np.stack([xmin, xmin @ R.T + 2.0]).reshape(2, -1)
     d_forms = -l_forms  # mirror images
     x = jnp.asarray(np.concatenate([l_forms, d_forms]), jnp.float32)
-    assert jax.jit(chirality_mask, static_argnums=0)(chir, x).tolist() == [True, True, False, False]
+    assert jax.jit(chir.mask)(x).tolist() == [True, True, False, False]
     assert chir(x).tolist() == [True, True, False, False]
     # samples of an internal-coordinate layer are L whatever their dihedrals; a flipped improper makes them D
     z = _latent(layer, rng, 16, jnp.float32)

@@ -117,10 +117,3 @@ class Chirality:
         if self.centres.size == 0:
             return jnp.ones(x.shape[:-1], bool)
         return jnp.all(self.signed_volumes(x) * jnp.asarray(self.signs, x.dtype) > 0, axis=-1)
-
-    __call__ = mask
-
-
-def chirality_mask(chirality: Chirality, x):
-    """``x (n, 3N)`` -> bool ``(n,)``: :meth:`Chirality.mask`."""
-    return chirality.mask(x)

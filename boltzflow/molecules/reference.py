@@ -1,7 +1,9 @@
 """Reference samples of a molecule from replica-exchange MD: the file the tests and the evaluation read.
 
 :func:`write_reference` turns an MD run's ``samples.npz`` (from :func:`boltzflow.molecules.md.run_replica_exchange`)
-into ``reference.npz``: Cartesian positions (float32, nm), energies, the named torsions (phi, psi, omega, methyl
+into ``reference.npz``: Cartesian positions (float32, nm), their internal coordinates (``internal``, (n, 3N - 6):
+bonds in nm, angles and dihedrals in rad, of the Z-matrix :meth:`ZMatrix.from_system` builds; their names in
+``internal_names``), energies, the named torsions (phi, psi, omega, methyl
 rotations; :func:`boltzflow.molecules.metrics.named_torsions`), chain and time of each sample, and a summary with
 the Ramachandran basin populations and their standard errors by block averaging over time.
 
@@ -21,6 +23,7 @@ from boltzflow.errors import BoltzflowError
 from boltzflow.molecules.metrics import (basin_populations, block_standard_error, named_torsions, ramachandran_pairs,
                                          torsion_angles)
 from boltzflow.molecules.system import MolecularSystem
+from boltzflow.molecules.zmatrix import ZMatrix
 
 REFERENCE = "reference.npz"
 SUMMARY = "reference.json"
@@ -58,16 +61,20 @@ def write_reference(out: str, molecule: MolecularSystem, samples_path: str | Non
     pairs = ramachandran_pairs(molecule)
     if len(pairs) == 1 and n_chains and x.shape[0] % n_chains == 0:
         phi, psi = angles[pairs[0][0]], angles[pairs[0][1]]
-        pops = basin_populations(phi, psi)
-        populations = {b: pops[b] for b in ("phi_negative", "phi_positive", "alpha_R", "beta")}
-        # time series of per-save basin fractions, for block standard errors
         saves = x.shape[0] // n_chains
-        for basin in populations:
+        for basin in ("phi_negative", "phi_positive", "alpha_R", "beta"):
+            # the fraction in the basin at each save (over chains), a time series for the block standard error
             series = np.array([basin_populations(phi[t * n_chains:(t + 1) * n_chains],
                                                  psi[t * n_chains:(t + 1) * n_chains])[basin] for t in range(saves)])
-            summary[f"population_{basin}"] = populations[basin]
-            summary[f"population_{basin}_se"] = block_standard_error(series, n_blocks)
-    arrays = {"x": x.astype(np.float32), "energy": data["energy"], "chain": chain, "time_ps": data["time_ps"],
+            p, se = float(series.mean()), block_standard_error(series, n_blocks)
+            summary[f"population_{basin}"] = p
+            summary[f"population_{basin}_se"] = se
+            # samples worth as many independent ones: p (1 - p) / se^2
+            summary[f"effective_samples_{basin}"] = p * (1 - p) / se**2 if se > 0 else None
+    zm = ZMatrix.from_system(molecule)
+    internal = np.asarray(zm.join(*zm.cartesian_to_internal(np.asarray(x, np.float64))), np.float32)
+    arrays = {"x": x.astype(np.float32), "internal": internal, "internal_names": np.asarray(zm.names),
+              "energy": data["energy"], "chain": chain, "time_ps": data["time_ps"],
               **{f"torsion_{k}": v.astype(np.float32) for k, v in angles.items()}}
     np.savez_compressed(os.path.join(out, REFERENCE), **arrays)
     with open(os.path.join(out, SUMMARY), "w") as f:

@@ -18,6 +18,12 @@ Energies are regularised as FAB's alanine dipeptide target does, in units of kT 
 with u_cut = 1e8 and u_max = 1e20 by default, so a flow sample with nearly overlapping atoms has a finite weight
 of ~ 0 and a usable gradient instead of an overflow. A non-finite energy (coincident atoms, NaN positions) gives
 log p = -inf, which boltzflow's samplers and losses treat as an invalid point (weight zero, counted).
+
+Stereoisomer. A mirror image has the same energy, but it is another molecule (D- instead of L-alanine) that MD
+from the L-form never visits. With ``chirality: true`` (default) the target is the Boltzmann distribution of the
+starting structure's stereoisomer: log p = -inf where a stereocentre has the other handedness
+(:class:`boltzflow.molecules.chirality.Chirality`), so AIS, FAB's buffer and every importance weight drop such
+samples, as the FAB paper filters them during training.
 """
 
 from __future__ import annotations
@@ -60,13 +66,14 @@ class MoleculeTarget(Target):
         reference: an ``.npz`` of reference samples (``x``, (n, 3 n_atoms), e.g. ``reference.npz`` of
             ``boltzflow md``) for the molecular metrics of ``boltzflow evaluate``; default: the set shipped with
             boltzflow for this molecule and temperature, if there is one.
+        chirality: keep only the starting structure's stereoisomer (module docstring).
     """
 
     log_z = None
 
     def __init__(self, molecule="aldp_implicit", temperature: float = 300.0, engine: str = "jax",
                  platform: str = "CPU", n_workers: int | None = None, energy_cut: float = 1e8,
-                 energy_max: float = 1e20, reference: str | None = None):
+                 energy_max: float = 1e20, reference: str | None = None, chirality: bool = True):
         if engine not in ENGINES:
             raise BoltzflowError(f"unknown engine {engine!r}; expected one of {', '.join(ENGINES)}")
         temperature = float(temperature)
@@ -83,6 +90,7 @@ class MoleculeTarget(Target):
         self.dim = self.molecule.dim
         self.reference_path = reference or builtin_reference(self.molecule.name, temperature)
         self.chirality = Chirality.from_system(self.molecule)
+        self.keep_chirality = bool(chirality)
         if engine == "jax":
             self.params = read_forcefield(self.molecule.openmm_system())
             self.energy_kj = batched_energy(self.params)
@@ -95,7 +103,8 @@ class MoleculeTarget(Target):
         return jnp.where(jnp.isfinite(u), regularize_energy(u, self.energy_cut, self.energy_max), jnp.inf)
 
     def _log_prob(self, x: jax.Array) -> jax.Array:
-        return -self.reduced_energy(x)
+        log_p = -self.reduced_energy(x)
+        return jnp.where(self.chirality.mask(x), log_p, -jnp.inf) if self.keep_chirality else log_p
 
     def at_temperature(self, temperature: float) -> "MoleculeTarget":
         """The same molecule and engine at another temperature (shares the System)."""

@@ -60,8 +60,10 @@ def register_target(name: str, factory: Callable[..., Target], description: str,
 
 def _builtin_molecule(molecule: str) -> Callable[..., Target]:
     def make(temperature: float = 300.0, engine: str = "jax", platform: str = "CPU", n_workers: int | None = None,
-             energy_cut: float = 1e8, energy_max: float = 1e20) -> Target:
-        return MoleculeTarget(molecule, temperature, engine, platform, n_workers, energy_cut, energy_max)
+             energy_cut: float = 1e8, energy_max: float = 1e20, reference: str | None = None,
+             chirality: bool = True) -> Target:
+        return MoleculeTarget(molecule, temperature, engine, platform, n_workers, energy_cut, energy_max, reference,
+                              chirality)
 
     return make
 
