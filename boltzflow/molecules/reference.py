@@ -45,6 +45,15 @@ def load_reference(path: str) -> dict:
         return {k: f[k] for k in f.files}
 
 
+def write_compact(reference_path: str, out_path: str) -> int:
+    """The shipped form of a reference set: ``x`` (float32 nm), ``energy`` (float32 kJ/mol), ``chain`` and
+    ``time_ps`` only (torsions and internal coordinates are recomputed from x where needed); returns its bytes."""
+    data = load_reference(reference_path)
+    np.savez_compressed(out_path, x=data["x"].astype(np.float32), energy=data["energy"].astype(np.float32),
+                        chain=data["chain"].astype(np.int16), time_ps=data["time_ps"].astype(np.float32))
+    return os.path.getsize(out_path)
+
+
 def write_reference(out: str, molecule: MolecularSystem, samples_path: str | None = None,
                     n_blocks: int = 20) -> dict:
     """Write ``out/reference.npz`` and ``out/reference.json`` from ``samples.npz`` (module docstring)."""
