@@ -24,6 +24,10 @@ Threads. By default (``--jax-threads 1``) XLA runs on one thread (``XLA_FLAGS=--
 intra_op_parallelism_threads=1``, set before JAX is imported), so JAX float32/float64 compare with OpenMM CPU at 1
 thread and Reference (single-threaded) on equal terms; ``--jax-threads all`` leaves XLA's default thread pool.
 
+Memory. By default (``--malloc retain``) freed memory is kept in the process, as the ``boltzflow`` command does
+(:mod:`boltzflow.allocator`): without it, XLA's temporaries at batch >= 1024 page-fault on every call and cost
+about a third of the time; ``--malloc default`` measures glibc's own behaviour.
+
 Bars (from the issue): JAX float32 at batch >= 128 against the best OpenMM platform (>= 5x) and against the
 Reference loop (>= 30x); printed with PASS/FAIL per system and batch.
 
@@ -80,6 +84,9 @@ def _parse(argv):
     ap.add_argument("--seed", type=int, default=0, help="seed of the conformation noise")
     ap.add_argument("--jax-threads", choices=("1", "all"), default="1",
                     help="XLA CPU threads: 1 (default, single-threaded like OpenMM CPU 1 thread) or all (XLA default)")
+    ap.add_argument("--malloc", choices=("retain", "default"), default="retain",
+                    help="retain: keep freed memory as the boltzflow command does (boltzflow/allocator.py); "
+                         "default: glibc's own thresholds")
     return ap.parse_args(argv)
 
 
@@ -187,7 +194,10 @@ def main(argv=None) -> dict:
     import jax.numpy as jnp
     import openmm
 
+    from boltzflow.allocator import retain_freed_memory
     from boltzflow.molecules.forcefield import batched_energy, read_forcefield
+
+    retained = retain_freed_memory() if args.malloc == "retain" else False
     from boltzflow.molecules.system import load_system, minimize
 
     quick = args.quick
@@ -268,6 +278,7 @@ def main(argv=None) -> dict:
            "load_average_before": load_before, "load_average_after": load_after,
            "jax": jax.__version__, "jaxlib": None,
            "backend": jax.default_backend(), "xla_threads": args.jax_threads, "xla_flags": os.environ.get("XLA_FLAGS"),
+           "malloc": args.malloc, "freed_memory_retained": retained,
            "openmm": openmm.__version__, "quick": quick, "batches": list(batches), "min_seconds": min_seconds,
            "timings": n_timings, "noise_nm": NOISE_NM, "seed": args.seed,
            "bars": {"vs_best_openmm": BAR_BEST, "vs_reference": BAR_REFERENCE}, "systems": results}

@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from boltzflow.allocator import retain_freed_memory
 from boltzflow.config import config_from_dict, presets, read_config
 from boltzflow.errors import BoltzflowError
 from boltzflow.evaluate import evaluate
@@ -203,6 +204,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    retain_freed_memory()
     try:
         args.func(args)
     except BoltzflowError as e:
