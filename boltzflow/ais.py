@@ -97,13 +97,16 @@ class AISResult(NamedTuple):
 
 class AIS(NamedTuple):
     """``init_state(dtype=None) -> StepSizeState`` and
-    ``run(key, state, sample_and_log_q, log_q_fn, n, adapt=False) -> (AISResult, StepSizeState)``."""
+    ``run(key, state, sample_and_log_q, log_q_fn, n, adapt=False) -> (AISResult, StepSizeState)``;
+    ``evals_per_sample``: density evaluations per sample of one pass (each one log q and one log p): the start
+    point, then ``evals_per_step`` per kernel move at each of the K intermediate distributions."""
 
     init_state: Callable[..., StepSizeState]
     run: Callable[..., tuple[AISResult, StepSizeState]]
     betas: np.ndarray
     kernel: Kernel
     alpha: float
+    evals_per_sample: int
 
 
 def make_betas(n_intermediate: int, schedule: str = "linear") -> np.ndarray:
@@ -220,7 +223,8 @@ def build_ais(log_p_fn: Callable[[jax.Array], jax.Array], kernel: Kernel | str, 
             state = adapt_step_sizes(state, accept, float(target_accept), float(adapt_rate), adapt)
         return result, state
 
-    return AIS(init_state=init_state, run=run, betas=betas, kernel=kernel, alpha=alpha)
+    return AIS(init_state=init_state, run=run, betas=betas, kernel=kernel, alpha=alpha,
+               evals_per_sample=1 + k_int * n_inner * kernel.evals_per_step)
 
 
 @dataclass(frozen=True)

@@ -204,3 +204,33 @@ def test_init_from_starts_at_another_runs_trained_model(tmp_path):
     bad = {**d2, "flow": {**d["flow"], "flow": {"type": "realnvp", "n_layers": 4, "hidden": 8, "depth": 1}}}
     with pytest.raises(BoltzflowError, match="another structure"):
         build_experiment(config_from_dict(bad))
+
+
+def test_flow_and_target_evaluations_are_counted_per_method(tmp_path):
+    """metrics.jsonl counts what each method spends: FAB with buffer (the fill, then per step one AIS pass of
+    1 + K * n_leapfrog evaluations per sample and n_updates loss batches), reverse KL on an SNF (its Metropolis
+    moves are target evaluations), maximum likelihood (data through the flow, no target)."""
+    from boltzflow.config import config_from_dict
+    from boltzflow.experiment import build_experiment, train
+
+    n, k, leap, updates = 16, 2, 3, 4
+    base = {"target": "double_well", "train": {"steps": 3, "batch_size": n, "eval_every": 1000, "eval_samples": 32}}
+    fab = {**base, "flow": {"type": "realnvp", "n_layers": 2, "hidden": 8},
+           "method": {"name": "fab", "n_updates": updates, "min_buffer_length": 3 * n, "buffer_size": 8 * n},
+           "ais": {"kernel": "hmc", "n_intermediate": k, "n_leapfrog": leap}}
+    per_sample = 1 + k * leap
+    s = train(config_from_dict(fab), tmp_path / "fab", progress=False)
+    assert s["target_evals"] == 3 * n * per_sample + 3 * n * per_sample  # fill (3 passes) + 3 steps
+    assert s["flow_evals"] == 3 * n * per_sample + 3 * (n * per_sample + updates * n)
+    rows = _rows(tmp_path / "fab")
+    assert rows[0]["step"] == 1 and rows[0]["target_evals"] == 4 * n * per_sample
+    snf = {**base, "flow": {"type": "snf", "flow": {"type": "realnvp", "n_layers": 2, "hidden": 8},
+                            "blocks": {"kernel": "metropolis", "n_steps": 5}},
+           "method": {"name": "reverse_kl"}}
+    s = train(config_from_dict(snf), tmp_path / "snf", progress=False)
+    n_blocks = sum(layer.stochastic for layer in build_experiment(config_from_dict(snf)).model.layers)
+    assert n_blocks >= 1
+    assert s["flow_evals"] == 3 * n and s["target_evals"] == 3 * n * (1 + 5 * n_blocks)
+    ml = {**base, "flow": {"type": "realnvp", "n_layers": 2, "hidden": 8}, "method": {"name": "forward_kl"}}
+    s = train(config_from_dict(ml), tmp_path / "ml", progress=False)
+    assert s["flow_evals"] == 3 * n and s["target_evals"] == 0

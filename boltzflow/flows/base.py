@@ -50,6 +50,11 @@ class Layer(eqx.Module):
     def stochastic(self) -> bool:
         return False
 
+    @property
+    def target_evals(self) -> int:
+        """Evaluations of the target per sample when the layer runs (a stochastic block's MCMC moves); 0 here."""
+        return 0
+
     def out_dim(self, in_dim: int) -> int:
         """Dimension of ``forward``'s output for an input of dimension ``in_dim``: the same for most layers; a layer
         that changes it (e.g. :class:`~boltzflow.flows.internal.InternalCoordinates`) overrides this."""
@@ -93,6 +98,11 @@ class Flow(eqx.Module):
     @property
     def stochastic(self) -> bool:
         return any(layer.stochastic for layer in self.layers)
+
+    @property
+    def target_evals(self) -> int:
+        """Target evaluations per sample of one pass through the layers (0 for a flow; an SNF's block moves)."""
+        return sum(layer.target_evals for layer in self.layers)
 
     def run(self, x: jax.Array, key: jax.Array | None, inverse: bool):
         """Push x through all layers (in reverse order if ``inverse``); returns (y, sum_t dS_t, infos), ``infos``

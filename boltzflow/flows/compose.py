@@ -46,6 +46,10 @@ class Chain(Layer):
     def stochastic(self) -> bool:
         return any(layer.stochastic for layer in self.layers)
 
+    @property
+    def target_evals(self) -> int:
+        return sum(layer.target_evals for layer in self.layers)
+
 
 class Scan(Layer):
     """``n`` copies of one layer structure with stacked parameters (leading axis ``n``), applied with lax.scan.
@@ -82,6 +86,10 @@ class Scan(Layer):
     @property
     def stochastic(self) -> bool:
         return self.stacked.stochastic
+
+    @property
+    def target_evals(self) -> int:
+        return self.n * self.stacked.target_evals
 
 
 def stack_layers(layers) -> Scan:

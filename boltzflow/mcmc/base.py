@@ -45,6 +45,8 @@ class Kernel(NamedTuple):
     - ``needs_grad``: the points it consumes and returns carry gradients.
     - ``target_accept``: default acceptance rate for step-size adaptation (None: not adaptable).
     - ``metropolised``: satisfies detailed balance with pi_w exactly (dS = log pi_w(x) - log pi_w(x')).
+    - ``evals_per_step``: evaluations of pi_w (log q and log p, with gradients if ``needs_grad``) per sample and move
+      (HMC: ``n_leapfrog``; underdamped: ``n_steps``; the others: 1), for counting a sampler's cost.
     """
 
     name: str
@@ -52,6 +54,7 @@ class Kernel(NamedTuple):
     needs_grad: bool
     target_accept: float | None
     metropolised: bool
+    evals_per_step: int = 1
 
 
 def as_step_size(step_size, x: jax.Array) -> jax.Array:

@@ -59,5 +59,6 @@ def make_kernel(name: str, **settings) -> Kernel:
     if "friction" in settings and not float(settings["friction"]) >= 0:
         raise BoltzflowError(f"kernel {name!r}: friction must be >= 0, got {settings['friction']!r}")
     step = functools.partial(fn, **settings) if settings else fn
+    evals = {**known, **settings}.get({"hmc": "n_leapfrog", "underdamped": "n_steps"}.get(name, ""), 1)
     return Kernel(name=name, step=step, needs_grad=needs_grad, target_accept=target_accept,
-                  metropolised=metropolised)
+                  metropolised=metropolised, evals_per_step=int(evals))

@@ -130,6 +130,10 @@ class StochasticBlock(Layer):
         return True
 
     @property
+    def target_evals(self) -> int:
+        return self.n_steps * make_kernel(self.kernel, **dict(self.settings)).evals_per_step
+
+    @property
     def lam(self) -> jax.Array:
         """lambda: sigmoid(a) if learnable, else the fixed value (no gradient)."""
         return jax.nn.sigmoid(self.raw_lambda) if self.learn_lambda else jax.lax.stop_gradient(self.raw_lambda)

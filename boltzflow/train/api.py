@@ -19,9 +19,27 @@ import jax.numpy as jnp
 import optax
 
 
+def no_cost(model) -> "Cost":
+    return Cost({}, {})
+
+
+class Cost(NamedTuple):
+    """Evaluations a method spends: ``init`` once (e.g. filling FAB's buffer) and ``step`` per training step, each
+    ``{"flow_evals": ..., "target_evals": ...}``. A flow evaluation is one sample through the model's layers once
+    (forward or inverse, with or without gradient); a target evaluation is one log p (with its gradient where the
+    sampler needs it) at one point, inside stochastic blocks and AIS included. The FAB paper's Table 8 counts so."""
+
+    init: dict
+    step: dict
+
+
 class Method(NamedTuple):
+    """``init(key, model) -> state``; ``step(model, opt_state, state, key) -> (model, opt_state, state, metrics)``;
+    ``cost(model) -> Cost``."""
+
     init: Callable[[jax.Array, Any], Any]
     step: Callable
+    cost: Callable[[Any], Cost] = no_cost
 
 
 class Problem(NamedTuple):
@@ -47,12 +65,21 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
-def sample_loss_method(loss_fn, problem: Problem) -> Method:
-    """A stateless method whose loss only needs a key: ``loss_fn(model, key, n) -> (loss, metrics)``."""
+def sample_loss_method(loss_fn, problem: Problem, *, model_samples: bool = False, data_samples: bool = False
+                       ) -> Method:
+    """A stateless method whose loss only needs a key: ``loss_fn(model, key, n) -> (loss, metrics)``; its cost per
+    step is a batch of model samples with their log p (``model_samples``) and / or a batch of data pulled back
+    through the model (``data_samples``), stochastic blocks' target evaluations included."""
+    n = problem.batch_size
+
+    def cost(model) -> Cost:
+        flow = n * (int(model_samples) + int(data_samples))
+        target = n * ((1 + model.target_evals) * int(model_samples) + model.target_evals * int(data_samples))
+        return Cost({}, {"flow_evals": flow, "target_evals": target})
 
     def step(model, opt_state, method_state, key):
         model, opt_state, loss, aux, gnorm = gradient_step(loss_fn, model, opt_state, problem.optimizer, key,
                                                            problem.batch_size)
         return model, opt_state, method_state, {"loss": loss, "grad_norm": gnorm, **aux}
 
-    return Method(init=lambda key, model: (), step=step)
+    return Method(init=lambda key, model: (), step=step, cost=cost)

@@ -43,7 +43,7 @@ from boltzflow.ais import ais_from_settings
 from boltzflow.errors import BoltzflowError
 from boltzflow.estimators import effective_sample_size
 from boltzflow.flows.paths import Space
-from boltzflow.train.api import Method, Problem, gradient_step, masked_mean
+from boltzflow.train.api import Cost, Method, Problem, gradient_step, masked_mean
 from boltzflow.train.buffer import build_prioritised_buffer
 
 
@@ -105,6 +105,16 @@ def build_fab(s: FabSettings, problem: Problem) -> Method:
         return ais.run(key, ais_state, lambda k, m: space.sample_and_log_q(model, k, m),
                        lambda v: space.log_q(model, v), n, adapt=True)
 
+    def costs(model, n_passes_init: int, n_loss_batches: int) -> Cost:
+        """One AIS pass evaluates log q and log p ``ais.evals_per_sample`` times per sample (log q is a pass
+        through the model, whose stochastic blocks evaluate the target too); the loss evaluates log q once per
+        sample and loss batch."""
+        per_eval_target = 1 + model.target_evals
+        ais_pass = {"flow_evals": n * ais.evals_per_sample, "target_evals": n * ais.evals_per_sample * per_eval_target}
+        step = {"flow_evals": ais_pass["flow_evals"] + n_loss_batches * n,
+                "target_evals": ais_pass["target_evals"] + n_loss_batches * n * model.target_evals}
+        return Cost({k: v * n_passes_init for k, v in ais_pass.items()}, step)
+
     def ais_metrics(res, ais_state):
         m = {"ais_ess": effective_sample_size(res.log_w), "ais_nonfinite": res.info.n_nonfinite}
         if ais.betas.shape[0] > 2:  # with no intermediate distribution there is no kernel to report on
@@ -119,7 +129,8 @@ def build_fab(s: FabSettings, problem: Problem) -> Method:
             return model, opt_state, FabState(ais_state, ()), {
                 "loss": loss, "grad_norm": gnorm, **aux, **ais_metrics(res, ais_state)}
 
-        return Method(init=lambda key, model: FabState(ais.init_state(), ()), step=step)
+        return Method(init=lambda key, model: FabState(ais.init_state(), ()), step=step,
+                      cost=lambda model: costs(model, 0, 1))
 
     max_len = s.buffer_size or 100 * n
     min_len = s.min_buffer_length or 10 * n
@@ -162,4 +173,4 @@ def build_fab(s: FabSettings, problem: Problem) -> Method:
                    "buffer_ess": effective_sample_size(buf.log_w), **ais_metrics(res, state.ais_state)}
         return model, opt_state, FabState(state.ais_state, buf), metrics
 
-    return Method(init=init, step=step)
+    return Method(init=init, step=step, cost=lambda model: costs(model, math.ceil(min_len / n), n_updates))

@@ -4,7 +4,8 @@ A method (boltzflow.train.api) supplies ``init`` and a pure ``step``; this modul
 
 - the whole step is compiled, and the steps between two logged ones run as one call (a ``fori_loop``);
 - ``metrics.jsonl``: one JSON object per logged step (step 1, multiples of ``log_every``, ``eval_every``,
-  ``checkpoint_every``, and the last), with the wall-clock ``time_s`` of training excluding evaluation; a progress
+  ``checkpoint_every``, and the last), with the wall-clock ``time_s`` of training excluding evaluation and the
+  flow and target evaluations spent so far (``flow_evals``, ``target_evals``: the method's Cost); a progress
   bar with loss, ESS and ETA; a flow-IS ESS every ``eval_every`` steps;
 - ``checkpoint.eqx`` (the whole TrainState: model, optimiser, method state such as FAB's buffer and AIS step sizes,
   parameter average, key) and ``checkpoint.json`` (step, time, evaluations) every ``checkpoint_every`` steps, at
@@ -164,6 +165,12 @@ def train(out: str | Path, settings: TrainSettings, model, optimizer, method: Me
         return eqx.combine(dynamic, static), metrics, jax.random.wrap_key_data(k_eval)
 
     flow_ess = make_flow_ess_fn(target, ts.eval_samples)
+    cost = method.cost(model)
+
+    def evaluations(steps: int) -> dict:
+        """Flow and target evaluations spent by training up to ``steps`` (boltzflow.train.api.Cost)."""
+        return {k: int(cost.init.get(k, 0) + steps * cost.step.get(k, 0)) for k in ("flow_evals", "target_evals")}
+
     start_step = int(state.step)
     bar = Progress(ts.steps, start_step, progress)
     t_train = info["time_s"]
@@ -182,7 +189,8 @@ def train(out: str | Path, settings: TrainSettings, model, optimizer, method: Me
             m = _scalar_metrics(metrics)  # waits for the step to finish
             t_train += time.perf_counter() - t0
             t0 = time.perf_counter()
-            m.update(step=done, time_s=round(t_train, 3), skipped_steps=int(state.opt_state.total_notfinite))
+            m.update(step=done, time_s=round(t_train, 3), skipped_steps=int(state.opt_state.total_notfinite),
+                     **evaluations(done))
             if evaluate_now:
                 last_ess = float(flow_ess(state.final_model, k_eval))
                 m["flow_ess"] = last_ess
@@ -200,5 +208,5 @@ def train(out: str | Path, settings: TrainSettings, model, optimizer, method: Me
                 break
     bar.close()
     summary = {"steps": int(state.step), "time_s": t_train, "stopped_by_time_limit": stopped_by_time,
-               "flow_ess": last_ess, "evals": info["evals"]}
+               "flow_ess": last_ess, "evals": info["evals"], **evaluations(int(state.step))}
     return summary

@@ -74,12 +74,13 @@ def alpha2_loss(model, target, key, n: int):
 
 
 def build_reverse_kl(s: NoSettings, problem: Problem) -> Method:
-    return sample_loss_method(lambda model, key, n: kl_loss(model, problem.target, key, n), problem)
+    return sample_loss_method(lambda model, key, n: kl_loss(model, problem.target, key, n), problem,
+                              model_samples=True)
 
 
 def build_forward_kl(s: MLSettings, problem: Problem) -> Method:
     sample = ml_sampler(problem.target, s.data, "method forward_kl")
-    return sample_loss_method(lambda model, key, n: ml_loss(model, sample, key, n), problem)
+    return sample_loss_method(lambda model, key, n: ml_loss(model, sample, key, n), problem, data_samples=True)
 
 
 def build_kl_ml(s: KLMLSettings, problem: Problem) -> Method:
@@ -91,8 +92,9 @@ def build_kl_ml(s: KLMLSettings, problem: Problem) -> Method:
         l_ml, m_ml = ml_loss(model, sample, k2, n)
         return s.kl_weight * l_kl + s.ml_weight * l_ml, {**m_kl, **m_ml, "loss_kl": l_kl, "loss_ml": l_ml}
 
-    return sample_loss_method(loss, problem)
+    return sample_loss_method(loss, problem, model_samples=True, data_samples=True)
 
 
 def build_alpha2_is(s: NoSettings, problem: Problem) -> Method:
-    return sample_loss_method(lambda model, key, n: alpha2_loss(model, problem.target, key, n), problem)
+    return sample_loss_method(lambda model, key, n: alpha2_loss(model, problem.target, key, n), problem,
+                              model_samples=True)
