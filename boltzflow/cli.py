@@ -1,4 +1,4 @@
-"""The ``boltzflow`` command: train | evaluate | sample | plot | md | targets | presets.
+"""The ``boltzflow`` command: train | evaluate | sample | plot | md | reference | targets | presets.
 
 User mistakes (BoltzflowError) print one line ``boltzflow: error: ...`` and exit with status 2; anything else is a
 bug and keeps its traceback.
@@ -21,7 +21,7 @@ from boltzflow.evaluate import evaluate
 from boltzflow.experiment import load_run, train
 from boltzflow.flows.paths import path_weights
 from boltzflow.molecules.md import geometric_temperatures, run_replica_exchange
-from boltzflow.molecules.reference import load_reference, write_reference
+from boltzflow.molecules.reference import load_reference, write_compact, write_reference
 from boltzflow.molecules.system import minimize
 from boltzflow.plot import plot_molecule_samples, plot_samples, plot_training
 from boltzflow.targets import make_target, targets_table
@@ -129,6 +129,17 @@ def _md(args) -> None:
                  f"md of {target.name}: {report['samples']} samples -> {out}/reference.npz"))
 
 
+def _reference(args) -> None:
+    target = make_target(args.target)
+    if not isinstance(target, MoleculeTarget):
+        raise BoltzflowError(f"reference needs a molecular target, got {args.target!r}")
+    summary = write_reference(args.out, target.molecule, args.runs, thin=args.thin)
+    if args.compact:
+        write_compact(str(Path(args.out) / "reference.npz"), args.compact)
+    print(_table({k: v for k, v in summary.items() if not isinstance(v, (dict, list))},
+                  f"reference set of {len(args.runs)} MD run(s) -> {args.out}/reference.npz"))
+
+
 def _targets(args) -> None:
     print(targets_table())
 
@@ -196,6 +207,14 @@ def parser() -> argparse.ArgumentParser:
     m.add_argument("--time-limit", type=float, help="seconds before stopping with a checkpoint")
     m.add_argument("--no-progress", action="store_true")
     m.set_defaults(func=_md)
+
+    r = sub.add_parser("reference", help="one reference set from finished MD runs of the same settings (e.g. seeds)")
+    r.add_argument("target", help="the molecular target the runs sampled (aldp_implicit, ...)")
+    r.add_argument("runs", nargs="+", help="MD run directories (each with samples.npz)")
+    r.add_argument("--out", required=True, help="directory for reference.npz and reference.json")
+    r.add_argument("--thin", type=int, default=1, help="keep every THIN-th save of each chain")
+    r.add_argument("--compact", metavar="FILE.npz", help="also write the compact form boltzflow ships")
+    r.set_defaults(func=_reference)
 
     sub.add_parser("targets", help="list built-in targets").set_defaults(func=_targets)
     sub.add_parser("presets", help="list preset configs").set_defaults(func=_presets)

@@ -99,3 +99,26 @@ def test_freed_memory_is_retained_on_glibc():
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
     assert retain_freed_memory() is True
+
+
+def test_runs_combine_side_by_side_and_the_compact_form_round_trips(tmp_path):
+    from boltzflow.molecules.reference import QUANTUM, combine_runs, load_reference, write_compact
+
+    kw = dict(n_chains=3, n_steps=2_000, equilibration=0)
+    _run(tmp_path / "a", seed=0, **kw)
+    _run(tmp_path / "b", seed=1, **kw)
+    both = combine_runs([str(tmp_path / "a"), str(tmp_path / "b")], thin=2)
+    a = np.load(tmp_path / "a" / "samples.npz")
+    assert both["x"].shape == (10 // 2 * 6, 3) and both["temperature"] == 300.0
+    # save 0 of the combined set: run a's 3 chains then run b's, chains renumbered 3..5
+    np.testing.assert_array_equal(both["x"][:3], a["x"][:3])
+    assert both["chain"][:6].tolist() == [0, 1, 2, 3, 4, 5]
+    np.testing.assert_array_equal(both["x"][6:9], a["x"][6:9])  # thin 2: the next kept save is a's third
+    _run(tmp_path / "c", seed=2, n_chains=3, n_steps=1_000, equilibration=0)
+    with pytest.raises(BoltzflowError, match="same number of saves"):
+        combine_runs([str(tmp_path / "a"), str(tmp_path / "c")])
+    np.savez(tmp_path / "ref.npz", x=a["x"] * 0.3, energy=a["energy"], chain=a["chain"], time_ps=a["time_ps"])
+    write_compact(str(tmp_path / "ref.npz"), str(tmp_path / "compact.npz"))
+    back = load_reference(str(tmp_path / "compact.npz"))
+    assert back["x"].dtype == np.float32 and back["x"].shape == a["x"].shape
+    assert np.abs(back["x"] - a["x"] * 0.3).max() <= QUANTUM * 0.5 + 1e-6

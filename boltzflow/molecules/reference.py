@@ -37,36 +37,84 @@ def builtin_reference(molecule: str, temperature: float) -> str | None:
     return path if os.path.isfile(path) else None
 
 
+#: Resolution (nm) of the shipped form's int16 positions, relative to each conformation's centroid: |error| <= 1.5e-5
+#: nm per coordinate (bond energies change by < 1e-4 kJ/mol; normalised bond coordinates by < 0.006), and
+#: conformations up to 0.98 nm from their centroid fit.
+QUANTUM = 3e-5
+
+
 def load_reference(path: str) -> dict:
-    """A reference file as a dict of arrays (``x`` (n, 3N) float32, ``energy``, ``torsion_<name>``, ...)."""
+    """A reference file as a dict of arrays (``x`` (n, 3N) float32 nm, ``energy``, ``torsion_<name>``, ...); the
+    shipped compact form (int16 positions, :func:`write_compact`) is expanded to float32 ``x``."""
     if not os.path.isfile(path):
         raise BoltzflowError(f"no reference samples at {path!r} (make them with `boltzflow md`)")
     with np.load(path) as f:
-        return {k: f[k] for k in f.files}
+        data = {k: f[k] for k in f.files}
+    if "x_int16" in data:
+        q, centroid = data.pop("x_int16"), data.pop("centroid")
+        x = q.astype(np.float32).reshape(q.shape[0], -1, 3) * np.float32(data.pop("quantum")) + centroid[:, None, :]
+        data["x"] = x.reshape(q.shape[0], -1).astype(np.float32)
+    return data
 
 
 def write_compact(reference_path: str, out_path: str) -> int:
-    """The shipped form of a reference set: ``x`` (float32 nm), ``energy`` (float32 kJ/mol), ``chain`` and
-    ``time_ps`` only (torsions and internal coordinates are recomputed from x where needed); returns its bytes."""
+    """The shipped form of a reference set (returns its bytes): positions as int16 multiples of :data:`QUANTUM`
+    around each conformation's centroid (float32), ``energy`` (float32 kJ/mol, of the unrounded positions), ``chain``
+    and ``time_ps``; torsions and internal coordinates are recomputed from x where needed."""
     data = load_reference(reference_path)
-    np.savez_compressed(out_path, x=data["x"].astype(np.float32), energy=data["energy"].astype(np.float32),
-                        chain=data["chain"].astype(np.int16), time_ps=data["time_ps"].astype(np.float32))
+    x = data["x"].astype(np.float64).reshape(data["x"].shape[0], -1, 3)
+    centroid = x.mean(axis=1)
+    q = np.round((x - centroid[:, None, :]) / QUANTUM)
+    if np.abs(q).max() > np.iinfo(np.int16).max:
+        raise BoltzflowError(f"a conformation reaches {np.abs(q).max() * QUANTUM:.2f} nm from its centroid; the "
+                             f"compact form holds up to {np.iinfo(np.int16).max * QUANTUM:.2f} nm")
+    np.savez_compressed(out_path, x_int16=q.astype(np.int16).reshape(q.shape[0], -1),
+                        centroid=centroid.astype(np.float32), quantum=QUANTUM,
+                        energy=data["energy"].astype(np.float32), chain=data["chain"].astype(np.int16),
+                        time_ps=data["time_ps"].astype(np.float32))
     return os.path.getsize(out_path)
 
 
-def write_reference(out: str, molecule: MolecularSystem, samples_path: str | None = None,
+def combine_runs(run_dirs: list[str], thin: int = 1) -> dict:
+    """The samples of MD runs made with the same settings (e.g. other seeds) as one set: at each save the chains of
+    every run side by side (chain numbers offset per run), every ``thin``-th save kept."""
+    runs = [load_reference(os.path.join(d, "samples.npz")) for d in run_dirs]
+    if not runs:
+        raise BoltzflowError("combine_runs needs at least one MD run directory")
+    shaped = []
+    for d, r in zip(run_dirs, runs):
+        c = int(r["chain"].max()) + 1
+        if r["x"].shape[0] % c:
+            raise BoltzflowError(f"{d}: {r['x'].shape[0]} samples are not whole saves of {c} chains")
+        shaped.append({k: r[k].reshape(-1, c, *r[k].shape[1:]) for k in ("x", "energy", "chain", "time_ps")})
+    saves = {s["x"].shape[0] for s in shaped}
+    temps = {float(r.get("temperature", np.nan)) for r in runs}
+    if len(saves) != 1 or len(temps) != 1:
+        raise BoltzflowError(f"runs to combine need the same number of saves and temperature, got {sorted(saves)} "
+                             f"saves and {sorted(temps)} K")
+    offsets = np.cumsum([0] + [s["x"].shape[1] for s in shaped[:-1]])
+    merged = {k: np.concatenate([s[k] + (off if k == "chain" else 0) for s, off in zip(shaped, offsets)], axis=1)
+              for k in ("x", "energy", "chain", "time_ps")}
+    if thin < 1:
+        raise BoltzflowError(f"thin must be >= 1, got {thin}")
+    return {**{k: v[::thin].reshape(-1, *v.shape[2:]) for k, v in merged.items()}, "temperature": temps.pop()}
+
+
+def write_reference(out: str, molecule: MolecularSystem, run_dirs: list[str] | None = None, thin: int = 1,
                     n_blocks: int = 20) -> dict:
-    """Write ``out/reference.npz`` and ``out/reference.json`` from ``samples.npz`` (module docstring)."""
-    data = load_reference(samples_path or os.path.join(out, "samples.npz"))
+    """Write ``out/reference.npz`` and ``out/reference.json`` from the MD runs ``run_dirs`` (default: ``out``
+    itself), combined and thinned by :func:`combine_runs` (module docstring)."""
+    data = combine_runs(run_dirs or [out], thin)
+    os.makedirs(out, exist_ok=True)
     x, chain = data["x"], data["chain"]
     if x.ndim != 2 or x.shape[1] != molecule.dim:
         raise BoltzflowError(f"samples have shape {x.shape}, the molecule needs (n, {molecule.dim})")
     torsions = named_torsions(molecule)
     angles = torsion_angles(x, torsions)
     n_chains = int(chain.max()) + 1 if chain.size else 0
-    summary = {"molecule": molecule.name, "temperature": float(data.get("temperature", np.nan)),
-               "samples": int(x.shape[0]), "chains": n_chains, "torsions": {k: list(map(int, v)) for k, v in
-                                                                             torsions.items()}}
+    summary = {"molecule": molecule.name, "temperature": float(data["temperature"]), "runs": list(run_dirs or [out]),
+               "thin": int(thin), "samples": int(x.shape[0]), "chains": n_chains,
+               "torsions": {k: list(map(int, v)) for k, v in torsions.items()}}
     pairs = ramachandran_pairs(molecule)
     if len(pairs) == 1 and n_chains and x.shape[0] % n_chains == 0:
         phi, psi = angles[pairs[0][0]], angles[pairs[0][1]]
