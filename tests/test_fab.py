@@ -307,6 +307,7 @@ def _mode_masses(exp, key, n=4000):
     return f, np.sqrt(f * (1 - f) / n)
 
 
+@pytest.mark.slow
 def test_fab_with_buffer_finds_all_modes_of_a_small_mixture_and_beats_reverse_kl(tmp_path):
     """FAB with the buffer covers all 4 modes of gmm4 (equal weights 1/4); reverse KL, with a larger budget of flow
     evaluations, is mode-seeking: on the mode it weights least, FAB puts more mass than it by more than 4 s.e. of

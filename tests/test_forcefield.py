@@ -11,6 +11,7 @@ openmm = pytest.importorskip("openmm", reason="OpenMM is not installed (pip inst
 
 from boltzflow.errors import BoltzflowError  # noqa: E402
 from boltzflow.molecules.forcefield import batched_energy, read_forcefield  # noqa: E402
+from boltzflow.molecules.openmm_engine import close_all  # noqa: E402
 from boltzflow.molecules.reference import load_reference  # noqa: E402
 from boltzflow.molecules.system import load_system, minimize, molecular_system, openmmtools_data_dir  # noqa: E402
 from boltzflow.targets import make_target  # noqa: E402
@@ -154,6 +155,7 @@ def test_openmm_engine_target_equals_jax_engine_target():
         lb, gb = jax.jit(jax.value_and_grad(lambda y: jnp.sum(b.log_prob(y))))(jnp.asarray(x))
     np.testing.assert_allclose(float(la), float(lb), rtol=1e-10)
     np.testing.assert_allclose(np.asarray(ga), np.asarray(gb), rtol=1e-8, atol=1e-8)
+    close_all()
 
 
 def test_bad_molecule_specs_fail_in_one_line():

@@ -95,6 +95,7 @@ def _rows(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_kill_9_then_rerun_ends_with_the_uninterrupted_parameters(tmp_path):
     """FAB with its buffer, AIS step-size adaptation, Adam and a parameter average: a training killed (SIGKILL)
     at a random moment after its second checkpoint and run again must end with exactly the state (every array:

@@ -25,6 +25,7 @@ def _run(out, **kw):
                                 **args)
 
 
+@pytest.mark.slow
 def test_samples_follow_the_boltzmann_distribution_at_the_lowest_temperature(tmp_path):
     """P(x0 > 0) and Var(x1) of the saved T0 replica against quadrature / kT/k; tolerances are 4 block standard
     errors over saves (each save averages the 32 chains; p ~ 6e-5 per check for a correct sampler)."""

@@ -55,6 +55,7 @@ def test_internal_coordinates_need_a_molecule_and_a_spline_flow(aldp):
         build_experiment(config_from_dict({"target": "double_well", "flow": FLOW}))
 
 
+@pytest.mark.slow
 def test_fab_trains_evaluates_and_plots_a_molecule(tmp_path):
     """Two FAB steps with AIS in internal coordinates through `boltzflow train`, then the molecular metrics
     (against a small stand-in reference set: the minimum with 0.005 nm noise) and the pictures."""

@@ -19,7 +19,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from boltzflow.errors import BoltzflowError  # noqa: E402
-from boltzflow.molecules.openmm_engine import OpenMMEngine  # noqa: E402
+from boltzflow.molecules.openmm_engine import OpenMMEngine, close_all  # noqa: E402
 from boltzflow.molecules.system import load_system  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,6 +154,7 @@ def test_nan_through_jax(cpu, confs):
 
 
 def test_pools_are_shared_and_close_restarts(molecule, confs):
+    close_all()  # a pool of this System and platform may be left running by another test
     a = OpenMMEngine(molecule.system_xml, platform="Reference", n_workers=1)
     b = OpenMMEngine(molecule, platform="Reference", n_workers=1)
     assert not a.started and a.worker_pids() == []
