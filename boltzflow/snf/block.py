@@ -71,6 +71,19 @@ from boltzflow.mcmc.registry import KERNELS, make_kernel
 _LAMBDA_CLIP = 1e-3
 
 
+def check_block(kernel: str, step_size, n_steps, settings: dict, where: str = "") -> None:
+    """The one check of a block's kernel, step size, number of moves and kernel settings (one-line errors)."""
+    if kernel not in KERNELS:
+        raise BoltzflowError(f"unknown MCMC kernel {kernel!r}; known: {', '.join(KERNELS)}")
+    if isinstance(step_size, bool) or not (isinstance(step_size, (int, float)) and step_size > 0):
+        raise BoltzflowError(f"{where}step_size must be a positive number, got {step_size!r}")
+    if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
+        raise BoltzflowError(f"{where}n_steps must be a positive integer, got {n_steps!r}")
+    if "n_steps" in settings:
+        raise BoltzflowError("set the underdamped kernel's steps with the block's n_steps")
+    make_kernel(kernel, **settings)  # validates the settings
+
+
 class StochasticBlock(Layer):
     """``n_steps`` moves of an :mod:`boltzflow.mcmc` kernel on pi_lambda = q0^(1 - lambda) p^lambda.
 
@@ -103,18 +116,10 @@ class StochasticBlock(Layer):
     def __init__(self, kernel: str, prior: Base, target, lam: float, step_size: float, n_steps: int = 10,
                  learn_lambda: bool = False, learn_step_size: bool = False, settings: dict | None = None,
                  dtype=jnp.float32):
-        if kernel not in KERNELS:
-            raise BoltzflowError(f"unknown MCMC kernel {kernel!r}; known: {', '.join(KERNELS)}")
         if not 0.0 <= lam <= 1.0:
             raise BoltzflowError(f"lambda must be in [0, 1], got {lam}")
-        if not (isinstance(step_size, (int, float)) and step_size > 0):
-            raise BoltzflowError(f"step_size must be a positive number, got {step_size!r}")
-        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
-            raise BoltzflowError(f"n_steps must be a positive integer, got {n_steps!r}")
         settings = dict(settings or {})
-        if "n_steps" in settings:
-            raise BoltzflowError("set the underdamped kernel's steps with the block's n_steps")
-        make_kernel(kernel, **settings)  # validates the settings
+        check_block(kernel, step_size, n_steps, settings)
         self.kernel, self.prior, self.target = kernel, prior, target
         self.n_steps, self.learn_lambda, self.learn_step_size = int(n_steps), bool(learn_lambda), bool(learn_step_size)
         self.settings = tuple(sorted(settings.items()))

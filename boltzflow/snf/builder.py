@@ -34,9 +34,8 @@ from boltzflow.flows.base import Base, Flow, Layer
 from boltzflow.flows.builders import FLOW_SETTINGS, make_flow
 from boltzflow.flows.compose import Chain, Scan
 from boltzflow.flows.distributions import StandardBase
-from boltzflow.mcmc.registry import make_kernel
 from boltzflow.settings import Tagged
-from boltzflow.snf.block import StochasticBlock
+from boltzflow.snf.block import StochasticBlock, check_block
 
 
 @dataclass(frozen=True)
@@ -55,14 +54,10 @@ class BlockSettings:
     kernel_options: dict = field(default_factory=dict, metadata={"extra": True})
 
     def __post_init__(self):
-        if "n_steps" in self.kernel_options:
-            raise BoltzflowError("set the underdamped kernel's steps with the block's n_steps")
-        make_kernel(self.kernel, **self.kernel_options)
-        for name in ("n_steps", "every") + (("n_blocks",) if self.n_blocks is not None else ()):
+        check_block(self.kernel, self.step_size, self.n_steps, self.kernel_options, "blocks.")
+        for name in ("every",) + (("n_blocks",) if self.n_blocks is not None else ()):
             if getattr(self, name) < 1:
                 raise BoltzflowError(f"blocks.{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not self.step_size > 0:
-            raise BoltzflowError(f"blocks.step_size must be positive, got {self.step_size!r}")
 
 
 @dataclass(frozen=True)
