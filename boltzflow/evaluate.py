@@ -95,7 +95,7 @@ def evaluate(exp: Experiment, key, n_samples: int = 10_000, ais_state=None, with
         out["log_z_true"] = target.log_z
     f = quadratic_test_function(target.dim)
     if target.can_sample:
-        xs = _chunked(jax.jit(target.sample, static_argnums=1), k_exact, n_samples, min(chunk, n_samples))
+        xs = _chunked(jax.jit(target.sample, static_argnums=1), k_exact, n_samples, chunk)
         log_q_exact = _chunked_apply(log_q_fn, xs, chunk)
         out["mean_log_q_exact"] = float(jnp.mean(log_q_exact))
         if target.log_z is not None:
@@ -124,7 +124,7 @@ def evaluate(exp: Experiment, key, n_samples: int = 10_000, ais_state=None, with
                           lambda v: space.log_q(model, v), n, adapt=False)[0]
             return space.to_x(res.x), res.log_w
 
-        x_ais, log_w_ais = _chunked(jax.jit(run, static_argnums=1), k_ais, n_samples, min(chunk, n_samples))
+        x_ais, log_w_ais = _chunked(jax.jit(run, static_argnums=1), k_ais, n_samples, chunk)
         out.update(importance_metrics(target, log_w_ais, prefix="ais_"))
     return _flag_nonfinite(out)
 
