@@ -51,8 +51,11 @@ rough choice, sitting in the low-density gaps; move them with ``alpha_r_psi``.
 
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from boltzflow import estimators
 from boltzflow.errors import BoltzflowError
 from boltzflow.molecules.system import MolecularSystem
 
@@ -216,18 +219,16 @@ def ramachandran_pairs(molecule: MolecularSystem) -> list[tuple[str, str]]:
 
 
 def normalised_weights(log_w, n: int | None = None) -> np.ndarray | None:
-    """Self-normalised weights W (summing to 1) from log weights, non-finite ones as 0 (NumPy twin of
-    :func:`boltzflow.estimators.normalised_weights`). All zeros if no weight is finite; None if ``log_w`` is None."""
+    """Self-normalised weights W (summing to 1) from log weights, non-finite ones as 0, by
+    :func:`boltzflow.estimators.normalised_weights` in float64; all zeros if no weight is finite; None if ``log_w``
+    is None."""
     if log_w is None:
         return None
     lw = np.asarray(log_w, np.float64).reshape(-1)
     if n is not None and lw.shape[0] != n:
         raise BoltzflowError(f"{lw.shape[0]} log weights for {n} samples")
-    ok = np.isfinite(lw)
-    if not ok.any():
-        return np.zeros_like(lw)
-    w = np.where(ok, np.exp(np.where(ok, lw, 0.0) - np.max(lw[ok])), 0.0)
-    return w / w.sum()
+    with jax.enable_x64(True):  # the estimators' rule, in float64
+        return np.asarray(estimators.normalised_weights(jnp.asarray(lw, jnp.float64)), np.float64)
 
 
 def _angles(a, d: int, what: str) -> np.ndarray:

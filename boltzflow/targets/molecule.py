@@ -106,16 +106,6 @@ class MoleculeTarget(Target):
         log_p = -self.reduced_energy(x)
         return jnp.where(self.chirality.mask(x), log_p, -jnp.inf) if self.keep_chirality else log_p
 
-    def at_temperature(self, temperature: float) -> "MoleculeTarget":
-        """The same molecule and engine at another temperature (shares the System)."""
-        out = object.__new__(MoleculeTarget)
-        out.__dict__.update(self.__dict__)
-        out.temperature = float(temperature)
-        out.kT = GAS_CONSTANT * out.temperature
-        out.name = f"{self.molecule.name}_{out.temperature:g}K"
-        out.reference_path = builtin_reference(self.molecule.name, out.temperature)
-        return out
-
     def __repr__(self) -> str:
         return (f"MoleculeTarget({self.molecule.name!r}, temperature={self.temperature:g} K, engine={self.engine!r}, "
                 f"dim={self.dim})")
