@@ -113,29 +113,26 @@ def _value(q, unit):
     return q.value_in_unit(unit) if hasattr(q, "value_in_unit") else float(q)
 
 
+def _bonded(get, count: int, n_atoms: int, units) -> tuple[np.ndarray, ...]:
+    """Rows ``get(i)`` of a bonded force (``n_atoms`` atom indices, then one value per entry of ``units``; a unit
+    of None is a plain number) -> the index array and one float64 array per value."""
+    rows = [get(i) for i in range(count)]
+    idx = np.asarray([r[:n_atoms] for r in rows], np.int64).reshape(-1, n_atoms)
+    values = [np.asarray([float(r[n_atoms + j]) if unit is None else _value(r[n_atoms + j], unit) for r in rows],
+                         np.float64) for j, unit in enumerate(units)]
+    return (idx, *values)
+
+
 def _bonds(f, u):
-    rows = [f.getBondParameters(i) for i in range(f.getNumBonds())]
-    idx = np.asarray([r[:2] for r in rows], np.int64).reshape(-1, 2)
-    r0 = np.asarray([_value(r[2], u.nanometer) for r in rows], np.float64)
-    k = np.asarray([_value(r[3], u.kilojoule_per_mole / u.nanometer**2) for r in rows], np.float64)
-    return idx, r0, k
+    return _bonded(f.getBondParameters, f.getNumBonds(), 2, (u.nanometer, u.kilojoule_per_mole / u.nanometer**2))
 
 
 def _angles(f, u):
-    rows = [f.getAngleParameters(i) for i in range(f.getNumAngles())]
-    idx = np.asarray([r[:3] for r in rows], np.int64).reshape(-1, 3)
-    t0 = np.asarray([_value(r[3], u.radian) for r in rows], np.float64)
-    k = np.asarray([_value(r[4], u.kilojoule_per_mole / u.radian**2) for r in rows], np.float64)
-    return idx, t0, k
+    return _bonded(f.getAngleParameters, f.getNumAngles(), 3, (u.radian, u.kilojoule_per_mole / u.radian**2))
 
 
 def _torsions(f, u):
-    rows = [f.getTorsionParameters(i) for i in range(f.getNumTorsions())]
-    idx = np.asarray([r[:4] for r in rows], np.int64).reshape(-1, 4)
-    n = np.asarray([r[4] for r in rows], np.float64)
-    phase = np.asarray([_value(r[5], u.radian) for r in rows], np.float64)
-    k = np.asarray([_value(r[6], u.kilojoule_per_mole) for r in rows], np.float64)
-    return idx, n, phase, k
+    return _bonded(f.getTorsionParameters, f.getNumTorsions(), 4, (None, u.radian, u.kilojoule_per_mole))
 
 
 def _nonbonded(f, u, n_atoms: int):
