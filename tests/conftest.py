@@ -1,6 +1,9 @@
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 # user-target modules used by the CLI tests live next to the tests
 sys.path.insert(0, str(Path(__file__).parent / "data"))
 
@@ -13,3 +16,36 @@ def make_method(name, target, optimizer, batch_size=64, **options):
 
     entry = METHODS[name]
     return entry.build(parse(entry.settings, options, f"method {name}"), Problem(target, batch_size, optimizer))
+
+
+@pytest.fixture()
+def saved(monkeypatch):
+    """Every figure saved while the test runs (the plot functions close their figures and return only a path)."""
+    import matplotlib.figure
+
+    figures = []
+    original = matplotlib.figure.Figure.savefig
+
+    def savefig(self, *args, **kwargs):
+        figures.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    return figures
+
+
+def openmm_reference(molecule, x):
+    """Energies (kJ/mol, (n,)) and forces (kJ/mol/nm, (n, N, 3)) of conformations (n, N, 3) from one Context of the
+    molecule's System on OpenMM's Reference platform (float64)."""
+    import openmm
+
+    context = openmm.Context(molecule.openmm_system(), openmm.VerletIntegrator(1e-3),
+                             openmm.Platform.getPlatformByName("Reference"))
+    energies, forces = [], []
+    for xi in x:
+        context.setPositions(xi)
+        state = context.getState(getEnergy=True, getForces=True)
+        energies.append(state.getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole))
+        forces.append(state.getForces(asNumpy=True).value_in_unit(openmm.unit.kilojoule_per_mole
+                                                                  / openmm.unit.nanometer))
+    return np.asarray(energies), np.asarray(forces)

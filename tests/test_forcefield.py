@@ -9,6 +9,8 @@ import pytest
 
 openmm = pytest.importorskip("openmm", reason="OpenMM is not installed (pip install 'boltzflow[molecules]')")
 
+from conftest import openmm_reference  # noqa: E402
+
 from boltzflow.errors import BoltzflowError  # noqa: E402
 from boltzflow.molecules.forcefield import batched_energy, read_forcefield  # noqa: E402
 from boltzflow.molecules.openmm_engine import close_all  # noqa: E402
@@ -27,16 +29,9 @@ def _pdb_obc():
 
 
 def _reference(molecule, x):
-    """Energies (kJ/mol) and forces of conformations (n, N, 3) on OpenMM's Reference platform (float64)."""
-    ctx = openmm.Context(molecule.openmm_system(), openmm.VerletIntegrator(1e-3),
-                         openmm.Platform.getPlatformByName("Reference"))
-    e, f = [], []
-    for xi in x:
-        ctx.setPositions(xi)
-        s = ctx.getState(getEnergy=True, getForces=True)
-        e.append(s.getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole))
-        f.append(s.getForces(asNumpy=True).value_in_unit(openmm.unit.kilojoule_per_mole / openmm.unit.nanometer))
-    return np.asarray(e), np.asarray(f).reshape(len(x), -1)
+    """Energies and flattened forces (n, 3N) on OpenMM's Reference platform."""
+    e, f = openmm_reference(molecule, x)
+    return e, f.reshape(len(x), -1)
 
 
 def _conformations(molecule, name):

@@ -306,18 +306,6 @@ def test_block_standard_error():
 # ------------------------------------------------------------------------------------------------------ plots
 
 
-@pytest.fixture()
-def saved(monkeypatch):
-    figures = []
-    original = matplotlib.figure.Figure.savefig
-
-    def savefig(self, *args, **kwargs):
-        figures.append(self)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
-    return figures
-
 
 def test_plot_ramachandran_writes_the_panels(tmp_path, saved):
     rng = np.random.default_rng(9)

@@ -18,6 +18,8 @@ openmm = pytest.importorskip("openmm", reason="the openmm engine needs OpenMM (p
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from conftest import openmm_reference  # noqa: E402
+
 from boltzflow.errors import BoltzflowError  # noqa: E402
 from boltzflow.molecules.openmm_engine import OpenMMEngine, close_all  # noqa: E402
 from boltzflow.molecules.system import load_system  # noqa: E402
@@ -40,16 +42,7 @@ def confs(molecule):
 @pytest.fixture(scope="module")
 def direct(molecule, confs):
     """Energies and forces from one Reference-platform Context in this process (CMMotionRemover left in)."""
-    system = molecule.openmm_system()
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-    es, fs = [], []
-    for p in confs:
-        context.setPositions(p)
-        state = context.getState(getEnergy=True, getForces=True)
-        es.append(state.getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole))
-        fs.append(state.getForces(asNumpy=True).value_in_unit(openmm.unit.kilojoule_per_mole / openmm.unit.nanometer))
-    return np.asarray(es), np.asarray(fs)
-
+    return openmm_reference(molecule, confs)
 
 @pytest.fixture(scope="module")
 def cpu(molecule):

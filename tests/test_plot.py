@@ -3,7 +3,6 @@ the written PNG), and a run without ESS evaluations is an error, not an empty pl
 
 import json
 
-import matplotlib.figure
 import matplotlib.image
 import numpy as np
 import pytest
@@ -22,19 +21,6 @@ def _rows(loss_power=1.0):
     return [{"step": s, "time_s": 0.1 * s, "loss": 1.0 / (1 + s) ** loss_power,
              **({"flow_ess": s / 100} if s % 10 == 0 else {})} for s in range(1, 51)]
 
-
-@pytest.fixture()
-def saved(monkeypatch):
-    """Every figure saved while the test runs (the plot functions close their figures and return only a path)."""
-    figures = []
-    original = matplotlib.figure.Figure.savefig
-
-    def savefig(self, *args, **kwargs):
-        figures.append(self)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
-    return figures
 
 
 def _image(path):
