@@ -156,7 +156,8 @@ class CoordinateSettings:
     """Which coordinates the flow models: ``cartesian`` (x itself) or, for a molecular target, ``internal``
     (bonds, angles, dihedrals of a Z-matrix from the bond graph, normalised around the energy minimum): the flow
     then models the 3N - 6 internal coordinates, with the dihedrals of rotatable bonds circular, and
-    :class:`~boltzflow.flows.internal.InternalCoordinates` is its last layer."""
+    :class:`~boltzflow.flows.internal.InternalCoordinates` is its last layer (nsf: torsions circular; realnvp:
+    torsions on the real line, see :func:`_internal_flow`)."""
 
     coordinates: str = "cartesian"
 
@@ -190,19 +191,22 @@ def make_flow(spec, key, dim: int, dtype=jnp.float32, molecule=None) -> Flow:
 
 
 def _internal_flow(name: str, options: dict, key, dim: int, dtype, molecule) -> Flow:
-    """A flow on a molecule's normalised internal coordinates followed by the internal-coordinate layer."""
+    """A flow on a molecule's normalised internal coordinates followed by the internal-coordinate layer.
+
+    nsf models the torsions of rotatable bonds as circles (exact densities). realnvp has no circular dimensions:
+    it models them on the real line, as the SNF paper's RealNVP on internal coordinates does; a sample's torsion
+    outside [-pi, pi) is the same angle wrapped, but log q(x) (the inverse, which wraps into [-pi, pi)) counts
+    only the preimage inside, so it is exact only while q puts negligible mass outside that interval."""
     if molecule is None:
         raise BoltzflowError("flow coordinates: internal needs a molecular target (aldp_implicit, aldp_vacuum, "
                              "molecule)")
-    if name != "nsf":
-        raise BoltzflowError(f"flow coordinates: internal needs a flow with circular dimensions for the torsions "
-                             f"(type nsf), not {name}")
     ic = InternalCoordinates(molecule)
     if ic.data_dim != dim:
         raise BoltzflowError(f"the molecule has {ic.data_dim} Cartesian coordinates, the target {dim}")
     if options.get("circular"):
         raise BoltzflowError("flow coordinates: internal chooses the circular dimensions itself (the torsions of "
                              "rotatable bonds); leave circular unset")
-    options["circular"] = ic.circular_indices
+    if name == "nsf":
+        options["circular"] = ic.circular_indices
     inner = FLOW_TYPES[name](key, ic.latent_dim, dtype=_dtype(dtype), **options)
     return Flow(inner.base, inner.layers + (ic,))

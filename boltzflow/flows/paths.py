@@ -94,26 +94,37 @@ def _without_last(model: Flow) -> Flow:
     return Flow(model.base, model.layers[:-1])
 
 
-def latent_space(model: Flow, target) -> Space:
-    """The space below a flow's last layer g when g changes dimension (internal coordinates -> Cartesian): points
-    z, q_z the flow without g, and the target pulled back through g,
+class PulledBack:
+    """The target seen below a parameter-free layer g that changes dimension (internal coordinates -> Cartesian):
 
         log p_z(z) = log p(g(z)) + log|det J_g(z)|,
 
-    so that importance weights p_z / q_z equal p(x) / q(x) at x = g(z). g must have no trained parameters (the
-    pulled-back target is free of the model); the internal-coordinate layer has none. FAB runs its AIS here, as the
-    FAB paper does for alanine dipeptide (AIS in the flow's internal coordinates)."""
+    so that p_z / q_z = p(x) / q(x) at x = g(z) for any model q_z below g. It stands in for the target wherever a
+    sampler works below g: FAB's AIS (:func:`latent_space`) and an SNF's stochastic blocks (boltzflow.snf.builder).
+    g must have no trained parameters (the pulled-back target would depend on the model); the internal-coordinate
+    layer has none. Hashed by identity, like targets."""
+
+    def __init__(self, target, layer):
+        if jax.tree_util.tree_leaves(eqx.filter(layer, eqx.is_inexact_array)):
+            raise BoltzflowError(f"the last layer {type(layer).__name__} has trained parameters; sampling below it "
+                                 "would need a target that depends on the model")
+        self.target, self.layer = target, layer
+        self.name = f"{getattr(target, 'name', 'target')} below {type(layer).__name__}"
+
+    def log_prob(self, z: jax.Array) -> jax.Array:
+        x, ds = self.layer.forward(z)
+        return self.target.log_prob(x) + ds
+
+
+def latent_space(model: Flow, target) -> Space:
+    """The space below a flow's last layer g when g changes dimension (internal coordinates -> Cartesian): points
+    z, q_z the flow without g, and the target pulled back through g (:class:`PulledBack`), so importance weights
+    there equal p(x) / q(x) at x = g(z). FAB runs its AIS here, as the FAB paper does for alanine dipeptide (AIS in
+    the flow's internal coordinates)."""
     last = model.layers[-1]
-    if jax.tree_util.tree_leaves(eqx.filter(last, eqx.is_inexact_array)):
-        raise BoltzflowError(f"the last layer {type(last).__name__} has trained parameters; AIS below it would need "
-                             "a target that depends on the model")
-
-    def log_p(z):
-        x, ds = last.forward(z)
-        return target.log_prob(x) + ds
-
+    pulled = PulledBack(target, last)
     return Space(model.base.dim, lambda m, k, n: _without_last(m).sample_and_log_prob(k, n),
-                 lambda m, z: _without_last(m).log_prob(z), log_p, lambda z: last.forward(z)[0])
+                 lambda m, z: _without_last(m).log_prob(z), pulled.log_prob, lambda z: last.forward(z)[0])
 
 
 def model_space(model: Flow, target) -> Space:

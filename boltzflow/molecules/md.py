@@ -192,7 +192,8 @@ def run_replica_exchange(out: str, energy_fn: Callable, masses: np.ndarray, x0: 
     Returns the report (also written to ``out/md.json``): samples, simulated time, force evaluations, wall-clock,
     ns/day per replica and for the whole batch, exchange acceptance per neighbour pair.
     ``out/samples.npz`` holds ``x`` (n, D) float32 (chain-major within each save), ``energy`` (kJ/mol), ``chain``,
-    ``time_ps`` (simulated time of each chain at the save).
+    ``time_ps`` (simulated time of each chain at the save); a run stopped by its time limit writes the samples so
+    far (``finished: false`` in the report), and its rerun overwrites them with the longer set.
     """
     temperatures = np.asarray(temperatures, np.float64)
     masses = np.asarray(masses, np.float64)
@@ -298,7 +299,7 @@ def run_replica_exchange(out: str, energy_fn: Callable, masses: np.ndarray, x0: 
                   ns_per_day_total=sim_ns * n_chains * len(temperatures) / wall * 86400 if wall else None,
                   exchange_acceptance=(acc / np.maximum(tried, 1)).tolist(), machine=os.uname().nodename,
                   device=str(jax.devices()[0]))
-    if not stopped:
+    if n_saved:  # also for a run stopped by its time limit: md.json's "finished" says whether it is complete
         np.savez_compressed(os.path.join(out, SAMPLES), x=np.asarray(saved["x_saved"], np.float32),
                             energy=np.asarray(saved["e_saved"]), chain=np.asarray(saved["chain_saved"], np.int32),
                             time_ps=np.asarray(saved["t_saved"]), temperature=temperatures[0])

@@ -28,6 +28,11 @@ so no worker outlives its parent even after a SIGKILL. Workers ignore SIGINT -- 
 the whole foreground process group -- so only the parent sees it: the ``KeyboardInterrupt`` is raised in the
 parent while it waits for results, the pool (whose workers are mid-batch, with replies in flight) is killed and
 dropped from the cache, and the ``KeyboardInterrupt`` propagates. The next evaluation starts a fresh pool.
+Python runs signal handlers in the main thread only, so this holds where the evaluation runs there: a direct call,
+or a jitted call whose inputs were ready (XLA's CPU client then runs the computation, host callback included, in
+the calling thread). A jitted call whose inputs are still being computed -- the usual case inside a training step
+-- runs later on one of XLA's threads; the Ctrl-C then takes effect when the jitted call returns to Python (after
+the batch: a training step or one AIS pass), and the workers are closed at exit as usual.
 
 **Failures.** A conformation OpenMM cannot evaluate -- non-finite coordinates (which OpenMM refuses), an exception
 from OpenMM, or a non-finite energy or force -- gets energy ``+inf`` and zero forces; the rest of the batch is

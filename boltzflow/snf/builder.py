@@ -20,6 +20,11 @@
 A block after flow layer i of n samples pi_lambda with lambda = i / n, the fraction of the flow done: one after the
 last layer samples the target (lambda = 1), one at the start the prior (lambda = 0). Blocks-only SNFs: block t of
 T has lambda_t = t / T (SNF sec. 4).
+
+A flow whose last layer changes the dimension (``coordinates: internal``: internal coordinates -> Cartesian) keeps
+that layer last and outside the count: the blocks run below it, in internal coordinates, on the target pulled back
+through it (:class:`boltzflow.flows.paths.PulledBack`), as the SNF paper's alanine dipeptide SNF moves its
+Metropolis steps in the flow's internal coordinates.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from boltzflow.errors import BoltzflowError
 from boltzflow.flows.base import Base, Flow, Layer
 from boltzflow.flows.builders import FLOW_SETTINGS, make_flow
 from boltzflow.flows.compose import Chain, Scan
+from boltzflow.flows.paths import PulledBack
 from boltzflow.flows.distributions import StandardBase
 from boltzflow.settings import Tagged
 from boltzflow.snf.block import StochasticBlock, check_block
@@ -89,8 +95,12 @@ def make_snf(s: SNFSettings, key: jax.Array, target, dtype=jnp.float32) -> Flow:
     """An SNF from its settings (module docstring): flow layers with a block after every ``every`` of them."""
     b = s.blocks
     if s.flow is not None:
-        flow = make_flow(s.flow, key, target.dim, dtype)
+        flow = make_flow(s.flow, key, target.dim, dtype, molecule=getattr(target, "molecule", None))
         base, det = flow.base, flatten_layers(flow.layers)
+        tail = ()
+        if flow.dim != base.dim:  # the last layer changes the dimension: blocks run below it (module docstring)
+            tail, det = (det[-1],), det[:-1]
+            target = PulledBack(target, tail[0])
         n_f = len(det)
         slots = [0.0] if b.at_start else []  # flow layers, and each block's lambda as a float
         for i, layer in enumerate(det):
@@ -102,7 +112,7 @@ def make_snf(s: SNFSettings, key: jax.Array, target, dtype=jnp.float32) -> Flow:
                                b.step_size, b.n_steps, learn_lambda=b.learn_lambda,
                                learn_step_size=b.learn_step_size, settings=b.kernel_options, dtype=dtype)
     return Flow(base, tuple(_block(b, base, target, slot, dtype) if isinstance(slot, float) else slot
-                            for slot in slots))
+                            for slot in slots) + tail)
 
 
 def _block(b: BlockSettings, base: Base, target, lam: float, dtype) -> StochasticBlock:
