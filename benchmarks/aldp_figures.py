@@ -53,6 +53,7 @@ def main():
     torsions = named_torsions(target.molecule)
     ref = torsion_angles(load_reference(target.reference_path)["x"], torsions)
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     phi, psi = ramachandran_pairs(target.molecule)[0]
     panels = [("reference (MD)", ref[phi], ref[psi], None)]
     for label, (_, ang, log_w) in models.items():

@@ -101,16 +101,17 @@ def main():
     for k in KEYS:
         vals = [r[k] for r in results if isinstance(r.get(k), (int, float)) and math.isfinite(r[k])]
         if vals:
-            summary[k] = {"mean": float(np.mean(vals)), "stderr": float(np.std(vals, ddof=1) / math.sqrt(len(vals)))
-                          if len(vals) > 1 else float("nan"), "n": len(vals)}
+            std = float(np.std(vals, ddof=1)) if len(vals) > 1 else float("nan")
+            summary[k] = {"mean": float(np.mean(vals)), "std": std, "stderr": std / math.sqrt(len(vals)),
+                          "n": len(vals)}
     meta = {"preset": args.preset, "method": base.method.name, "seeds": args.seeds,
             "machine": f"{platform.machine()}, {jax.device_count()} {jax.default_backend()} device(s), "
                        f"{__import__('os').cpu_count()} CPU cores", "date": time.strftime("%Y-%m-%d"),
             "jax": jax.__version__}
     (out / "summary.json").write_text(json.dumps({"meta": meta, "summary": summary, "runs": results}, indent=1))
-    print(f"\n{args.preset} / {meta['method']} over seeds {args.seeds}\n\n| metric | mean ± s.e. |\n|---|---|")
+    print(f"\n{args.preset} / {meta['method']} over seeds {args.seeds}\n\n| metric | mean ± s.e. | std |\n|---|---|---|")
     for k, v in summary.items():
-        print(f"| {k} | {v['mean']:.4g} ± {v['stderr']:.2g} |")
+        print(f"| {k} | {v['mean']:.4g} ± {v['stderr']:.2g} | {v['std']:.2g} |")
 
 
 if __name__ == "__main__":
