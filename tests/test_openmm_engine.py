@@ -208,7 +208,10 @@ def _any_alive(pids, timeout: float) -> bool:
 
 
 SCRIPT = textwrap.dedent("""
-    import json, sys, numpy as np
+    import json, signal, sys, numpy as np
+    # as in an interactive Python: a test run started in the background (nohup ... &) inherits SIGINT ignored,
+    # and Python then installs no KeyboardInterrupt handler
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from boltzflow.molecules.openmm_engine import OpenMMEngine
     from boltzflow.molecules.system import load_system
     mode = sys.argv[1]
