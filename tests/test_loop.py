@@ -169,7 +169,7 @@ def test_float64_trains_a_float64_model(tmp_path):
 
     cfg = config_from_dict({
         "target": "double_well",
-        "flow": {"type": "snf", "flow": {"type": "nsf", "n_layers": 2, "hidden": 8, "depth": 1},
+        "flow": {"type": "snf", "flow": {"type": "realnvp", "n_layers": 2, "hidden": 8, "depth": 1},
                  "blocks": {"kernel": "mala", "n_steps": 1, "learn_step_size": True}},
         "method": {"name": "kl_ml"},
         "train": {"steps": 5, "batch_size": 16, "eval_every": 5, "eval_samples": 64, "dtype": "float64"}})
