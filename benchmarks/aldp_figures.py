@@ -8,7 +8,7 @@ paper's Figure 5.
 
 Writes OUT/ramachandran.png (reference | each run | each --reweight run reweighted; log-density colours) and
 OUT/torsions.png (the marginal of each named torsion in log scale: reference against every run). Samples come
-from each run's model with their path weights (boltzflow.flows.paths.path_weights, as ``boltzflow sample``);
+from each run's model with their path weights (Experiment.weighted_samples, as ``boltzflow sample``);
 mirror images (wrong chirality) are dropped, as in evaluation. The reference is the first run's target's.
 """
 
@@ -21,7 +21,6 @@ import jax
 import numpy as np
 
 from boltzflow.experiment import load_run
-from boltzflow.flows.paths import path_weights
 from boltzflow.molecules.metrics import named_torsions, ramachandran_pairs, torsion_angles
 from boltzflow.molecules.reference import load_reference
 from boltzflow.plot import plot_ramachandran, plot_torsion_marginals
@@ -30,7 +29,7 @@ from boltzflow.plot import plot_ramachandran, plot_torsion_marginals
 def run_torsions(run_dir: str, n: int, seed: int):
     """(target, torsion angles of n model samples of the right chirality, their log weights)."""
     exp, _ = load_run(run_dir)
-    x, log_w, _ = jax.jit(lambda k: path_weights(exp.model, exp.target, k, n))(jax.random.key(seed))
+    x, log_w, _ = exp.weighted_samples(jax.random.key(seed), n)
     x, log_w = np.asarray(x), np.asarray(log_w, np.float64)
     keep = np.asarray(exp.target.chirality.mask(x))
     return exp.target, torsion_angles(x[keep], named_torsions(exp.target.molecule)), log_w[keep]

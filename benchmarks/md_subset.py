@@ -4,7 +4,8 @@ flow trained by ML on MD with FAB at equal target evaluations (the FAB paper's T
     python benchmarks/md_subset.py runs/md-aldp_implicit_300K_seed1 --force-evaluations 2.53e7 \\
         --out runs/md-aldp_implicit_300K_seed1/first_2.53e7.npz
 
-An MD run (boltzflow.molecules.md) spends replicas x chains force evaluations per step, equilibration included;
+An MD run spends replicas x chains force evaluations per step, equilibration included
+(boltzflow.molecules.md.force_evaluations);
 its samples (chain-major within each save, every ``save_every`` steps after equilibration) are taken in time order,
 so the subset is what the run had produced when it had spent the given number of evaluations.
 """
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from boltzflow.molecules.md import force_evaluations
 from boltzflow.molecules.reference import load_reference
 
 
@@ -28,14 +30,14 @@ def main():
     args = p.parse_args()
     run = Path(args.run)
     s = json.loads((run / "md.json").read_text())["settings"]
-    per_step = s["n_chains"] * len(s["temperatures"])
-    steps = int(args.force_evaluations // per_step) - s["equilibration"]
+    n_chains, n_temps = s["n_chains"], len(s["temperatures"])
+    steps = int(args.force_evaluations // (n_chains * n_temps)) - 1 - s["equilibration"]
     saves = max(steps // s["save_every"], 0)
     data = load_reference(str(run / "samples.npz"))
-    n = min(saves * s["n_chains"], len(data["x"]))
+    n = min(saves * n_chains, len(data["x"]))
     np.savez_compressed(args.out, x=np.asarray(data["x"][:n], np.float32))
-    print(f"{n} samples ({saves} saves of {s['n_chains']} chains; "
-          f"{(s['equilibration'] + saves * s['save_every']) * per_step:.3g} force evaluations) -> {args.out}")
+    spent = force_evaluations(s["equilibration"] + saves * s["save_every"], n_chains, n_temps)
+    print(f"{n} samples ({saves} saves of {n_chains} chains; {spent:.3g} force evaluations) -> {args.out}")
 
 
 if __name__ == "__main__":

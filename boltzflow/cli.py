@@ -19,7 +19,6 @@ from boltzflow.config import config_from_dict, presets, read_config
 from boltzflow.errors import BoltzflowError
 from boltzflow.evaluate import evaluate
 from boltzflow.experiment import load_run, train
-from boltzflow.flows.paths import path_weights
 from boltzflow.molecules.md import geometric_temperatures, run_replica_exchange
 from boltzflow.molecules.reference import load_reference, write_compact, write_reference
 from boltzflow.molecules.system import minimize
@@ -64,7 +63,7 @@ def finish_run(out: Path, summary: dict, n_eval: int) -> dict:
 def _plot_model_samples(exp, path: Path) -> None:
     key = jax.random.key(123)
     if isinstance(exp.target, MoleculeTarget):  # torsions, not coordinates
-        x, log_w, _ = jax.jit(lambda k: path_weights(exp.model, exp.target, k, 10_000))(key)
+        x, log_w, _ = exp.weighted_samples(key, 10_000)
         ref = exp.target.reference_path and load_reference(exp.target.reference_path)["x"]
         plot_molecule_samples(exp.target, x, log_w, path.parent, reference_x=ref)
         return
@@ -84,7 +83,7 @@ def _evaluate(args) -> None:
 
 def _sample(args) -> None:
     exp, _ = load_run(args.run)
-    x, log_w, _ = jax.jit(lambda k: path_weights(exp.model, exp.target, k, args.n))(jax.random.key(args.seed))
+    x, log_w, _ = exp.weighted_samples(jax.random.key(args.seed), args.n)
     np.savez(args.out, x=np.asarray(x), log_w=np.asarray(log_w))
     print(f"wrote {args.n} samples and log weights to {args.out}")
 

@@ -22,7 +22,7 @@ import yaml
 from boltzflow.config import Config, config_from_dict
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows.builders import make_flow
-from boltzflow.flows.paths import Space, model_space
+from boltzflow.flows.paths import Space, model_space, path_weights
 from boltzflow.snf.builder import make_snf
 from boltzflow.snf.paths import path_space
 from boltzflow.targets import make_target
@@ -49,6 +49,11 @@ class Experiment:
         except BoltzflowError as e:
             raise BoltzflowError(f"{purpose} needs a model with a tractable density (a flow, or an SNF with "
                                  f"unadjusted Langevin blocks through its path space): {e}") from None
+
+    def weighted_samples(self, key: jax.Array, n: int):
+        """n model samples x with their path log weights log w and the stochastic layers' diagnostics
+        (boltzflow.flows.paths.path_weights), in one jitted call."""
+        return jax.jit(lambda k: path_weights(self.model, self.target, k, n))(key)
 
 
 def model_dtype(config: Config):

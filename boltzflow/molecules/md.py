@@ -170,6 +170,12 @@ def _save_atomic(path: str, **arrays) -> None:
     os.replace(tmp, path)
 
 
+def force_evaluations(steps: int, n_chains: int, n_temperatures: int) -> int:
+    """Force evaluations of an MD run after ``steps`` steps (equilibration included): every replica once per step,
+    plus the initial forces."""
+    return int((steps + 1) * n_chains * n_temperatures)
+
+
 def run_replica_exchange(out: str, energy_fn: Callable, masses: np.ndarray, x0: np.ndarray,
                          temperatures, n_chains: int = 16, n_steps: int = 1_000_000, equilibration: int = 50_000,
                          dt_fs: float = 1.0, friction: float = 1.0, save_every: int = 1000,
@@ -294,7 +300,7 @@ def run_replica_exchange(out: str, energy_fn: Callable, masses: np.ndarray, x0: 
     report = dict(settings=settings, finished=not stopped, blocks_done=done, total_blocks=total_blocks,
                   samples=n_saved, simulated_ns_per_replica=sim_ns,
                   simulated_ns_total=sim_ns * n_chains * len(temperatures),
-                  force_evaluations=int(steps_done * n_chains * len(temperatures) + n_chains * len(temperatures)),
+                  force_evaluations=force_evaluations(steps_done, n_chains, len(temperatures)),
                   wall_s=wall, ns_per_day_per_replica=sim_ns / wall * 86400 if wall else None,
                   ns_per_day_total=sim_ns * n_chains * len(temperatures) / wall * 86400 if wall else None,
                   exchange_acceptance=(acc / np.maximum(tried, 1)).tolist(), machine=os.uname().nodename,

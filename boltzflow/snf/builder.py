@@ -38,8 +38,8 @@ from boltzflow.errors import BoltzflowError
 from boltzflow.flows.base import Base, Flow, Layer
 from boltzflow.flows.builders import FLOW_SETTINGS, make_flow
 from boltzflow.flows.compose import Chain, Scan
-from boltzflow.flows.paths import PulledBack
 from boltzflow.flows.distributions import StandardBase
+from boltzflow.flows.paths import PulledBack
 from boltzflow.settings import Tagged
 from boltzflow.snf.block import StochasticBlock, check_block
 
