@@ -11,7 +11,7 @@ import pytest
 
 from boltzflow.errors import BoltzflowError
 from boltzflow.estimators import log_z_estimate
-from boltzflow.flows import make_flow
+from boltzflow.flows import LULinear, make_flow
 from boltzflow.flows.distributions import StandardBase
 from boltzflow.flows.paths import backward_path, backward_log_q, path_weights
 from boltzflow.settings import parse
@@ -132,11 +132,11 @@ def test_make_snf_layout_and_errors():
     target = Gaussian()
     snf = make_snf({"type": "snf", "flow": {"type": "realnvp", "n_layers": 4, "hidden": 8},
                     "blocks": {"kernel": "hmc", "n_steps": 2, "every": 2, "n_leapfrog": 3}}, jax.random.key(0), target)
-    kinds = ["b" if layer.stochastic else "f" for layer in snf.layers]
-    assert kinds == ["f", "f", "b", "f", "f", "b"]
+    kinds = ["b" if layer.stochastic else "L" if isinstance(layer, LULinear) else "f" for layer in snf.layers]
+    assert kinds == list("ffLbffLb")  # a pair's LU map stays with it (the default lu: true)
     assert [float(layer.lam) for layer in snf.layers if layer.stochastic] == [0.5, 1.0]
     assert snf.stochastic
-    ends_on_flow = make_snf({"type": "snf", "flow": {"type": "realnvp", "n_layers": 4, "hidden": 8},
+    ends_on_flow = make_snf({"type": "snf", "flow": {"type": "realnvp", "n_layers": 4, "hidden": 8, "lu": False},
                              "blocks": {"every": 1, "at_start": True, "at_end": False}}, jax.random.key(0), target)
     assert ["b" if layer.stochastic else "f" for layer in ends_on_flow.layers] == list("bfbfbfbf")
     assert [float(layer.lam) for layer in ends_on_flow.layers if layer.stochastic] == [0.0, 0.25, 0.5, 0.75]

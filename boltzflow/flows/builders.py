@@ -88,7 +88,7 @@ def make_realnvp(
     depth: int = 2,
     activation: str = "silu",
     max_log_scale: float = 3.0,
-    lu: bool = False,
+    lu: bool = True,
     learn_base: bool = False,
     scan: bool = False,
     dtype=jnp.float32,
@@ -101,7 +101,8 @@ def make_realnvp(
         n_layers: number of coupling layers (pairs of complementary masks, plus one if odd).
         hidden, depth, activation: conditioner MLP width, number of hidden layers, activation.
         max_log_scale: bound c on the per-dimension log-scale, a = c tanh(u / c) (see :class:`Affine`).
-        lu: add a learnable LU-parameterised linear map after every pair (identity at init).
+        lu: a learnable LU-parameterised linear map of the real dimensions after every pair (identity at init;
+            :class:`~boltzflow.flows.permutation.LULinear`), so the flow does not depend on the target's axes.
         learn_base: learnable mean and log-scale of the Gaussian base.
         scan: run the layer pairs with ``jax.lax.scan`` (compile time flat in depth) instead of unrolled (see the
             module docstring for the trade-off).
@@ -127,6 +128,7 @@ def make_nsf(
     activation: str = "silu",
     min_bin: float = 1e-3,
     min_derivative: float = 1e-3,
+    lu: bool = True,
     learn_base: bool = False,
     scan: bool = False,
     dtype=jnp.float32,
@@ -135,7 +137,8 @@ def make_nsf(
 
     Real dimensions: splines on [-bound, bound] with identity tails and a N(0, 1) base. Circular dimensions
     (``circular``: bool mask or list of indices): periodic splines on [-pi, pi) and a uniform base; their values
-    stay in [-pi, pi). Other arguments as :func:`make_realnvp`; ``bins`` is the number of spline bins K.
+    stay in [-pi, pi). Other arguments as :func:`make_realnvp`; ``bins`` is the number of spline bins K; ``lu``
+    mixes the real dimensions only (circular ones are only ever split differently by the next pair).
     """
     dtype = _dtype(dtype)
     if bins < 1 or not bound > 0:
@@ -144,7 +147,8 @@ def make_nsf(
     spline = RQSpline(int(bins), float(bound), float(min_bin), float(min_derivative))
     base = StandardBase(dim, circ, learnable=learn_base, dtype=dtype)
     mlp = dict(hidden=hidden, depth=depth, activation=activation, dtype=dtype)
-    return _coupling_flow(key, dim, n_layers, circ, spline, list, base, scan, **mlp)
+    extra = (lambda: [LULinear(dim, circ, dtype=dtype)]) if lu and not circ.all() else list
+    return _coupling_flow(key, dim, n_layers, circ, spline, extra, base, scan, **mlp)
 
 
 FLOW_TYPES = {"realnvp": make_realnvp, "nsf": make_nsf}

@@ -3,11 +3,14 @@
 - :class:`Permutation`: y = x[:, perm], log|det| = 0. Allowed on circular dimensions (a permutation maps the torus
   to itself), but the layers after it must know where the circular dimensions went; ``Permutation.random`` with a
   ``circular`` mask permutes circular and real dimensions only among themselves, so the mask is unchanged.
-- :class:`LULinear` (Kingma & Dhariwal 2018, Glow; used between coupling layers in NSF, Durkan et al. 2019):
-  y = W x + b with W = L U, L unit lower triangular, U upper triangular with diagonal exp(s), so
-  log|det W| = sum_i s_i (Glow section 3.2, with the fixed permutation P left to a separate layer).
-  Initialised at W = I, b = 0 (the identity, exactly). Real dimensions only: a linear map does not act on a circle,
-  so constructing one with any circular dimension raises.
+- :class:`LULinear` (Kingma & Dhariwal 2018, Glow; used between coupling layers in NSF, Durkan et al. 2019, and in
+  every block of fab-torch's flows): y_R = W x_R + b on the real dimensions R, with W = L U, L unit lower
+  triangular, U upper triangular with diagonal exp(s), so log|det dy/dx| = log|det W| = sum_i s_i (Glow section
+  3.2, with the fixed permutation P left out: the coupling flows' random splits play its part). Initialised at
+  W = I, b = 0 (the identity, exactly). Circular dimensions pass unchanged: a linear map does not act on a circle
+  (y_C = x_C, so the Jacobian is block-triangular and the log-det is still sum_i s_i). Mixing the real dimensions
+  makes a coupling flow independent of the target's axes: its couplings split fixed halves of the coordinates,
+  and a target whose modes lie along other directions needs a learned rotation first.
 """
 
 from __future__ import annotations
@@ -57,24 +60,25 @@ class Permutation(Layer):
 
 
 class LULinear(Layer):
-    """Learnable invertible linear map y = L U x + b (identity at initialisation); real dimensions only."""
+    """Learnable invertible linear map y = L U x + b of the real dimensions (identity at initialisation); circular
+    dimensions (``circular``: mask or indices) pass unchanged."""
 
     lower: jax.Array
     upper: jax.Array
     log_diag: jax.Array
     bias: jax.Array
+    real: jax.Array | None  # indices of the mixed dimensions; None: all of them
 
     def __init__(self, dim: int, circular=None, dtype=jnp.float32):
         circ = circular_mask(dim, circular)
-        if circ.any():
-            raise BoltzflowError(
-                f"LULinear cannot mix circular dimensions {np.flatnonzero(circ).tolist()}; "
-                "circular dimensions can only be permuted (use Permutation)"
-            )
-        self.lower = jnp.zeros((dim, dim), dtype)
-        self.upper = jnp.zeros((dim, dim), dtype)
-        self.log_diag = jnp.zeros(dim, dtype)
-        self.bias = jnp.zeros(dim, dtype)
+        n = int((~circ).sum())
+        if n == 0:
+            raise BoltzflowError(f"LULinear needs at least one real dimension; all {dim} are circular")
+        self.real = jnp.asarray(np.flatnonzero(~circ), jnp.int32) if circ.any() else None
+        self.lower = jnp.zeros((n, n), dtype)
+        self.upper = jnp.zeros((n, n), dtype)
+        self.log_diag = jnp.zeros(n, dtype)
+        self.bias = jnp.zeros(n, dtype)
 
     def _factors(self):
         eye = jnp.eye(self.log_diag.shape[0], dtype=self.log_diag.dtype)
@@ -82,14 +86,22 @@ class LULinear(Layer):
         up = jnp.triu(self.upper, 1) + jnp.diag(jnp.exp(self.log_diag))
         return lo, up
 
+    def _apply(self, x, fn):
+        """fn applied to the real dimensions of x, the circular ones left as they are."""
+        if self.real is None:
+            return fn(x)
+        return x.at[:, self.real].set(fn(jnp.take(x, self.real, axis=1)))
+
     def forward(self, x, key=None):
         lo, up = self._factors()
-        y = x @ (lo @ up).T + self.bias
+        y = self._apply(x, lambda v: v @ (lo @ up).T + self.bias)
         return y, jnp.broadcast_to(jnp.sum(self.log_diag), x.shape[:1])
 
     def inverse(self, y, key=None):
         lo, up = self._factors()
-        r = (y - self.bias).T
-        z = jax.scipy.linalg.solve_triangular(lo, r, lower=True, unit_diagonal=True)
-        x = jax.scipy.linalg.solve_triangular(up, z, lower=False).T
-        return x, jnp.broadcast_to(-jnp.sum(self.log_diag), y.shape[:1])
+
+        def solve(v):
+            z = jax.scipy.linalg.solve_triangular(lo, (v - self.bias).T, lower=True, unit_diagonal=True)
+            return jax.scipy.linalg.solve_triangular(up, z, lower=False).T
+
+        return self._apply(y, solve), jnp.broadcast_to(-jnp.sum(self.log_diag), y.shape[:1])

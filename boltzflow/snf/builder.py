@@ -9,7 +9,7 @@
         kernel: metropolis | hmc | mala | ula | underdamped
         n_steps: 10          # kernel steps per block (underdamped: BAOAB steps in one velocity refresh)
         step_size: 0.1       # initial step size (scalar)
-        every: 1             # a block after every `every` flow layers (couplings and LU maps count as layers)
+        every: 1             # a block after every `every` flow layers (an LU map goes with the layer before it)
         n_blocks: null       # blocks-only SNF (no flow): number of blocks (default 1)
         at_start: false      # also put a block before the first flow layer
         at_end: true         # false: no block after the last flow layer (the SNF ends on a flow layer)
@@ -40,6 +40,7 @@ from boltzflow.flows.builders import FLOW_SETTINGS, make_flow
 from boltzflow.flows.compose import Chain, Scan
 from boltzflow.flows.distributions import StandardBase
 from boltzflow.flows.paths import PulledBack
+from boltzflow.flows.permutation import LULinear
 from boltzflow.settings import Tagged
 from boltzflow.snf.block import StochasticBlock, check_block
 
@@ -101,10 +102,16 @@ def make_snf(s: SNFSettings, key: jax.Array, target, dtype=jnp.float32) -> Flow:
         if flow.dim != base.dim:  # the last layer changes the dimension: blocks run below it (module docstring)
             tail, det = (det[-1],), det[:-1]
             target = PulledBack(target, tail[0])
-        n_f = len(det)
+        units = []  # each coupling with the LU map that follows it, so a block never splits the two
+        for layer in det:
+            if isinstance(layer, LULinear) and units:
+                units[-1].append(layer)
+            else:
+                units.append([layer])
+        n_f = len(units)
         slots = [0.0] if b.at_start else []  # flow layers, and each block's lambda as a float
-        for i, layer in enumerate(det):
-            slots.append(layer)
+        for i, unit in enumerate(units):
+            slots.extend(unit)
             if (i + 1) % b.every == 0 and (b.at_end or i + 1 < n_f):
                 slots.append((i + 1) / n_f)
     else:

@@ -5,6 +5,7 @@
 - :class:`Funnel` (``funnel``): Neal's funnel.
 - :class:`ImageTarget` (``images``): 2-D densities drawn from pictures (smiley, dog, text).
 - :class:`FunctionTarget` (``function``): a user's ``log_prob`` function.
+- :class:`Rotated` (``rotated``): any of them seen through a fixed random rotation (``rotation: SEED`` in a spec).
 - :func:`make_target`, :func:`list_targets` (``registry``): build targets from presets and user specs.
 """
 
@@ -14,6 +15,7 @@ from boltzflow.targets.function import FunctionTarget
 from boltzflow.targets.gmm import GMM40, GaussianMixture, small_gmm
 from boltzflow.targets.images import ImageTarget
 from boltzflow.targets.registry import TargetInfo, list_targets, make_target, register_target, targets_table
+from boltzflow.targets.rotated import Rotated, random_rotation
 from boltzflow.targets.wells import DoubleWell, ManyWell, free_energy_x1, log_marginal_x1, sample_x1
 
 __all__ = [
@@ -30,6 +32,8 @@ __all__ = [
     "Funnel",
     "ImageTarget",
     "FunctionTarget",
+    "Rotated",
+    "random_rotation",
     "TargetInfo",
     "make_target",
     "list_targets",

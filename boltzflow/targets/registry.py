@@ -7,7 +7,8 @@ Accepted specs (:func:`make_target`):
   ``"dog"``, ``"text"`` (kwarg ``text``), ``"aldp_implicit"``, ``"aldp_vacuum"`` and ``"molecule"`` (kwargs
   ``temperature``, ``engine``, ...; see :class:`boltzflow.targets.molecule.MoleculeTarget`) -- see
   :func:`list_targets`;
-- a dict ``{"name": PRESET, **kwargs}``;
+- a dict ``{"name": PRESET, **kwargs}``; in any dict, ``rotation: SEED`` rotates the target by a fixed random
+  rotation (:class:`~boltzflow.targets.rotated.Rotated`: same log Z, modes off the axes);
 - ``"module:function"`` or ``{"function": "module:function", **kwargs}``: ``function(**kwargs)`` returns a
   :class:`Target` or a pair ``(log_prob, dim)`` with ``log_prob: (n, dim) -> (n,)``, wrapped in a validated
   :class:`FunctionTarget`. ``module`` is a dotted module name importable from the current directory or a path to a
@@ -35,6 +36,7 @@ from boltzflow.targets.funnel import Funnel
 from boltzflow.targets.gmm import GMM40, GaussianMixture
 from boltzflow.targets.images import ImageTarget
 from boltzflow.targets.molecule import MoleculeTarget
+from boltzflow.targets.rotated import Rotated
 from boltzflow.targets.wells import DoubleWell, ManyWell
 
 
@@ -209,6 +211,9 @@ def make_target(spec: Any) -> Target:
         return _make_preset(s, {})
     if isinstance(spec, dict):
         kwargs = dict(spec)
+        if "rotation" in kwargs:  # any target on R^d, seen through a fixed random rotation (targets.rotated)
+            rotation = kwargs.pop("rotation")
+            return make_target(kwargs) if rotation is None else Rotated(make_target(kwargs), rotation)
         if "function" in kwargs:
             fn = kwargs.pop("function")  # every other key is a keyword argument of the function
             if not isinstance(fn, str):
