@@ -6,6 +6,7 @@
     python benchmarks/fab_seeds.py many_well_32 --seeds 0 1 2 --time-limit 7200 --ais
     python benchmarks/fab_seeds.py aldp_fab_cpu --target-option engine=openmm --steps 30 --samples 2000 --out ...
     python benchmarks/fab_seeds.py snf_aldp_vacuum --method-option data=md1/reference.npz --samples 20000 --out ...
+    python benchmarks/fab_seeds.py many_well_32 --target-option rotation=1 --flow-option lu=true --out ...
 
 Per seed it reports the evaluation metrics (boltzflow.evaluate), the wall-clock of training, the steady-state time
 per iteration (from metrics.jsonl, excluding the first step, which carries the JIT compilation), and the
@@ -57,6 +58,8 @@ def main():
     p.add_argument("--method", help="replace the preset's method name (e.g. reverse_kl, forward_kl, alpha2_is)")
     p.add_argument("--method-option", action="append", default=[], metavar="KEY=VALUE",
                    help="set one method option (YAML value), e.g. buffer=false; repeatable")
+    p.add_argument("--flow-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="set one flow option (YAML value), e.g. lu=true; repeatable")
     p.add_argument("--target-option", action="append", default=[], metavar="KEY=VALUE",
                    help="set one target option (YAML value), e.g. engine=openmm; repeatable")
     p.add_argument("--name", help="the runs' config name (default: the preset's, with the method if replaced)")
@@ -71,9 +74,10 @@ def main():
     raw, source = read_config(args.preset)
     if args.method:
         raw |= {"method": {"name": args.method}, "name": f"{raw['name']}_{args.method}"}
-    if args.method_option:
-        opts = dict(o.split("=", 1) for o in args.method_option)
-        raw["method"] = {**raw.get("method", {}), **{k: yaml.safe_load(v) for k, v in opts.items()}}
+    for section, options in (("method", args.method_option), ("flow", args.flow_option)):
+        opts = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in options)}
+        if opts:
+            raw[section] = {**raw.get(section, {}), **opts}
     if args.target_option:
         opts = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.target_option)}
         target = raw["target"] if isinstance(raw["target"], dict) else {"name": raw["target"]}
