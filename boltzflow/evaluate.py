@@ -100,7 +100,7 @@ def evaluate(exp: Experiment, key, n_samples: int = 10_000, ais_state=None, with
         out["mean_log_q_exact"] = float(jnp.mean(log_q_exact))
         if target.log_z is not None:
             out["forward_kl"] = float(jnp.mean(_chunked_apply(target.log_prob, xs, chunk) - target.log_z - log_q_exact))
-        truth = _chunked(lambda k, n: f(target.sample(k, n)), k_truth, 2**20, 2**16)
+        truth = _chunked(jax.jit(lambda k, n: f(target.sample(k, n)), static_argnums=1), k_truth, 2**20, 2**16)
         out["expectation_true"] = float(jnp.mean(truth))
         w = jax.nn.softmax(jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf))
         est = jnp.sum(w * jnp.where(jnp.isfinite(log_w), f(x), 0.0))

@@ -1,4 +1,5 @@
-"""The command line: user mistakes give one clear line and a non-zero exit; train -> evaluate -> resume works."""
+"""The command line: user mistakes give one clear line and a non-zero exit; train -> evaluate -> resume -> sample
+works."""
 
 import json
 import subprocess
@@ -86,6 +87,15 @@ def test_train_evaluate_and_resume_on_a_user_target(tmp_path, capsys):
     params = lambda m: [np.asarray(a) for a in jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_inexact_array))]
     assert all(np.array_equal(a, b) for a, b in zip(params(exp.model), params(state.averaged)))
     assert not all(np.array_equal(a, b) for a, b in zip(params(exp.model), params(state.model)))
+    # `boltzflow sample`: x (n, dim) and log w = log p(x) - log q(x), recomputed here from the run's model
+    # (float32 round-off: 1e-3 on log densities of order 10)
+    rc, stdout, err = _run(["sample", str(out), "--n", "500", "--out", str(tmp_path / "s.npz")], capsys)
+    assert rc == 0 and "500 samples" in stdout, err
+    data = np.load(tmp_path / "s.npz")
+    assert data["x"].shape == (500, exp.target.dim) and data["log_w"].shape == (500,)
+    x = jax.numpy.asarray(data["x"])
+    np.testing.assert_allclose(data["log_w"], exp.target.log_prob(x) - exp.model.log_prob(x), atol=1e-3)
+    assert np.std(data["x"][:, 0]) > 0.1  # distinct samples, not one point repeated
 
 
 # presets whose training step is another preset's at a larger size: built, not traced again (tracing aldp_fab's
@@ -120,25 +130,3 @@ def test_every_preset_builds_its_experiment_and_method(name, tmp_path):
                                                  jax.random.key(1))
     layout = lambda m: [(a.shape, a.dtype) for a in jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_array))]
     assert layout(model) == layout(state.model) and metrics["loss"].shape == ()
-
-
-def test_sample_writes_samples_with_their_importance_weights(tmp_path, capsys):
-    """`boltzflow sample` on a trained flow: x of shape (n, dim) and log w = log p(x) - log q(x), recomputed here
-    from the run's model (float32 round-off: 1e-3 on log densities of order 10)."""
-    from boltzflow.experiment import load_run
-
-    cfg = tmp_path / "tiny.yaml"
-    cfg.write_text("target: double_well\nflow: {type: realnvp, n_layers: 2, hidden: 8, depth: 1}\n"
-                   "method: {name: reverse_kl}\ntrain: {steps: 10, batch_size: 32, eval_every: 10, eval_samples: 64}\n")
-    out = tmp_path / "run"
-    rc, _, err = _run(["train", str(cfg), "--out", str(out), "--no-progress", "--eval-samples", "256"], capsys)
-    assert rc == 0, err
-    rc, stdout, err = _run(["sample", str(out), "--n", "500", "--out", str(tmp_path / "s.npz")], capsys)
-    assert rc == 0 and "500 samples" in stdout, err
-    data = np.load(tmp_path / "s.npz")
-    assert data["x"].shape == (500, 2) and data["log_w"].shape == (500,)
-    exp, _ = load_run(out)
-    x = jax.numpy.asarray(data["x"])
-    expected = exp.target.log_prob(x) - exp.model.log_prob(x)
-    np.testing.assert_allclose(data["log_w"], expected, atol=1e-3)
-    assert np.std(data["x"][:, 0]) > 0.1  # distinct samples, not one point repeated
