@@ -72,7 +72,7 @@ def test_snf_blocks_run_below_the_internal_coordinate_layer(aldp):
                                    "blocks": {"kernel": "metropolis", "n_steps": 3, "step_size": 0.05}}, "flow")
     snf = make_snf(settings, jax.random.key(0), aldp)
     kinds = [type(layer).__name__ for layer in snf.layers]
-    assert kinds == ["Coupling", "StochasticBlock", "Coupling", "StochasticBlock", "InternalCoordinates"]
+    assert kinds == ["Coupling", "StochasticBlock", "Coupling", "LULinear", "StochasticBlock", "InternalCoordinates"]
     blocks = [layer for layer in snf.layers if isinstance(layer, StochasticBlock)]
     assert all(isinstance(b.target, PulledBack) for b in blocks)
     assert [float(b.lam) for b in blocks] == [0.5, 1.0] and snf.base.dim == 60 and snf.dim == 66
