@@ -2,6 +2,7 @@
 
 import jax
 import numpy as np
+import pytest
 
 from boltzflow.config import config_from_dict
 from boltzflow.estimators import effective_sample_size, log_z_estimate
@@ -11,6 +12,7 @@ from boltzflow.flows.paths import path_weights
 from boltzflow.plot import read_metrics
 
 
+@pytest.mark.slow
 def test_snf_kl_ml_training_on_the_double_well(tmp_path):
     """RealNVP + Metropolis blocks, KL + ML (SNF sec. 5). Before training (identity flow) the SNF's ESS is 0.11;
     after 300 steps the ESS must at least double (measured 0.32 at these seeds; ESS estimates from 20k samples
@@ -39,8 +41,6 @@ def test_snf_kl_ml_training_on_the_double_well(tmp_path):
 
 
 def test_evaluate_ais_on_an_snf_with_metropolis_blocks_says_why_it_cannot():
-    import pytest
-
     from boltzflow.errors import BoltzflowError
 
     exp = build_experiment(config_from_dict({
