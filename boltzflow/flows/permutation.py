@@ -99,9 +99,10 @@ class LULinear(Layer):
 
     def inverse(self, y, key=None):
         lo, up = self._factors()
-
-        def solve(v):
-            z = jax.scipy.linalg.solve_triangular(lo, (v - self.bias).T, lower=True, unit_diagonal=True)
-            return jax.scipy.linalg.solve_triangular(up, z, lower=False).T
-
-        return self._apply(y, solve), jnp.broadcast_to(-jnp.sum(self.log_diag), y.shape[:1])
+        # W^-1 = U^-1 L^-1 from two triangular solves on the (d, d) identity, then one matmul for the batch: on the
+        # CPU, XLA's triangular solve with a batch of right-hand sides is ~7x slower than this (d = 8, n = 512)
+        eye = jnp.eye(lo.shape[0], dtype=lo.dtype)
+        l_inv = jax.scipy.linalg.solve_triangular(lo, eye, lower=True, unit_diagonal=True)
+        w_inv = jax.scipy.linalg.solve_triangular(up, l_inv, lower=False)
+        return (self._apply(y, lambda v: (v - self.bias) @ w_inv.T),
+                jnp.broadcast_to(-jnp.sum(self.log_diag), y.shape[:1]))
