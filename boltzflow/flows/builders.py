@@ -58,7 +58,9 @@ def _random_split(key, circ: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _coupling_flow(key, dim, n_layers, circ, transformer, extra_per_pair, base, scan, **mlp) -> Flow:
+def _coupling_flow(key, dim, n_layers, circ, transformer, lu, base, scan, **mlp) -> Flow:
+    """Coupling pairs (module docstring), each followed by an LU map of the real dimensions when ``lu`` and there
+    is a real dimension to mix."""
     if dim < 2:
         raise BoltzflowError(f"coupling flows need dim >= 2, got dim={dim}")
     if n_layers < 1:
@@ -69,7 +71,8 @@ def _coupling_flow(key, dim, n_layers, circ, transformer, extra_per_pair, base, 
         ks, ka, kb = jax.random.split(k, 3)
         mask = _random_split(ks, circ)
         pairs.append([Coupling(ka, mask, transformer, circ, **mlp), Coupling(kb, ~mask, transformer, circ, **mlp)])
-        pairs[-1] += extra_per_pair()
+        if lu and not circ.all():
+            pairs[-1].append(LULinear(dim, circ, dtype=mlp["dtype"]))
     if scan and pairs:
         layers = [stack_layers(Chain(pair) for pair in pairs)]
     else:
@@ -110,10 +113,9 @@ def make_realnvp(
     """
     dtype = _dtype(dtype)
     circ = np.zeros(dim, bool)
-    extra = (lambda: [LULinear(dim, dtype=dtype)]) if lu else list
     base = StandardBase(dim, learnable=learn_base, dtype=dtype)
     mlp = dict(hidden=hidden, depth=depth, activation=activation, dtype=dtype)
-    return _coupling_flow(key, dim, n_layers, circ, Affine(float(max_log_scale)), extra, base, scan, **mlp)
+    return _coupling_flow(key, dim, n_layers, circ, Affine(float(max_log_scale)), lu, base, scan, **mlp)
 
 
 def make_nsf(
@@ -147,8 +149,7 @@ def make_nsf(
     spline = RQSpline(int(bins), float(bound), float(min_bin), float(min_derivative))
     base = StandardBase(dim, circ, learnable=learn_base, dtype=dtype)
     mlp = dict(hidden=hidden, depth=depth, activation=activation, dtype=dtype)
-    extra = (lambda: [LULinear(dim, circ, dtype=dtype)]) if lu and not circ.all() else list
-    return _coupling_flow(key, dim, n_layers, circ, spline, extra, base, scan, **mlp)
+    return _coupling_flow(key, dim, n_layers, circ, spline, lu, base, scan, **mlp)
 
 
 FLOW_TYPES = {"realnvp": make_realnvp, "nsf": make_nsf}
