@@ -4,8 +4,8 @@ A config has these sections; only ``target`` is required, everything else has de
 
     name:   gmm40
     target: gmm40                      # preset name, {name: many_well, dim: 32}, or {function: "pkg.mod:fn"}
-    flow:   {type: realnvp, n_layers: 15, hidden: 80}   # realnvp | nsf | snf (boltzflow.flows.builders,
-                                                        # boltzflow.snf.builder)
+    flow:   {type: realnvp, n_layers: 15, hidden: 80}   # realnvp | nsf | snf | auto (boltzflow.flows.builders,
+                                                        # boltzflow.snf.builder, boltzflow.autoflow)
     method: {name: fab, alpha: 2.0, buffer: true}       # boltzflow.train.registry.METHODS
     ais:    {kernel: hmc, n_intermediate: 8, n_leapfrog: 4}   # boltzflow.ais.AISSettings (FAB, evaluate --ais)
     train:  {steps: 2000, batch_size: 128, lr: 3e-4}    # boltzflow.train.state.TrainSettings
@@ -27,6 +27,7 @@ from typing import Any
 import yaml
 
 from boltzflow.ais import AISSettings
+from boltzflow.autoflow import AutoSettings
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows.builders import FLOW_SETTINGS
 from boltzflow.settings import Tagged, parse, parse_tagged, to_dict
@@ -36,8 +37,9 @@ from boltzflow.train.state import TrainSettings
 
 SECTIONS = ("name", "target", "flow", "method", "ais", "train")
 
-#: flow types of a config's ``flow`` section: the deterministic flows and the SNF
-MODEL_SETTINGS = {**FLOW_SETTINGS, "snf": SNFSettings}
+#: flow types of a config's ``flow`` section: the deterministic flows, the SNF, and ``auto`` (a flow chosen from
+#: the target when the run starts, boltzflow.autoflow; the run's config.yaml holds the flow it chose)
+MODEL_SETTINGS = {**FLOW_SETTINGS, "snf": SNFSettings, "auto": AutoSettings}
 DEFAULT_FLOW = "realnvp"
 
 

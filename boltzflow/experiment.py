@@ -1,7 +1,9 @@
 """From a config to the objects of one experiment, training it, and back from a run directory.
 
 - :func:`build_experiment`: the target, the model (a flow, or an SNF) in the run's dtype, and the space AIS runs in
-  (:meth:`Experiment.space`: x-space for a flow, path space for an SNF with Langevin blocks);
+  (:meth:`Experiment.space`: x-space for a flow, path space for an SNF with Langevin blocks); a ``flow: {type:
+  auto}`` is first resolved into the flow it chooses for the target (boltzflow.autoflow), which the run's
+  config.yaml then records;
 - :func:`build_method`: the config's method for that experiment;
 - :func:`train`: what ``boltzflow train`` and the benchmark scripts run, the one trainer (boltzflow.train.loop);
 - :func:`load_run`: the same objects with the trained state restored from a run's checkpoint, so ``evaluate``,
@@ -10,6 +12,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,11 +23,13 @@ import jax
 import jax.numpy as jnp
 import yaml
 
+from boltzflow.autoflow import resolve
 from boltzflow.config import Config, config_from_dict
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows.builders import make_flow
 from boltzflow.flows.paths import Space, model_space, path_weights
 from boltzflow.snf.builder import make_snf
+from boltzflow.settings import to_dict
 from boltzflow.snf.paths import path_space
 from boltzflow.targets import make_target
 from boltzflow.train.api import Method, Problem
@@ -37,6 +43,7 @@ class Experiment:
     config: Config
     target: Any
     model: Any
+    auto: dict | None = None  # how a flow: {type: auto} was resolved (boltzflow.autoflow.resolve); None otherwise
 
     def space(self, purpose: str) -> Space:
         """Where AIS runs for this model: x-space for a flow (or the internal coordinates below its last layer,
@@ -69,6 +76,12 @@ def build_experiment(config: Config) -> Experiment:
     trained model of that run directory (e.g. maximum likelihood first, then KL + ML or FAB)."""
     dtype = model_dtype(config)
     target = make_target(config.target)
+    auto = None
+    if config.flow.name == "auto":
+        chosen, auto = resolve(config.flow.settings, target, jax.random.fold_in(jax.random.key(config.train.seed), 2),
+                               dtype)
+        auto["settings"] = to_dict(config.flow, "type")
+        config = dataclasses.replace(config, flow=chosen)
     key = jax.random.fold_in(jax.random.key(config.train.seed), 1)
     if config.flow.name == "snf":
         model = make_snf(config.flow.settings, key, target, dtype)
@@ -76,7 +89,7 @@ def build_experiment(config: Config) -> Experiment:
         model = make_flow(config.flow, key, target.dim, dtype, molecule=getattr(target, "molecule", None))
     if config.train.init_from is not None:
         model = _trained_model_like(Path(config.train.init_from), model)
-    return Experiment(config, target, model)
+    return Experiment(config, target, model, auto)
 
 
 def _trained_model_like(run_dir: Path, model):
@@ -112,15 +125,41 @@ def _check_run_dir(out: Path, config: Config) -> None:
         raise BoltzflowError(f"{out} holds a run with a different config; choose another --out")
 
 
+def _auto_choice(out: Path, config: Config) -> Config:
+    """A ``flow: {type: auto}`` config resuming in ``out``: the flow this run chose when it started (auto.json holds
+    the auto settings it was chosen by; other settings are left for _check_run_dir to refuse)."""
+    record, path = out / "auto.json", out / "config.yaml"
+    if config.flow.name != "auto" or not (record.exists() and path.exists()):
+        return config
+    if json.loads(record.read_text()).get("settings") != to_dict(config.flow, "type"):
+        return config
+    return dataclasses.replace(config, flow=config_from_dict(yaml.safe_load(path.read_text()), str(path)).flow)
+
+
+def _auto_header(auto: dict) -> str:
+    c = auto["chosen"]
+    how = (f"bounds {auto['bounds'][0]}..." if auto["source"] == "bounds" else
+           f"an exploration (AIS from N(0, s^2 I), s = {auto['reference_scale']:g}, log Z {auto['log_z']:.4g} "
+           f"+- {auto['log_z_stderr']:.2g}, ESS {auto['ess']:.3g}, converged {auto['converged']})")
+    return (f"# flow: {auto['settings']} chose the {c['type']} below (boltzflow.autoflow): {c['n_layers']} layers, "
+            f"hidden {c['hidden']},\n# loc / scale from {how}; details in auto.json\n")
+
+
 def train(config: Config, out: str | Path, *, progress: bool = True, log_every: int = 10) -> dict:
     """Train ``config`` into the run directory ``out`` (resuming if it holds a checkpoint); returns a summary."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    config = _auto_choice(out, config)
     _check_run_dir(out, config)
     exp = build_experiment(config)
+    config = exp.config
     optimizer = make_optimizer(config.train)
     method = build_method(exp, optimizer)
-    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    header = ""
+    if exp.auto is not None:
+        (out / "auto.json").write_text(json.dumps(exp.auto, indent=1))
+        header = _auto_header(exp.auto)
+    (out / "config.yaml").write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False))
     return train_loop(out, config.train, exp.model, optimizer, method, exp.target, progress=progress,
                       log_every=log_every)
 

@@ -110,6 +110,8 @@ def test_every_preset_builds_its_experiment_and_method(name, tmp_path):
     from boltzflow.train.state import initial_state, make_optimizer
 
     cfg = load_config(name)
+    if cfg.flow.name == "auto":  # its exploration is tested in test_autoflow; here the flow it resolves to
+        cfg = config_from_dict({**cfg.to_dict(), "flow": {"type": "auto", "bounds": [-3.0, 3.0]}})
     exp = build_experiment(cfg)
     if getattr(cfg.method.settings, "data", False) is None and not exp.target.can_sample:
         # an ML preset on MD samples the user gives with --data: a stand-in file (only shapes are traced)

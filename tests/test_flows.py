@@ -22,7 +22,9 @@ from boltzflow.flows import (
     make_nsf,
     make_realnvp,
 )
+from boltzflow.flows.paths import model_space
 from boltzflow.flows.spline import wrap_angle
+from boltzflow.flows.standardize import Standardize
 
 PI = np.float32(math.pi)
 SMALL = dict(hidden=16, depth=1)
@@ -128,11 +130,12 @@ def _layers(key):
         "permutation": (Permutation.random(ks[2], 5), None),
         "lu": (LULinear(5), None),
         "lu-circular": (LULinear(5, circ), circ),
+        "standardize": (Standardize(5, loc=[1.0, -2.0, 0.0, 3.0, 0.5], scale=[0.5, 2.0, 3.0, 1.0, 1.5]), None),
     }
     return {name: (randomise(layer, ks[3], 0.3), c) for name, (layer, c) in layers.items()}
 
 
-@pytest.mark.parametrize("name", ["affine", "spline", "permutation", "lu", "lu-circular"])
+@pytest.mark.parametrize("name", ["affine", "spline", "permutation", "lu", "lu-circular", "standardize"])
 def test_layer_logdet_matches_autodiff_jacobian(name):
     layer, circ = _layers(jax.random.key(0))[name]
     circ = np.zeros(5, bool) if circ is None else circ
@@ -307,3 +310,28 @@ def test_circular_dims_are_never_mixed():
     perm = Permutation.random(jax.random.key(0), 6, circular=[1, 4])
     p = np.asarray(perm.perm)
     assert set(p[[1, 4]].tolist()) == {1, 4} and sorted(p.tolist()) == list(range(6))
+
+
+def test_a_standardized_flow_models_y_and_its_samplers_run_below_the_fixed_layer():
+    """loc / scale add x = loc + scale * y as the last layer: log q(x) = log q_y((x - loc) / scale) - sum log scale,
+    and AIS (model_space) runs on y with the target pulled back, so its weights equal p(x) / q(x)."""
+    from boltzflow.targets import make_target
+
+    loc, scale = np.array([3.0, -1.0, 0.0, 1.0]), np.array([2.0, 0.5, 4.0, 1.0])
+    flow = randomise(make_nsf(jax.random.key(0), 4, n_layers=2, loc=loc.tolist(), scale=scale.tolist(), **SMALL),
+                     jax.random.key(1), 0.1)
+    inner = eqx.tree_at(lambda f: f.layers, flow, flow.layers[:-1])
+    x = jnp.asarray(loc + scale * np.asarray(jax.random.normal(jax.random.key(2), (64, 4))), jnp.float32)
+    y = (x - loc) / scale
+    np.testing.assert_allclose(flow.log_prob(x), inner.log_prob(y) - np.log(scale).sum(), rtol=1e-5, atol=1e-5)
+    target = make_target({"name": "many_well", "dim": 4})
+    space = model_space(flow, target)
+    np.testing.assert_allclose(space.to_x(y), x, rtol=1e-6, atol=1e-5)
+    np.testing.assert_allclose(space.log_p(y) - space.log_q(flow, y), target.log_prob(x) - flow.log_prob(x),
+                               rtol=1e-5, atol=1e-4)
+    with pytest.raises(BoltzflowError, match="list of 3 numbers"):
+        make_nsf(jax.random.key(0), 3, loc=[1.0, 2.0])
+    with pytest.raises(BoltzflowError, match="scale must be positive"):
+        make_realnvp(jax.random.key(0), 3, scale=[1.0, 0.0, 1.0])
+    with pytest.raises(BoltzflowError, match="circular dimensions"):
+        make_nsf(jax.random.key(0), 3, circular=[0], loc=1.0)

@@ -14,6 +14,8 @@ LAYERS = [
     ["boltzflow.flows"],
     ["boltzflow.mcmc"],
     ["boltzflow.ais"],
+    ["boltzflow.explore"],
+    ["boltzflow.autoflow"],
     ["boltzflow.snf"],
     ["boltzflow.train"],
     ["boltzflow.config", "boltzflow.configs"],

@@ -16,7 +16,8 @@ path-probability ratio ``dS``:
   For a purely deterministic chain this is log p(x) - log q(x), the ordinary flow importance weight.
 
 A layer may change the dimension (``out_dim``; e.g. internal -> Cartesian coordinates): the base has the latent
-dimension and :attr:`Flow.dim` is the data dimension after all layers.
+dimension and :attr:`Flow.dim` is the data dimension after all layers. A fixed map into the target's coordinates
+(``coordinate_map``: internal coordinates, a standardization) is the last layer, and samplers run below it.
 
 A :class:`Flow` is a base distribution and a tuple of layers; it is an equinox module (a pytree), so its
 parameters are its array leaves and optax trains it directly.
@@ -54,6 +55,13 @@ class Layer(eqx.Module):
     def target_evals(self) -> int:
         """Evaluations of the target per sample when the layer runs (a stochastic block's MCMC moves); 0 here."""
         return 0
+
+    @property
+    def coordinate_map(self) -> bool:
+        """True for a fixed, parameter-free map into the target's coordinates (internal coordinates -> Cartesian,
+        standardized -> original units): such a layer is the model's last, and samplers of the model (FAB's AIS,
+        an SNF's stochastic blocks) run below it, on the target pulled back through it."""
+        return False
 
     def out_dim(self, in_dim: int) -> int:
         """Dimension of ``forward``'s output for an input of dimension ``in_dim``: the same for most layers; a layer

@@ -28,6 +28,7 @@ from boltzflow.flows.coupling import Affine, Coupling, RQSpline
 from boltzflow.flows.distributions import StandardBase, circular_mask
 from boltzflow.flows.internal import InternalCoordinates
 from boltzflow.flows.permutation import LULinear
+from boltzflow.flows.standardize import Standardize
 from boltzflow.settings import Tagged, from_signature, parse_tagged
 
 _DTYPES = {"float32": jnp.float32, "float64": jnp.float64}
@@ -94,6 +95,8 @@ def make_realnvp(
     lu: bool = True,
     learn_base: bool = False,
     scan: bool = False,
+    loc: float | list[float] | None = None,
+    scale: float | list[float] | None = None,
     dtype=jnp.float32,
 ) -> Flow:
     """RealNVP: ``n_layers`` affine coupling layers on R^dim, identity at initialisation.
@@ -109,13 +112,17 @@ def make_realnvp(
         learn_base: learnable mean and log-scale of the Gaussian base.
         scan: run the layer pairs with ``jax.lax.scan`` (compile time flat in depth) instead of unrolled (see the
             module docstring for the trade-off).
+        loc, scale: a fixed last layer x = loc + scale * y (numbers or one per dimension;
+            :class:`~boltzflow.flows.standardize.Standardize`), so the flow models standardized coordinates y;
+            None for neither (the flow models x itself).
         dtype: float32 (default) or float64 (needs ``jax_enable_x64``).
     """
     dtype = _dtype(dtype)
     circ = np.zeros(dim, bool)
     base = StandardBase(dim, learnable=learn_base, dtype=dtype)
     mlp = dict(hidden=hidden, depth=depth, activation=activation, dtype=dtype)
-    return _coupling_flow(key, dim, n_layers, circ, Affine(float(max_log_scale)), lu, base, scan, **mlp)
+    flow = _coupling_flow(key, dim, n_layers, circ, Affine(float(max_log_scale)), lu, base, scan, **mlp)
+    return _standardized(flow, loc, scale, circ)
 
 
 def make_nsf(
@@ -133,6 +140,8 @@ def make_nsf(
     lu: bool = True,
     learn_base: bool = False,
     scan: bool = False,
+    loc: float | list[float] | None = None,
+    scale: float | list[float] | None = None,
     dtype=jnp.float32,
 ) -> Flow:
     """Neural spline flow: ``n_layers`` rational-quadratic spline couplings, identity at initialisation.
@@ -149,7 +158,19 @@ def make_nsf(
     spline = RQSpline(int(bins), float(bound), float(min_bin), float(min_derivative))
     base = StandardBase(dim, circ, learnable=learn_base, dtype=dtype)
     mlp = dict(hidden=hidden, depth=depth, activation=activation, dtype=dtype)
-    return _coupling_flow(key, dim, n_layers, circ, spline, lu, base, scan, **mlp)
+    return _standardized(_coupling_flow(key, dim, n_layers, circ, spline, lu, base, scan, **mlp), loc, scale, circ)
+
+
+def _standardized(flow: Flow, loc, scale, circ: np.ndarray) -> Flow:
+    """``flow`` followed by x = loc + scale * y when ``loc`` or ``scale`` is given; circular dimensions keep
+    loc 0 and scale 1 (an angle's range is fixed)."""
+    if loc is None and scale is None:
+        return flow
+    dim = circ.shape[0]
+    layer = Standardize(dim, 0.0 if loc is None else loc, 1.0 if scale is None else scale)
+    if circ.any() and (np.asarray(layer.loc)[circ].any() or (np.asarray(layer.scale)[circ] != 1).any()):
+        raise BoltzflowError("loc and scale must leave the circular dimensions as they are (loc 0, scale 1)")
+    return Flow(flow.base, flow.layers + (layer,))
 
 
 FLOW_TYPES = {"realnvp": make_realnvp, "nsf": make_nsf}
@@ -211,6 +232,9 @@ def _internal_flow(name: str, options: dict, key, dim: int, dtype, molecule) -> 
     if options.get("circular"):
         raise BoltzflowError("flow coordinates: internal chooses the circular dimensions itself (the torsions of "
                              "rotatable bonds); leave circular unset")
+    if options.get("loc") is not None or options.get("scale") is not None:
+        raise BoltzflowError("flow coordinates: internal normalises the coordinates itself (around the energy "
+                             "minimum); leave loc and scale unset")
     if name == "nsf":
         options["circular"] = ic.circular_indices
     inner = FLOW_TYPES[name](key, ic.latent_dim, dtype=_dtype(dtype), **options)

@@ -110,6 +110,10 @@ class InternalCoordinates(Layer):
         """Dimension of a flattened conformation, 3N."""
         return 3 * self.zmatrix.n_atoms
 
+    @property
+    def coordinate_map(self) -> bool:
+        return True
+
     def out_dim(self, in_dim: int) -> int:
         if in_dim != self.latent_dim:
             raise BoltzflowError(f"InternalCoordinates takes {self.latent_dim} internal coordinates, not {in_dim}")

@@ -95,7 +95,7 @@ def _without_last(model: Flow) -> Flow:
 
 
 class PulledBack:
-    """The target seen below a parameter-free layer g that changes dimension (internal coordinates -> Cartesian):
+    """The target seen below a parameter-free layer g into the target's coordinates (internal -> Cartesian):
 
         log p_z(z) = log p(g(z)) + log|det J_g(z)|,
 
@@ -117,10 +117,10 @@ class PulledBack:
 
 
 def latent_space(model: Flow, target) -> Space:
-    """The space below a flow's last layer g when g changes dimension (internal coordinates -> Cartesian): points
-    z, q_z the flow without g, and the target pulled back through g (:class:`PulledBack`), so importance weights
-    there equal p(x) / q(x) at x = g(z). FAB runs its AIS here, as the FAB paper does for alanine dipeptide (AIS in
-    the flow's internal coordinates)."""
+    """The space below a flow's last layer g when g is a fixed map into the target's coordinates (internal
+    coordinates -> Cartesian, standardized -> original units): points z, q_z the flow without g, and the target
+    pulled back through g (:class:`PulledBack`), so importance weights there equal p(x) / q(x) at x = g(z). FAB
+    runs its AIS here, as the FAB paper does for alanine dipeptide (AIS in the flow's internal coordinates)."""
     last = model.layers[-1]
     pulled = PulledBack(target, last)
     return Space(model.base.dim, lambda m, k, n: _without_last(m).sample_and_log_prob(k, n),
@@ -128,8 +128,8 @@ def latent_space(model: Flow, target) -> Space:
 
 
 def model_space(model: Flow, target) -> Space:
-    """Where AIS runs for a deterministic flow: x-space, or, if the flow's last layer changes the dimension,
-    the space below it (:func:`latent_space`)."""
-    if model.dim != model.base.dim:
+    """Where AIS runs for a deterministic flow: x-space, or, if the flow's last layer is a fixed map into the
+    target's coordinates (``Layer.coordinate_map``), the space below it (:func:`latent_space`)."""
+    if model.layers and model.layers[-1].coordinate_map:
         return latent_space(model, target)
     return flow_space(target)

@@ -21,8 +21,8 @@ A block after flow layer i of n samples pi_lambda with lambda = i / n, the fract
 last layer samples the target (lambda = 1), one at the start the prior (lambda = 0). Blocks-only SNFs: block t of
 T has lambda_t = t / T (SNF sec. 4).
 
-A flow whose last layer changes the dimension (``coordinates: internal``: internal coordinates -> Cartesian) keeps
-that layer last and outside the count: the blocks run below it, in internal coordinates, on the target pulled back
+A flow whose last layer is a fixed map into the target's coordinates (``coordinates: internal``: internal
+coordinates -> Cartesian; ``loc`` / ``scale``: a standardization) keeps that layer last and outside the count: the blocks run below it, in internal coordinates, on the target pulled back
 through it (:class:`boltzflow.flows.paths.PulledBack`), as the SNF paper's alanine dipeptide SNF moves its
 Metropolis steps in the flow's internal coordinates.
 """
@@ -99,7 +99,7 @@ def make_snf(s: SNFSettings, key: jax.Array, target, dtype=jnp.float32) -> Flow:
         flow = make_flow(s.flow, key, target.dim, dtype, molecule=getattr(target, "molecule", None))
         base, det = flow.base, flatten_layers(flow.layers)
         tail = ()
-        if flow.dim != base.dim:  # the last layer changes the dimension: blocks run below it (module docstring)
+        if det and det[-1].coordinate_map:  # a fixed map into x's coordinates: blocks run below it (docstring)
             tail, det = (det[-1],), det[:-1]
             target = PulledBack(target, tail[0])
         units = []  # each coupling with the LU map that follows it, so a block never splits the two
