@@ -120,7 +120,8 @@ def train(config: Config, out: str | Path, *, progress: bool = True, log_every: 
     exp = build_experiment(config)
     optimizer = make_optimizer(config.train)
     method = build_method(exp, optimizer)
-    (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if jax.process_index() == 0:  # several hosts: one writer (boltzflow.train.loop)
+        (out / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
     return train_loop(out, config.train, exp.model, optimizer, method, exp.target, progress=progress,
                       log_every=log_every)
 
