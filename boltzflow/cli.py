@@ -1,5 +1,9 @@
 """The ``boltzflow`` command: train | evaluate | sample | plot | md | reference | targets | presets.
 
+``train``, ``evaluate`` and ``sample`` run data-parallel on ``--devices`` devices (default: all visible;
+boltzflow.sharding); on several hosts every host runs the same command with ``--coordinator HOST:PORT --num-hosts N
+--host-id I`` (jax.distributed.initialize), the run directory on a shared file system, written by host 0 only.
+
 User mistakes (BoltzflowError) print one line ``boltzflow: error: ...`` and exit with status 2; anything else is a
 bug and keeps its traceback.
 """
@@ -23,6 +27,7 @@ from boltzflow.molecules.md import geometric_temperatures, run_replica_exchange
 from boltzflow.molecules.reference import load_reference, write_compact, write_reference
 from boltzflow.molecules.system import minimize
 from boltzflow.plot import plot_molecule_samples, plot_samples, plot_training
+from boltzflow.sharding import use_devices
 from boltzflow.targets import make_target, targets_table
 from boltzflow.targets.molecule import MoleculeTarget
 
@@ -44,19 +49,22 @@ def _train(args) -> None:
         raw["train"] = {**(raw.get("train") or {}), **overrides}
     cfg = config_from_dict(raw, source)
     out = Path(args.out or f"runs/{cfg.name}-seed{cfg.train.seed}")
-    summary = train(cfg, out, progress=not args.no_progress)
-    report = finish_run(out, summary, n_eval=args.eval_samples)
+    with use_devices(args.devices):
+        summary = train(cfg, out, progress=not args.no_progress)
+    report = finish_run(out, summary, n_eval=args.eval_samples, devices=args.devices)
     print(_table(report["eval"], f"{cfg.name}: {summary['steps']} steps in {summary['time_s']:.1f} s -> {out}"))
 
 
-def finish_run(out: Path, summary: dict, n_eval: int) -> dict:
-    """After training: evaluate, plot samples and curves, write report.json."""
+def finish_run(out: Path, summary: dict, n_eval: int, devices: int | None = None) -> dict:
+    """After training: evaluate (on ``devices``), plot samples and curves, write report.json."""
     exp, _ = load_run(out)
-    metrics = evaluate(exp, jax.random.key(exp.config.train.seed + 1), n_samples=n_eval)
-    _plot_model_samples(exp, out / "samples.png")
-    plot_training(out)
+    with use_devices(devices):
+        metrics = evaluate(exp, jax.random.key(exp.config.train.seed + 1), n_samples=n_eval)
     report = {"config": exp.config.to_dict(), "training": summary, "eval": metrics}
-    (out / "report.json").write_text(json.dumps(report, indent=1))
+    if jax.process_index() == 0:  # several hosts: one writer
+        _plot_model_samples(exp, out / "samples.png")
+        plot_training(out)
+        (out / "report.json").write_text(json.dumps(report, indent=1))
     return report
 
 
@@ -75,15 +83,20 @@ def _plot_model_samples(exp, path: Path) -> None:
 def _evaluate(args) -> None:
     exp, state = load_run(args.run)
     ais_state = getattr(state.method_state, "ais_state", None)
-    metrics = evaluate(exp, jax.random.key(args.seed), n_samples=args.samples, ais_state=ais_state,
-                       with_ais=args.ais)
-    (Path(args.run) / "eval.json").write_text(json.dumps(metrics, indent=1))
+    with use_devices(args.devices):
+        metrics = evaluate(exp, jax.random.key(args.seed), n_samples=args.samples, ais_state=ais_state,
+                           with_ais=args.ais, chunk=args.chunk)
+    if jax.process_index() == 0:
+        (Path(args.run) / "eval.json").write_text(json.dumps(metrics, indent=1))
     print(_table(metrics, f"evaluation of {args.run} ({args.samples} samples)"))
 
 
 def _sample(args) -> None:
     exp, _ = load_run(args.run)
-    x, log_w, _ = exp.weighted_samples(jax.random.key(args.seed), args.n)
+    with use_devices(args.devices):
+        x, log_w, _ = exp.weighted_samples(jax.random.key(args.seed), args.n)
+    if jax.process_index() != 0:
+        return
     np.savez(args.out, x=np.asarray(x), log_w=np.asarray(log_w))
     print(f"wrote {args.n} samples and log weights to {args.out}")
 
@@ -159,7 +172,12 @@ def _table(metrics: dict, title: str) -> str:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="boltzflow", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("train", help="train a sampler from a config file or preset")
+    scale = argparse.ArgumentParser(add_help=False)  # several devices and hosts (module docstring)
+    scale.add_argument("--devices", type=int, help="devices to run data-parallel on (default: all visible)")
+    scale.add_argument("--coordinator", metavar="HOST:PORT", help="several hosts: host 0's address, on every host")
+    scale.add_argument("--num-hosts", type=int, help="several hosts: how many")
+    scale.add_argument("--host-id", type=int, help="several hosts: this host's index, 0 .. num-hosts - 1")
+    t = sub.add_parser("train", help="train a sampler from a config file or preset", parents=[scale])
     t.add_argument("config", help="YAML file or preset name (see `boltzflow presets`)")
     t.add_argument("--out", help="run directory (default runs/NAME-seedN); an existing run there is resumed")
     t.add_argument("--seed", type=int)
@@ -171,13 +189,14 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-samples", type=int, default=10_000)
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_train)
-    e = sub.add_parser("evaluate", help="evaluate a run directory; writes DIR/eval.json")
+    e = sub.add_parser("evaluate", help="evaluate a run directory; writes DIR/eval.json", parents=[scale])
     e.add_argument("run")
     e.add_argument("--samples", type=int, default=10_000)
+    e.add_argument("--chunk", type=int, default=4096, help="samples drawn and reduced at a time (split over devices)")
     e.add_argument("--ais", action="store_true", help="also evaluate AIS targeting p, started from the flow")
     e.add_argument("--seed", type=int, default=1)
     e.set_defaults(func=_evaluate)
-    s = sub.add_parser("sample", help="draw samples with importance log weights into an .npz file")
+    s = sub.add_parser("sample", help="draw samples with importance log weights into an .npz file", parents=[scale])
     s.add_argument("run")
     s.add_argument("--n", type=int, default=10_000)
     s.add_argument("--out", default="samples.npz")
@@ -220,10 +239,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _start_hosts(args) -> None:
+    """``jax.distributed.initialize`` when the command names a coordinator (before anything touches a device)."""
+    names = ("coordinator", "num_hosts", "host_id")
+    given = [getattr(args, n, None) is not None for n in names]
+    if not any(given):
+        return
+    if not all(given) or not 0 <= args.host_id < args.num_hosts:
+        raise BoltzflowError("several hosts need --coordinator HOST:PORT, --num-hosts N and --host-id I "
+                             "(0 <= I < N), on every host")
+    jax.distributed.initialize(args.coordinator, num_processes=args.num_hosts, process_id=args.host_id)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     retain_freed_memory()
     try:
+        _start_hosts(args)
         args.func(args)
     except BoltzflowError as e:
         print(f"boltzflow: error: {e}", file=sys.stderr)

@@ -19,9 +19,17 @@ sample with weight 0: it still counts in n, so invalid samples lower the ESS and
       E^[f] = sum_i W_i f(x_i),    se^2 = sum_i W_i^2 (f(x_i) - E^[f])^2                           (E3)
 
   (the delta-method variance of a ratio estimator; Owen 2013, "Monte Carlo theory", eq. 9.8).
+
+- Streaming: :class:`WeightSums` holds, for a shift m (the largest finite log w seen), n, the non-finite count,
+  s1 = sum_i e^(log w_i - m), s2 = sum_i e^(2 (log w_i - m)) and sf = sum_i e^(log w_i - m) f(x_i); chunks merge
+  by rescaling to the larger shift, so (E1), (E2) and E^[f] of (E3) come from any number of samples, chunk by
+  chunk, without holding them: ESS = s1^2 / (n s2), log Z^ = m + log(s1 / n), se from the sample variance
+  (s2 - s1^2 / n) / (n - 1) of w e^(-m), E^[f] = sf / s1. They equal the functions above up to rounding.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -80,3 +88,51 @@ def self_normalised_expectation(log_w: jax.Array, values: jax.Array) -> tuple[ja
     se = jnp.sqrt(jnp.sum(Wb**2 * (v - est) ** 2, axis=0))
     ok = jnp.any(W > 0)
     return jnp.where(ok, est, jnp.nan), jnp.where(ok, se, jnp.nan)
+
+
+class WeightSums(NamedTuple):
+    """Mergeable sums of log weights (module docstring, "Streaming"); a pytree of scalars (``sf`` shaped like f)."""
+
+    n: jax.Array
+    n_nonfinite: jax.Array
+    m: jax.Array
+    s1: jax.Array
+    s2: jax.Array
+    sf: jax.Array
+
+    @classmethod
+    def of(cls, log_w: jax.Array, valid: jax.Array | None = None, values: jax.Array | None = None) -> "WeightSums":
+        """The sums of the rows with ``valid`` True (all by default); ``values`` f(x_i) (n,) or (n, ...)."""
+        raw = jnp.asarray(log_w)
+        valid = jnp.ones(raw.shape, bool) if valid is None else valid
+        lw = jnp.where(valid, _clean(raw), -jnp.inf)
+        m = jnp.max(lw)
+        e = jnp.exp(lw - jnp.where(jnp.isfinite(m), m, 0.0))
+        v = jnp.zeros(raw.shape, lw.dtype) if values is None else jnp.asarray(values)
+        eb = e.reshape(e.shape + (1,) * (v.ndim - 1))
+        sf = jnp.sum(jnp.where(eb > 0, eb * v, 0.0), axis=0)
+        return cls(jnp.sum(valid), jnp.sum(valid & ~jnp.isfinite(raw)), m, jnp.sum(e), jnp.sum(e * e), sf)
+
+    def merge(self, other: "WeightSums") -> "WeightSums":
+        m = jnp.maximum(self.m, other.m)
+        shift = jnp.where(jnp.isfinite(m), m, 0.0)
+        a, b = (jnp.where(jnp.isfinite(s.m), jnp.exp(s.m - shift), 0.0) for s in (self, other))
+        return WeightSums(self.n + other.n, self.n_nonfinite + other.n_nonfinite, m, a * self.s1 + b * other.s1,
+                          a * a * self.s2 + b * b * other.s2, a * self.sf + b * other.sf)
+
+    def ess(self) -> jax.Array:
+        """(E1) as a fraction of n; 0 when no weight is finite."""
+        ok = jnp.isfinite(self.m)
+        return jnp.where(ok, jnp.clip(self.s1**2 / (self.n * jnp.where(ok, self.s2, 1.0)), 0.0, 1.0), 0.0)
+
+    def log_z(self) -> tuple[jax.Array, jax.Array]:
+        """(log Z^, se) of (E2): (-inf, inf) with no finite weight, se = inf for n < 2."""
+        ok = jnp.isfinite(self.m)
+        mean = self.s1 / self.n
+        var = jnp.maximum(self.s2 - self.s1 * mean, 0.0) / jnp.maximum(self.n - 1, 1)
+        se = jnp.sqrt(var) / (jnp.sqrt(self.n) * mean)
+        return jnp.where(ok, jnp.log(mean) + self.m, -jnp.inf), jnp.where(ok & (self.n > 1), se, jnp.inf)
+
+    def expectation(self) -> jax.Array:
+        """E^[f] of (E3); NaN when no weight is finite."""
+        return jnp.where(jnp.isfinite(self.m), self.sf / self.s1, jnp.nan)

@@ -31,13 +31,15 @@ from __future__ import annotations
 import numpy as np
 import jax
 import jax.numpy as jnp
+from jax.experimental import multihost_utils
 
 from boltzflow.ais import ais_from_settings
-from boltzflow.estimators import effective_sample_size, log_z_estimate
+from boltzflow.estimators import WeightSums
 from boltzflow.experiment import Experiment
 from boltzflow.flows.paths import backward_log_q, block_metrics, path_weights
 from boltzflow.molecules.metrics import basin_populations, molecular_metrics, named_torsions, torsion_angles
 from boltzflow.molecules.reference import load_reference
+from boltzflow.sharding import batch_devices, shard_batch
 
 
 def quadratic_test_function(dim: int):
@@ -52,18 +54,33 @@ def quadratic_test_function(dim: int):
     return f
 
 
-def _chunked(fn, key, n: int, chunk: int):
-    """Concatenate ``fn(key_i, chunk)`` over ceil(n / chunk) keys, truncated to n rows (bounded memory)."""
-    keys = jax.random.split(key, -(-n // chunk))
-    outs = [fn(k, chunk) for k in keys]
-    return jax.tree_util.tree_map(lambda *a: jnp.concatenate(a)[:n], *outs)
+def _merge(a, b):
+    """Chunk results merged: :class:`WeightSums` by their rule, every other leaf summed."""
+    return jax.tree_util.tree_map(lambda u, v: u.merge(v) if isinstance(u, WeightSums) else u + v, a, b,
+                                  is_leaf=lambda t: isinstance(t, WeightSums))
 
 
-def importance_metrics(target, log_w, prefix: str = "") -> dict:
-    """ESS and log Z (with errors where log Z is known) of weighted samples (x, log w)."""
-    log_z, se = log_z_estimate(log_w)
-    out = {f"{prefix}ess": float(effective_sample_size(log_w)), f"{prefix}log_z": float(log_z),
-           f"{prefix}log_z_stderr": float(se), f"{prefix}n_nonfinite": int(jnp.sum(~jnp.isfinite(log_w)))}
+def _stream(fn, key, n: int, chunk: int, keep: bool = False):
+    """Merged sums of ``fn(key_i, count_i) -> (sums, rows)`` over ceil(n / chunk) chunks of ``chunk`` samples, the
+    last one's rows past n masked by ``count_i`` (a traced count: one compilation); with ``keep``, ``rows`` (a
+    tuple of arrays) of every chunk copied to host memory and concatenated there (numpy), else dropped."""
+    fn = jax.jit(fn)
+    total, kept = None, []
+    for i, k in enumerate(jax.random.split(key, -(-n // chunk))):
+        count = min(chunk, n - i * chunk)
+        sums, rows = fn(k, jnp.asarray(count, jnp.int32))
+        total = sums if total is None else _merge(total, sums)
+        if keep:  # several hosts: every host's rows
+            rows = multihost_utils.process_allgather(rows, tiled=True) if jax.process_count() > 1 else rows
+            kept.append([np.asarray(r)[:count] for r in rows])
+    return total, [np.concatenate(c) for c in zip(*kept)] if keep else None
+
+
+def importance_metrics(target, sums: WeightSums, prefix: str = "") -> dict:
+    """ESS and log Z (with errors where log Z is known) of weighted samples, from their :class:`WeightSums`."""
+    log_z, se = sums.log_z()
+    out = {f"{prefix}ess": float(sums.ess()), f"{prefix}log_z": float(log_z),
+           f"{prefix}log_z_stderr": float(se), f"{prefix}n_nonfinite": int(sums.n_nonfinite)}
     if target.log_z is not None:
         out[f"{prefix}log_z_error"] = float(log_z) - target.log_z
         out[f"{prefix}z_rel_error_pct"] = float(100 * abs(np.expm1(float(log_z) - target.log_z)))
@@ -72,60 +89,76 @@ def importance_metrics(target, log_w, prefix: str = "") -> dict:
 
 def evaluate(exp: Experiment, key, n_samples: int = 10_000, ais_state=None, with_ais: bool = False,
              chunk: int = 4096) -> dict:
-    """All metrics of the trained model in ``exp`` as a flat dict of floats (see the module docstring)."""
+    """All metrics of the trained model in ``exp`` as a flat dict of floats (see the module docstring).
+
+    Samples are drawn and reduced ``chunk`` at a time (rounded up to a multiple of the devices of the mesh in use,
+    boltzflow.sharding, over which each chunk is split); only sums leave the devices, so n_samples is bounded by
+    time, not memory. Targets whose metrics need every sample (mode coverage, the molecular histograms) get the
+    flow's samples copied chunk by chunk to host memory."""
     target, model = exp.target, exp.model
     space = exp.space("evaluate --ais") if with_ais else None  # before any work: the error comes first
     k_flow, k_exact, k_truth, k_ais = jax.random.split(key, 4)
+    d = batch_devices()
+    chunk = -(-min(chunk, n_samples) // d) * d
+    rows_of = lambda count: jnp.arange(chunk) < count  # noqa: E731
+    f = quadratic_test_function(target.dim)
+    keep = target.has_modes or hasattr(target, "molecule")
 
-    def draw(k, n):  # block diagnostics get a leading axis of one per chunk
-        x, log_w, infos = path_weights(model, target, k, n)
-        return x, log_w, jax.tree_util.tree_map(lambda a: a[None], block_metrics(infos))
+    def draw(k, count):  # block diagnostics: per-chunk means, summed here and divided by the chunks below
+        x, log_w, infos = path_weights(model, target, k, chunk)
+        values = f(x) if target.can_sample else None
+        return ({"w": WeightSums.of(log_w, rows_of(count), values), "blocks": block_metrics(infos)},
+                (x, log_w) if keep else ())
 
-    chunk = min(chunk, n_samples)
-    x, log_w, blocks = _chunked(jax.jit(draw, static_argnums=1), k_flow, n_samples, chunk)
-    out = {"n_samples": n_samples, **importance_metrics(target, log_w)}
-    if blocks:
-        out["block_accept"] = [float(a) for a in np.mean(np.asarray(blocks["block_accept"]), axis=0)]
-        out["block_nonfinite"] = int(np.sum(blocks["block_nonfinite"]))
+    sums, kept = _stream(draw, k_flow, n_samples, chunk, keep)
+    out = {"n_samples": n_samples, **importance_metrics(target, sums["w"])}
+    if sums["blocks"]:
+        n_chunks = -(-n_samples // chunk)
+        out["block_accept"] = [float(a) / n_chunks for a in np.asarray(sums["blocks"]["block_accept"])]
+        out["block_nonfinite"] = int(sums["blocks"]["block_nonfinite"])
     # log q of given points: exact for a flow; for an SNF the backward-path estimate, a lower bound in expectation
     log_q_fn = jax.jit(lambda xs: backward_log_q(model, xs, k_exact))
     if model.stochastic:
         out["log_q_is_lower_bound"] = True
     if target.log_z is not None:
         out["log_z_true"] = target.log_z
-    f = quadratic_test_function(target.dim)
     if target.can_sample:
-        xs = _chunked(jax.jit(target.sample, static_argnums=1), k_exact, n_samples, chunk)
-        log_q_exact = _chunked_apply(log_q_fn, xs, chunk)
-        out["mean_log_q_exact"] = float(jnp.mean(log_q_exact))
+        def exact(k, count):  # E_p[log q] and E_p[log p - log Z - log q] on exact samples
+            xs = shard_batch(target.sample(k, chunk))
+            log_q = backward_log_q(model, xs, k_exact)
+            kl = target.log_prob(xs) - (target.log_z or 0.0) - log_q
+            rows = rows_of(count)
+            return {"log_q": jnp.sum(jnp.where(rows, log_q, 0.0)), "kl": jnp.sum(jnp.where(rows, kl, 0.0))}, ()
+
+        exact_sums = _stream(exact, k_exact, n_samples, chunk)[0]
+        out["mean_log_q_exact"] = float(exact_sums["log_q"]) / n_samples
         if target.log_z is not None:
-            out["forward_kl"] = float(jnp.mean(_chunked_apply(target.log_prob, xs, chunk) - target.log_z - log_q_exact))
-        truth = _chunked(jax.jit(lambda k, n: f(target.sample(k, n)), static_argnums=1), k_truth, 2**20, 2**16)
-        out["expectation_true"] = float(jnp.mean(truth))
-        w = jax.nn.softmax(jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf))
-        est = jnp.sum(w * jnp.where(jnp.isfinite(log_w), f(x), 0.0))
-        out["expectation_rel_error_pct"] = float(100 * jnp.abs(est - out["expectation_true"]) / jnp.abs(out["expectation_true"]))
+            out["forward_kl"] = float(exact_sums["kl"]) / n_samples
+        big = 2**16
+        truth = _stream(lambda k, count: (jnp.sum(f(shard_batch(target.sample(k, big)))), ()), k_truth, 2**20, big)[0]
+        out["expectation_true"] = float(truth) / 2**20
+        est = float(sums["w"].expectation())
+        out["expectation_rel_error_pct"] = float(100 * abs(est - out["expectation_true"]) / abs(out["expectation_true"]))
     if target.has_modes:
         modes = target.mode_points()
         if target.dim > 2:  # FAB's Many Well metric: log q on one point per mode
             log_q_modes = _chunked_apply(log_q_fn, modes, chunk)
             out["mean_log_q_modes"] = float(jnp.mean(log_q_modes))
             out["min_log_q_modes"] = float(jnp.min(log_q_modes))
-        out["modes_covered"] = int(target.modes_covered(np.asarray(x)))
+        out["modes_covered"] = int(target.modes_covered(kept[0]))
         out["n_modes"] = int(modes.shape[0])
     if hasattr(target, "molecule"):
-        out.update(molecular_evaluation(target, x, log_w, log_q_fn, chunk))
+        out.update(molecular_evaluation(target, *kept, log_q_fn, chunk))
     if with_ais:
         ais = ais_from_settings(space.log_p, exp.config.ais, alpha=1.0)
         state = ais_state if ais_state is not None else ais.init_state()
 
-        def run(k, n):
+        def run(k, count):
             res = ais.run(k, state, lambda kk, m: space.sample_and_log_q(model, kk, m),
-                          lambda v: space.log_q(model, v), n, adapt=False)[0]
-            return space.to_x(res.x), res.log_w
+                          lambda v: space.log_q(model, v), chunk, adapt=False)[0]
+            return WeightSums.of(res.log_w, rows_of(count)), ()
 
-        x_ais, log_w_ais = _chunked(jax.jit(run, static_argnums=1), k_ais, n_samples, chunk)
-        out.update(importance_metrics(target, log_w_ais, prefix="ais_"))
+        out.update(importance_metrics(target, _stream(run, k_ais, n_samples, chunk)[0], prefix="ais_"))
     return _flag_nonfinite(out)
 
 

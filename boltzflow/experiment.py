@@ -155,11 +155,12 @@ def train(config: Config, out: str | Path, *, progress: bool = True, log_every: 
     config = exp.config
     optimizer = make_optimizer(config.train)
     method = build_method(exp, optimizer)
-    header = ""
-    if exp.auto is not None:
-        (out / "auto.json").write_text(json.dumps(exp.auto, indent=1))
-        header = _auto_header(exp.auto)
-    (out / "config.yaml").write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False))
+    if jax.process_index() == 0:  # several hosts: one writer (boltzflow.train.loop)
+        header = ""
+        if exp.auto is not None:
+            (out / "auto.json").write_text(json.dumps(exp.auto, indent=1))
+            header = _auto_header(exp.auto)
+        (out / "config.yaml").write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False))
     return train_loop(out, config.train, exp.model, optimizer, method, exp.target, progress=progress,
                       log_every=log_every)
 

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from boltzflow.estimators import (effective_sample_size, log_z_estimate, normalised_weights,
+from boltzflow.estimators import (WeightSums, effective_sample_size, log_z_estimate, normalised_weights,
                                   self_normalised_expectation)
 
 
@@ -123,3 +123,28 @@ def test_usable_inside_jit():
     assert float(ess) == pytest.approx(w.sum() ** 2 / (3 * (w**2).sum()), rel=1e-5)
     assert float(log_z) == pytest.approx(math.log(w.mean()), rel=1e-5)
     assert float(se) == pytest.approx(w.std(ddof=1) / (math.sqrt(3) * w.mean()), rel=1e-5)
+
+
+def test_weight_sums_merged_over_chunks_give_the_whole_array_estimates():
+    """Streaming (WeightSums): chunks of very different scales (the shift must follow the largest log w), a chunk
+    without a finite weight, padding rows masked out; ESS, log Z, its se and E^[f] equal the whole-array ones."""
+    rng = np.random.default_rng(1)
+    lw = rng.normal(0.0, 2.0, 3000).astype(np.float32)
+    lw[:1000] -= 40.0  # first chunk far below the others
+    lw[1000:1500] = -np.inf
+    lw[[7, 2222]] = np.nan
+    f = rng.normal(1.0, 1.0, 3000).astype(np.float32)
+    sums, of = None, jax.jit(WeightSums.of)
+    for lo in range(0, 3000, 1000):
+        pad = np.zeros(1024, np.float32), np.zeros(1024, np.float32)  # chunks of 1024 rows, 24 of them padding
+        pad[0][:1000], pad[1][:1000] = lw[lo:lo + 1000], f[lo:lo + 1000]
+        pad[0][1000:] = 50.0  # huge weights on the padding: they would dominate if the mask failed
+        chunk = of(jnp.asarray(pad[0]), jnp.arange(1024) < 1000, jnp.asarray(pad[1]))
+        sums = chunk if sums is None else sums.merge(chunk)
+    assert int(sums.n) == 3000 and int(sums.n_nonfinite) == 502
+    np.testing.assert_allclose(float(sums.ess()), float(effective_sample_size(lw)), rtol=1e-5)
+    (log_z, se), (log_z_ref, se_ref) = sums.log_z(), log_z_estimate(lw)
+    np.testing.assert_allclose([float(log_z), float(se)], [float(log_z_ref), float(se_ref)], rtol=1e-5)
+    np.testing.assert_allclose(float(sums.expectation()), float(self_normalised_expectation(lw, f)[0]), rtol=1e-5)
+    empty = WeightSums.of(jnp.full(4, -jnp.inf))
+    assert float(empty.ess()) == 0.0 and float(empty.log_z()[0]) == -np.inf and np.isnan(float(empty.expectation()))

@@ -8,7 +8,7 @@ ROOT = Path(__file__).resolve().parents[1] / "boltzflow"
 
 #: Layers from the bottom up; a module may import only modules of its own layer or below.
 LAYERS = [
-    ["boltzflow.errors", "boltzflow.settings", "boltzflow.estimators", "boltzflow.allocator"],
+    ["boltzflow.errors", "boltzflow.settings", "boltzflow.estimators", "boltzflow.allocator", "boltzflow.sharding"],
     ["boltzflow.molecules"],
     ["boltzflow.targets"],
     ["boltzflow.flows"],

@@ -21,6 +21,7 @@ import numpy as np
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows.base import Base
 from boltzflow.errors import check_batch
+from boltzflow.sharding import shard_batch
 
 
 def circular_mask(dim: int, circular=None) -> np.ndarray:
@@ -79,7 +80,7 @@ class StandardBase(Base):
         if any(self.circular):
             u = jax.random.uniform(ku, (n, self.dim), self.dtype, minval=-math.pi, maxval=math.pi)
             z = jnp.where(self._circ, u, z)
-        return z
+        return shard_batch(z)  # the batch of model samples starts here: split over the devices of a mesh
 
     def log_prob(self, z: jax.Array) -> jax.Array:
         check_batch(z, self.dim, "z")

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from boltzflow.errors import BoltzflowError
+from boltzflow.sharding import shard_batch
 
 
 class BufferState(NamedTuple):
@@ -90,6 +91,7 @@ def build_prioritised_buffer(dim: int, max_length: int, min_length: int) -> Buff
         """
         gumbel = jax.random.gumbel(key, state.log_w.shape, state.log_w.dtype)
         _, idx = jax.lax.top_k(state.log_w + gumbel, n)
+        idx = shard_batch(idx)  # the replicated buffer is read by each device for its rows of the minibatch
         log_w = state.log_w[idx]
         return BufferSample(state.x[idx], log_w, state.log_q_old[idx], idx, jnp.isfinite(log_w))
 

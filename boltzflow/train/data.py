@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from boltzflow.errors import BoltzflowError
+from boltzflow.sharding import shard_batch
 
 Sampler = Callable[[jax.Array, int], jax.Array]
 
@@ -49,7 +50,7 @@ def load_data(path, dim: int) -> np.ndarray:
 def resampler(data) -> Sampler:
     """``sample(key, n)``: n rows of ``data`` drawn uniformly with replacement."""
     data = jnp.asarray(data)
-    return lambda key, n: data[jax.random.randint(key, (n,), 0, data.shape[0])]
+    return lambda key, n: data[shard_batch(jax.random.randint(key, (n,), 0, data.shape[0]))]
 
 
 def ml_sampler(target, data=None, what: str = "maximum likelihood") -> Sampler:
@@ -61,7 +62,7 @@ def ml_sampler(target, data=None, what: str = "maximum likelihood") -> Sampler:
     if not target.can_sample:
         raise BoltzflowError(f"{what} needs samples of p: target {target.name!r} has no exact sampler, so give a "
                              f"data file (method option data: FILE.npy, or `boltzflow train ... --data FILE.npy`)")
-    return target.sample
+    return lambda key, n: shard_batch(target.sample(key, n))
 
 
 def _checked(x: np.ndarray, dim: int, what: str) -> np.ndarray:

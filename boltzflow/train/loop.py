@@ -17,12 +17,19 @@ A method (boltzflow.train.api) supplies ``init`` and a pure ``step``; this modul
   subprocess);
 - ``time_limit_s``: stop cleanly with a checkpoint once training has taken that long; running again continues.
 
+Several devices (boltzflow.sharding): run inside ``use_devices(n)`` and each step is data-parallel, the state
+replicated on every device (constrained so after every step) and the batch split over them; the batch size must
+be a multiple of the device count. The device count is not part of the run: a run resumes on any number of
+devices. With several hosts (``jax.distributed``) every process runs the same steps and only process 0 writes the
+run directory.
+
 Which run a directory holds (its config) is checked by the caller (boltzflow.experiment.train).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -30,10 +37,13 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
 from boltzflow.estimators import effective_sample_size
+from boltzflow.errors import BoltzflowError
 from boltzflow.flows.paths import path_weights
+from boltzflow.sharding import batch_devices, replicated
 from boltzflow.train.api import Method
 from boltzflow.train.state import TrainSettings, TrainState, initial_state, state_like, update_average
 
@@ -63,8 +73,15 @@ def _write_atomic(path: Path, write) -> None:
     tmp.replace(path)
 
 
+def _writes() -> bool:
+    """Whether this process writes the run directory: process 0 of several hosts (all of them read it)."""
+    return jax.process_index() == 0
+
+
 def _write_checkpoint(out: Path, state: TrainState, info: dict) -> None:
     """The state, then its info; a kill between the two leaves a newer state than info, which _resume handles."""
+    if not _writes():
+        return
     _write_atomic(out / "checkpoint.eqx", lambda p: eqx.tree_serialise_leaves(p, state))
     _write_atomic(out / "checkpoint.json", lambda p: p.write_text(json.dumps(info, indent=1)))
 
@@ -80,7 +97,7 @@ def _resume(out: Path, like: TrainState) -> tuple[TrainState, dict] | None:
     step = int(state.step)
     info["evals"] = [e for e in info["evals"] if e["step"] <= step]
     metrics = out / "metrics.jsonl"
-    if metrics.exists():
+    if metrics.exists() and _writes():
         rows = [line for line in metrics.read_text().splitlines() if line.strip()]
         kept = []
         for line in rows:
@@ -128,6 +145,9 @@ def train(out: str | Path, settings: TrainSettings, model, optimizer, method: Me
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     ts = settings
+    if ts.batch_size % batch_devices():
+        raise BoltzflowError(f"train.batch_size ({ts.batch_size}) must be a multiple of the {batch_devices()} "
+                             f"devices it is split over (--devices)")
     key = jax.random.key(ts.seed)
     info = {"time_s": 0.0, "evals": []}
     resumed = _resume(out, state_like(model, optimizer, method, key, ts.ema_decay))
@@ -135,9 +155,11 @@ def train(out: str | Path, settings: TrainSettings, model, optimizer, method: Me
         t_init = time.perf_counter()
         state = initial_state(model, optimizer, method, key, ts.ema_decay)  # FAB fills its buffer: training time
         info["time_s"] = time.perf_counter() - t_init
-        (out / "metrics.jsonl").write_text("")
+        if _writes():
+            (out / "metrics.jsonl").write_text("")
     else:
         state, info = resumed
+    state = replicated(state)
 
     def one_step(state: TrainState):
         key, k_step, k_eval = jax.random.split(jax.random.wrap_key_data(state.key), 3)
@@ -157,7 +179,7 @@ def train(out: str | Path, settings: TrainSettings, model, optimizer, method: Me
         def body(_, carry):
             st, _, _ = carry
             new, metrics, k_eval = one_step(eqx.combine(st, static))
-            return eqx.filter(new, eqx.is_array), metrics, k_eval
+            return replicated(eqx.filter(new, eqx.is_array)), metrics, k_eval
 
         shapes = jax.eval_shape(lambda d: body(0, (d, None, None))[1:], dynamic)  # traced, not compiled
         zeros = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
@@ -178,7 +200,7 @@ def train(out: str | Path, settings: TrainSettings, model, optimizer, method: Me
     last_ess = info["evals"][-1]["ess"] if info["evals"] else float("nan")
     stopped_by_time = False
     bar_at = start_step
-    with open(out / "metrics.jsonl", "a") as log:
+    with open(out / "metrics.jsonl" if _writes() else os.devnull, "a") as log:
         done = start_step
         while done < ts.steps:
             n = _steps_to_next_boundary(done, ts.steps, (log_every, ts.eval_every, ts.checkpoint_every))
@@ -201,6 +223,8 @@ def train(out: str | Path, settings: TrainSettings, model, optimizer, method: Me
             bar.update(done - bar_at, loss=m.get("loss", float("nan")), ess=last_ess)
             bar_at = done
             stopped_by_time = ts.time_limit_s is not None and t_train >= ts.time_limit_s and done < ts.steps
+            if jax.process_count() > 1:  # every host stops at the same step: process 0's clock decides
+                stopped_by_time = bool(multihost_utils.broadcast_one_to_all(np.asarray(stopped_by_time)))
             if stopped_by_time or checkpoint_now:
                 info["time_s"] = t_train
                 _write_checkpoint(out, state, info | {"step": done})
