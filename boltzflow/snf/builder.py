@@ -98,6 +98,9 @@ def make_snf(s: SNFSettings, key: jax.Array, target, dtype=jnp.float32) -> Flow:
     if s.flow is not None:
         flow = make_flow(s.flow, key, target.dim, dtype, molecule=getattr(target, "molecule", None))
         base, det = flow.base, flatten_layers(flow.layers)
+        if not det:
+            raise BoltzflowError(f"an SNF's flow needs layers; flow type {s.flow.name!r} has none (blocks only: "
+                                 "flow: null)")
         tail = ()
         if flow.dim != base.dim:  # the last layer changes the dimension: blocks run below it (module docstring)
             tail, det = (det[-1],), det[:-1]
