@@ -9,12 +9,14 @@ ROOT = Path(__file__).resolve().parents[1] / "boltzflow"
 #: Layers from the bottom up; a module may import only modules of its own layer or below.
 LAYERS = [
     ["boltzflow.errors", "boltzflow.settings", "boltzflow.estimators", "boltzflow.allocator"],
+    ["boltzflow.data"],
     ["boltzflow.molecules"],
     ["boltzflow.targets"],
     ["boltzflow.flows"],
     ["boltzflow.mcmc"],
     ["boltzflow.ais"],
     ["boltzflow.snf"],
+    ["boltzflow.vae"],
     ["boltzflow.train"],
     ["boltzflow.config", "boltzflow.configs"],
     ["boltzflow.experiment"],
