@@ -5,7 +5,7 @@ A config has these sections; only ``target`` is required, everything else has de
     name:   gmm40
     target: gmm40                      # preset name, {name: many_well, dim: 32}, or {function: "pkg.mod:fn"};
                                        # method vae: a data set, digits or {dataset: mnist, path: DIR}
-    flow:   {type: realnvp, n_layers: 15, hidden: 80}   # realnvp | nsf | snf (boltzflow.flows.builders,
+    flow:   {type: realnvp, n_layers: 15, hidden: 80}   # realnvp | nsf | gaussian | snf (boltzflow.flows.builders,
                                                         # boltzflow.snf.builder)
     method: {name: fab, alpha: 2.0, buffer: true}       # boltzflow.train.registry.METHODS
     ais:    {kernel: hmc, n_intermediate: 8, n_leapfrog: 4}   # boltzflow.ais.AISSettings (FAB, evaluate --ais)

@@ -83,9 +83,9 @@ def evaluate(exp: Experiment, key, n_samples: int = 10_000, ais_state=None, with
              chunk: int = 4096) -> dict:
     """All metrics of the trained model in ``exp`` as a flat dict of floats (see the module docstring)."""
     target, model = exp.target, exp.model
+    space = exp.space("evaluate --ais") if with_ais else None  # before any work: the error comes first
     if isinstance(model, VAE):
         return _flag_nonfinite(vae_evaluation(model, target, key, exp.config.method.settings.nll_samples))
-    space = exp.space("evaluate --ais") if with_ais else None  # before any work: the error comes first
     k_flow, k_exact, k_truth, k_ais = jax.random.split(key, 4)
 
     def draw(k, n):  # block diagnostics get a leading axis of one per chunk

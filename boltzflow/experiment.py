@@ -63,8 +63,8 @@ class Experiment:
 
     def _require_sampler(self, purpose: str) -> None:
         if isinstance(self.model, VAE):
-            raise BoltzflowError(f"{purpose} need a sampler of a target; {self.config.name} is a VAE (its pictures: "
-                                 "boltzflow plot, its metrics: boltzflow evaluate)")
+            raise BoltzflowError(f"{purpose}: {self.config.name} is a VAE, not a sampler of a target (its pictures: "
+                                 "boltzflow plot, its metrics: boltzflow evaluate without --ais)")
 
 
 def model_dtype(config: Config):
