@@ -148,7 +148,7 @@ def vae_evaluation(model: VAE, data: Dataset, key, k: int, k_bound: int = 16, ba
 
     def over(images, key):
         m = images.shape[0]
-        padded = np.concatenate([images, images[: -m % batch]]) if m % batch else images
+        padded = np.resize(images, (-(-m // batch) * batch, images.shape[1]))  # the last batch filled from the start
         keys = jax.random.split(key, 2 * (padded.shape[0] // batch))
         bounds, logps, ses = [], [], []
         for i in range(0, padded.shape[0], batch):

@@ -83,13 +83,13 @@ def test_nll_estimator_recovers_the_exact_likelihood(posterior):
 
 def test_bound_is_below_the_estimated_log_likelihood_on_every_test_batch():
     full = load_dataset(DataSettings("digits"))
-    data = Dataset("digits", full.train[:72], full.test[:72], full.shape)  # 3 batches of 24
+    data = Dataset("digits", full.train[:60], full.test[:60], full.shape)  # 3 batches of 24, the last filled up
     cfg = config_from_dict({"target": "digits", "flow": {"type": "realnvp", "n_layers": 2, "hidden": 16},
                             "method": {"name": "vae", "latent": 4, "hidden": 32, "depth": 1, "nll_samples": 64}})
     model = build_experiment(cfg).model
     m = vae_evaluation(model, data, jax.random.key(0), k=64, k_bound=8)
     assert m["bound_below_nll_batches"] == 1.0
-    assert m["test_jkl"] > m["test_nll"] > 0 and m["n_test"] == 72 and m["test_nll_stderr"] > 0
+    assert m["test_jkl"] > m["test_nll"] > 0 and m["n_test"] == 60 and m["test_nll_stderr"] > 0
 
 
 def test_posterior_is_the_shared_snf_behind_the_encoders_gaussian():
