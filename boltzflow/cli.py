@@ -26,10 +26,11 @@ from boltzflow.experiment import load_run, train
 from boltzflow.molecules.md import geometric_temperatures, run_replica_exchange
 from boltzflow.molecules.reference import load_reference, write_compact, write_reference
 from boltzflow.molecules.system import minimize
-from boltzflow.plot import plot_molecule_samples, plot_samples, plot_training
+from boltzflow.plot import plot_image_grid, plot_molecule_samples, plot_samples, plot_training
 from boltzflow.sharding import use_devices
 from boltzflow.targets import make_target, targets_table
 from boltzflow.targets.molecule import MoleculeTarget
+from boltzflow.vae import VAE, generate, reconstruct
 
 
 def _train(args) -> None:
@@ -70,6 +71,9 @@ def finish_run(out: Path, summary: dict, n_eval: int, devices: int | None = None
 
 def _plot_model_samples(exp, path: Path) -> None:
     key = jax.random.key(123)
+    if isinstance(exp.model, VAE):  # images: reconstructions of test images, and samples of the decoder
+        _plot_vae(exp, path.parent, key)
+        return
     if isinstance(exp.target, MoleculeTarget):  # torsions, not coordinates
         x, log_w, _ = exp.weighted_samples(key, 10_000)
         ref = exp.target.reference_path and load_reference(exp.target.reference_path)["x"]
@@ -78,6 +82,20 @@ def _plot_model_samples(exp, path: Path) -> None:
     x = exp.model.sample(key, 3000)
     exact = exp.target.sample(key, 3000) if exp.target.can_sample else None
     plot_samples(exp.target, x, path, title=f"{exp.config.name}: model samples", exact=exact)
+
+
+def _plot_vae(exp, out: Path, key, n: int = 12) -> None:
+    """``reconstructions.png`` (test images over their posterior reconstructions E[x | z], z ~ q(z | x)) and
+    ``samples.png`` (E[x | z] for z ~ p(z), four rows)."""
+    data, model = exp.target, exp.model
+    k_rec, k_gen = jax.random.split(key)
+    x = data.test[:: max(data.test.shape[0] // n, 1)][:n]
+    rec = jax.jit(lambda x: reconstruct(model, x, k_rec))(x)
+    plot_image_grid([("test", x), ("reconstructed", rec)], data.shape, out / "reconstructions.png",
+                    title=f"{exp.config.name}: reconstructions")
+    samples = np.asarray(jax.jit(lambda k: generate(model, k, 4 * n))(k_gen))
+    plot_image_grid([("", samples[i * n:(i + 1) * n]) for i in range(4)], data.shape, out / "samples.png",
+                    title=f"{exp.config.name}: samples of the decoder")
 
 
 def _evaluate(args) -> None:

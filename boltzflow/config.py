@@ -3,16 +3,19 @@
 A config has these sections; only ``target`` is required, everything else has defaults::
 
     name:   gmm40
-    target: gmm40                      # preset name, {name: many_well, dim: 32}, or {function: "pkg.mod:fn"}
-    flow:   {type: realnvp, n_layers: 15, hidden: 80}   # realnvp | nsf | snf | auto (boltzflow.flows.builders,
-                                                        # boltzflow.snf.builder, boltzflow.autoflow)
+    target: gmm40                      # preset name, {name: many_well, dim: 32}, or {function: "pkg.mod:fn"};
+                                       # method vae: a data set, digits or {dataset: mnist, path: DIR}
+    flow:   {type: realnvp, n_layers: 15, hidden: 80}   # realnvp | nsf | gaussian | snf | auto
+                                                        # (boltzflow.flows.builders, boltzflow.snf.builder,
+                                                        # boltzflow.autoflow)
     method: {name: fab, alpha: 2.0, buffer: true}       # boltzflow.train.registry.METHODS
     ais:    {kernel: hmc, n_intermediate: 8, n_leapfrog: 4}   # boltzflow.ais.AISSettings (FAB, evaluate --ais)
     train:  {steps: 2000, batch_size: 128, lr: 3e-4}    # boltzflow.train.state.TrainSettings
 
 Every section is read here, once, into the typed settings its part of boltzflow declares (boltzflow.settings): an
 unknown key is an error naming the valid ones, a value of the wrong type is an error, and the defaults are the
-settings classes' own. The target spec is checked when the target is built (boltzflow.targets.make_target).
+settings classes' own. The target spec is checked when the target is built (boltzflow.targets.make_target);
+for method ``vae`` the target section is a data set, checked here (boltzflow.data.DataSettings).
 Presets are the YAML files shipped in ``boltzflow/configs``.
 """
 
@@ -28,6 +31,7 @@ import yaml
 
 from boltzflow.ais import AISSettings
 from boltzflow.autoflow import AutoSettings
+from boltzflow.data import DataSettings
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows.builders import FLOW_SETTINGS
 from boltzflow.settings import Tagged, parse, parse_tagged, to_dict
@@ -55,7 +59,7 @@ class Config:
 
     def to_dict(self) -> dict:
         """Plain data with every value (defaults included), as written to a run's config.yaml."""
-        return {"name": self.name, "target": self.target, "flow": to_dict(self.flow, "type"),
+        return {"name": self.name, "target": to_dict(self.target), "flow": to_dict(self.flow, "type"),
                 "method": to_dict(self.method, "name"), "ais": to_dict(self.ais), "train": to_dict(self.train)}
 
     def with_train(self, **kw) -> "Config":
@@ -81,16 +85,27 @@ def config_from_dict(d: Any, source: str = "config") -> Config:
     if not isinstance(d.get("name", ""), str):
         raise BoltzflowError(f"{source}: name must be a string, got {d['name']!r}")
     try:
+        method = parse_tagged(d.get("method"), METHOD_SETTINGS, "name", "method", DEFAULT_METHOD)
         return Config(
-            target=d["target"],
+            target=_target(d["target"], method.name),
             name=d.get("name", "run"),
             flow=parse_tagged(d.get("flow"), MODEL_SETTINGS, "type", "flow", DEFAULT_FLOW),
-            method=parse_tagged(d.get("method"), METHOD_SETTINGS, "name", "method", DEFAULT_METHOD),
+            method=method,
             ais=parse(AISSettings, d.get("ais"), "ais"),
             train=parse(TrainSettings, d.get("train"), "train"),
         )
     except BoltzflowError as e:
         raise BoltzflowError(f"{source}: {e}") from None
+
+
+def _target(spec, method: str):
+    """The target section: as written (checked when the target is built), or for method vae its data set."""
+    is_data = isinstance(spec, dict) and "dataset" in spec
+    if method == "vae":
+        return parse(DataSettings, {"dataset": spec} if isinstance(spec, str) else spec, "target")
+    if is_data:
+        raise BoltzflowError(f"target {spec!r} is a data set, for method vae; method {method} needs a target")
+    return spec
 
 
 def read_config(spec: str | Path) -> tuple[dict, str]:

@@ -21,6 +21,12 @@ For a flow q and target p (log p unnormalised, log Z = log int exp(log p)):
   = E_p[log q] on the reference samples (log q of the Cartesian conformation including the internal-coordinate
   layer's log-det, as the FAB paper's E_p[log q] of its alanine dipeptide flow), and the phi > 0 population of
   the reweighted model beside the reference's;
+- for a VAE (boltzflow.vae) instead, with the method's ``nll_samples`` K: ``test_jkl`` (J_KL, SNF eq. 13, the
+  negative ELBO: minus the mean log path weight of 16 posterior paths per test image, averaged over the test set),
+  ``test_nll`` (-log p(x) by importance sampling with K other posterior paths per test image,
+  boltzflow.vae.bound) with ``test_nll_stderr`` (the standard error of the test mean, from each image's
+  importance-sampling error), ``train_jkl`` on as many training images, and ``bound_below_nll_batches``, the
+  fraction of test batches whose mean bound is below their mean estimated log-likelihood;
 - with ``ais=True`` the same estimates from AIS (targeting p, step sizes frozen at their trained values); for
   an SNF with Langevin blocks AIS runs in its path space (boltzflow.snf.paths), whose x-marginal is p; for a model
   without a tractable density (an SNF with Metropolis blocks) a one-line error says so.
@@ -34,12 +40,15 @@ import jax.numpy as jnp
 from jax.experimental import multihost_utils
 
 from boltzflow.ais import ais_from_settings
-from boltzflow.estimators import WeightSums
+from boltzflow.data import Dataset
+from boltzflow.estimators import WeightSums, effective_sample_size, log_z_estimate
 from boltzflow.experiment import Experiment
 from boltzflow.flows.paths import backward_log_q, block_metrics, path_weights
 from boltzflow.molecules.metrics import basin_populations, molecular_metrics, named_torsions, torsion_angles
 from boltzflow.molecules.reference import load_reference
 from boltzflow.sharding import batch_devices, shard_batch
+from boltzflow.vae.bound import log_likelihood, path_bound
+from boltzflow.vae.model import VAE
 
 
 def quadratic_test_function(dim: int):
@@ -97,6 +106,8 @@ def evaluate(exp: Experiment, key, n_samples: int = 10_000, ais_state=None, with
     flow's samples copied chunk by chunk to host memory."""
     target, model = exp.target, exp.model
     space = exp.space("evaluate --ais") if with_ais else None  # before any work: the error comes first
+    if isinstance(model, VAE):
+        return _flag_nonfinite(vae_evaluation(model, target, key, exp.config.method.settings.nll_samples))
     k_flow, k_exact, k_truth, k_ais = jax.random.split(key, 4)
     d = batch_devices()
     chunk = -(-min(chunk, n_samples) // d) * d
@@ -160,6 +171,34 @@ def evaluate(exp: Experiment, key, n_samples: int = 10_000, ais_state=None, with
 
         out.update(importance_metrics(target, _stream(run, k_ais, n_samples, chunk)[0], prefix="ais_"))
     return _flag_nonfinite(out)
+
+
+def vae_evaluation(model: VAE, data: Dataset, key, k: int, k_bound: int = 16, batch: int = 24) -> dict:
+    """The VAE metrics of the module docstring, on batches of ``batch`` images: J_KL from ``k_bound`` paths per
+    image, log p(x) from ``k``."""
+    bound_fn = jax.jit(lambda x, kk: path_bound(model, x, kk, k_bound))
+    nll_fn = jax.jit(lambda x, kk: log_likelihood(model, x, kk, k))
+
+    def over(images, key):
+        m = images.shape[0]
+        padded = np.resize(images, (-(-m // batch) * batch, images.shape[1]))  # the last batch filled from the start
+        keys = jax.random.split(key, 2 * (padded.shape[0] // batch))
+        bounds, logps, ses = [], [], []
+        for i in range(0, padded.shape[0], batch):
+            x = jnp.asarray(padded[i:i + batch])
+            bounds.append(bound_fn(x, keys[2 * (i // batch)]))
+            lp, se = nll_fn(x, keys[2 * (i // batch) + 1])
+            logps.append(lp)
+            ses.append(se)
+        cut = lambda a: np.concatenate([np.asarray(v) for v in a])[:m]  # noqa: E731
+        return cut(bounds), cut(logps), cut(ses), [float(np.mean(b) <= np.mean(lp)) for b, lp in zip(bounds, logps)]
+
+    k_test, k_train = jax.random.split(key)
+    bound, logp, se, below = over(data.test, k_test)
+    train_bound = over(data.train[: data.test.shape[0]], k_train)[0]
+    return {"test_jkl": float(-np.mean(bound)), "test_nll": float(-np.mean(logp)),
+            "test_nll_stderr": float(np.sqrt(np.sum(se**2)) / se.shape[0]), "train_jkl": float(-np.mean(train_bound)),
+            "bound_below_nll_batches": float(np.mean(below)), "n_test": int(data.test.shape[0]), "nll_samples": k}
 
 
 def molecular_evaluation(target, x, log_w, log_q_fn, chunk: int = 4096) -> dict:

@@ -3,7 +3,8 @@
 - :func:`build_experiment`: the target, the model (a flow, or an SNF) in the run's dtype, and the space AIS runs in
   (:meth:`Experiment.space`: x-space for a flow, path space for an SNF with Langevin blocks); a ``flow: {type:
   auto}`` is first resolved into the flow it chooses for the target (boltzflow.autoflow), which the run's
-  config.yaml then records;
+  config.yaml then records; for method ``vae`` the data set and a VAE whose posterior is the config's flow or SNF
+  (boltzflow.vae);
 - :func:`build_method`: the config's method for that experiment;
 - :func:`train`: what ``boltzflow train`` and the benchmark scripts run, the one trainer (boltzflow.train.loop);
 - :func:`load_run`: the same objects with the trained state restored from a run's checkpoint, so ``evaluate``,
@@ -25,6 +26,7 @@ import yaml
 
 from boltzflow.autoflow import resolve
 from boltzflow.config import Config, config_from_dict
+from boltzflow.data import load_dataset
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows.builders import make_flow
 from boltzflow.flows.paths import Space, model_space, path_weights
@@ -36,6 +38,7 @@ from boltzflow.train.api import Method, Problem
 from boltzflow.train.loop import train as train_loop
 from boltzflow.train.registry import METHODS
 from boltzflow.train.state import TrainState, make_optimizer, state_like
+from boltzflow.vae.model import VAE, make_vae
 
 
 @dataclass
@@ -49,6 +52,7 @@ class Experiment:
         """Where AIS runs for this model: x-space for a flow (or the internal coordinates below its last layer,
         boltzflow.flows.paths.model_space), path space for an SNF with Langevin blocks (boltzflow.snf.paths);
         otherwise a one-line error saying that ``purpose`` needs a tractable density."""
+        self._require_sampler(purpose)
         if not self.model.stochastic:
             return model_space(self.model, self.target)
         try:
@@ -60,7 +64,14 @@ class Experiment:
     def weighted_samples(self, key: jax.Array, n: int):
         """n model samples x with their path log weights log w and the stochastic layers' diagnostics
         (boltzflow.flows.paths.path_weights), in one jitted call."""
+        self._require_sampler("weighted samples")
         return jax.jit(lambda k: path_weights(self.model, self.target, k, n))(key)
+
+
+    def _require_sampler(self, purpose: str) -> None:
+        if isinstance(self.model, VAE):
+            raise BoltzflowError(f"{purpose}: {self.config.name} is a VAE, not a sampler of a target (its pictures: "
+                                 "boltzflow plot, its metrics: boltzflow evaluate without --ais)")
 
 
 def model_dtype(config: Config):
@@ -75,18 +86,20 @@ def build_experiment(config: Config) -> Experiment:
     """The target and the model at step 0: freshly initialised from the seed, or, with ``train.init_from``, the
     trained model of that run directory (e.g. maximum likelihood first, then KL + ML or FAB)."""
     dtype = model_dtype(config)
-    target = make_target(config.target)
     auto = None
-    if config.flow.name == "auto":
-        chosen, auto = resolve(config.flow.settings, target, jax.random.fold_in(jax.random.key(config.train.seed), 2),
-                               dtype)
-        auto["settings"] = to_dict(config.flow, "type")
-        config = dataclasses.replace(config, flow=chosen)
     key = jax.random.fold_in(jax.random.key(config.train.seed), 1)
-    if config.flow.name == "snf":
-        model = make_snf(config.flow.settings, key, target, dtype)
+    if config.method.name == "vae":
+        target = load_dataset(config.target)
+        model = make_vae(config.method.settings, config.flow, key, target.dim, dtype)
     else:
-        model = make_flow(config.flow, key, target.dim, dtype, molecule=getattr(target, "molecule", None))
+        target = make_target(config.target)
+        if config.flow.name == "auto":
+            chosen, auto = resolve(config.flow.settings, target,
+                                   jax.random.fold_in(jax.random.key(config.train.seed), 2), dtype)
+            auto["settings"] = to_dict(config.flow, "type")
+            config = dataclasses.replace(config, flow=chosen)
+        model = (make_snf(config.flow.settings, key, target, dtype) if config.flow.name == "snf" else
+                 make_flow(config.flow, key, target.dim, dtype, molecule=getattr(target, "molecule", None)))
     if config.train.init_from is not None:
         model = _trained_model_like(Path(config.train.init_from), model)
     return Experiment(config, target, model, auto)

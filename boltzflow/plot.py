@@ -54,6 +54,25 @@ def plot_samples(target, x, path, title: str = "", exact=None, max_points: int =
     return _save(fig, path)
 
 
+def plot_image_grid(rows, shape, path, title: str = "") -> Path:
+    """Grey-scale images in rows, one row per ``(label, images (n, h * w) in [0, 1])`` of ``rows`` (a VAE's test
+    images and their reconstructions, or its samples); ``shape`` = (h, w)."""
+    rows = [(label, np.asarray(images)) for label, images in rows]
+    n = max(images.shape[0] for _, images in rows)
+    fig, axes = plt.subplots(len(rows), n, figsize=(0.9 * n, 0.95 * len(rows) + 0.3 * bool(title)), squeeze=False)
+    for (label, images), line in zip(rows, axes):
+        for i, ax in enumerate(line):
+            if i < images.shape[0]:
+                ax.imshow(images[i].reshape(shape), cmap="gray_r", vmin=0.0, vmax=1.0, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.spines[:].set_visible(i < images.shape[0])
+        line[0].set_ylabel(label, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return _save(fig, path)
+
+
 def read_metrics(run_dir) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []

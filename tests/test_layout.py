@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parents[1] / "boltzflow"
 #: Layers from the bottom up; a module may import only modules of its own layer or below.
 LAYERS = [
     ["boltzflow.errors", "boltzflow.settings", "boltzflow.estimators", "boltzflow.allocator", "boltzflow.sharding"],
+    ["boltzflow.data"],
     ["boltzflow.molecules"],
     ["boltzflow.targets"],
     ["boltzflow.flows"],
@@ -17,6 +18,7 @@ LAYERS = [
     ["boltzflow.explore"],
     ["boltzflow.autoflow"],
     ["boltzflow.snf"],
+    ["boltzflow.vae"],
     ["boltzflow.train"],
     ["boltzflow.config", "boltzflow.configs"],
     ["boltzflow.experiment"],

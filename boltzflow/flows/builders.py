@@ -1,4 +1,5 @@
-"""Ready-made flows: RealNVP (Dinh et al. 2017) and neural spline flows (Durkan et al. 2019) with circular dims.
+"""Ready-made flows: RealNVP (Dinh et al. 2017) and neural spline flows (Durkan et al. 2019) with circular dims,
+and the diagonal Gaussian without layers (``gaussian``) as a baseline.
 
 Layout. Coupling layers come in complementary pairs (A, B): A transforms a random half of the real dimensions and
 a random half of the circular ones, B transforms the rest, so every dimension is transformed once per pair and each
@@ -173,7 +174,13 @@ def _standardized(flow: Flow, loc, scale, circ: np.ndarray) -> Flow:
     return Flow(flow.base, flow.layers + (layer,))
 
 
-FLOW_TYPES = {"realnvp": make_realnvp, "nsf": make_nsf}
+def make_gaussian(key, dim: int, dtype=jnp.float32) -> Flow:
+    """A diagonal Gaussian with learnable mean and log-scale: the base distribution alone, no layers (the
+    mean-field baseline; as a VAE's posterior, boltzflow.vae, the encoder's Gaussian alone, the naive one)."""
+    return Flow(StandardBase(dim, learnable=True, dtype=_dtype(dtype)), ())
+
+
+FLOW_TYPES = {"realnvp": make_realnvp, "nsf": make_nsf, "gaussian": make_gaussian}
 COORDINATES = ("cartesian", "internal")
 
 

@@ -130,6 +130,13 @@ class StochasticBlock(Layer):
             self.raw_lambda = jnp.asarray(lam, dtype)
         self.log_step = jnp.asarray(math.log(step_size), dtype)
 
+    def retarget(self, target) -> "StochasticBlock":
+        """The same block (kernel, prior, lambda and step-size parameters) moving under another target: how a
+        conditional model reuses one SNF for many targets, e.g. a VAE's posteriors p(z | x) (boltzflow.vae)."""
+        new = StochasticBlock(self.kernel, self.prior, target, 0.5, 1.0, self.n_steps, self.learn_lambda,
+                              self.learn_step_size, dict(self.settings), dtype=self.log_step.dtype)
+        return eqx.tree_at(lambda b: (b.raw_lambda, b.log_step), new, (self.raw_lambda, self.log_step))
+
     @property
     def stochastic(self) -> bool:
         return True

@@ -98,6 +98,9 @@ def make_snf(s: SNFSettings, key: jax.Array, target, dtype=jnp.float32) -> Flow:
     if s.flow is not None:
         flow = make_flow(s.flow, key, target.dim, dtype, molecule=getattr(target, "molecule", None))
         base, det = flow.base, flatten_layers(flow.layers)
+        if not det:
+            raise BoltzflowError(f"an SNF's flow needs layers; flow type {s.flow.name!r} has none (blocks only: "
+                                 "flow: null)")
         tail = ()
         if det and det[-1].coordinate_map:  # a fixed map into x's coordinates: blocks run below it (docstring)
             tail, det = (det[-1],), det[:-1]

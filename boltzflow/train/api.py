@@ -35,11 +35,13 @@ class Cost(NamedTuple):
 
 class Method(NamedTuple):
     """``init(key, model) -> state``; ``step(model, opt_state, state, key) -> (model, opt_state, state, metrics)``;
-    ``cost(model) -> Cost``."""
+    ``cost(model) -> Cost``; ``ess(model, key, n) -> ESS fraction`` of the model's importance sampling with n
+    samples, the loop's periodic evaluation (None: the flow-IS ESS of the target, boltzflow.train.loop)."""
 
     init: Callable[[jax.Array, Any], Any]
     step: Callable
     cost: Callable[[Any], Cost] = no_cost
+    ess: Callable | None = None
 
 
 class Problem(NamedTuple):

@@ -6,7 +6,8 @@ A method (boltzflow.train.api) supplies ``init`` and a pure ``step``; this modul
 - ``metrics.jsonl``: one JSON object per logged step (step 1, multiples of ``log_every``, ``eval_every``,
   ``checkpoint_every``, and the last), with the wall-clock ``time_s`` of training excluding evaluation and the
   flow and target evaluations spent so far (``flow_evals``, ``target_evals``: the method's Cost); a progress
-  bar with loss, ESS and ETA; a flow-IS ESS every ``eval_every`` steps;
+  bar with loss, ESS and ETA; a flow-IS ESS every ``eval_every`` steps (or the method's own ESS, e.g. a VAE's
+  posterior importance sampling: boltzflow.train.api.Method);
 - ``checkpoint.eqx`` (the whole TrainState: model, optimiser, method state such as FAB's buffer and AIS step sizes,
   parameter average, key) and ``checkpoint.json`` (step, time, evaluations) every ``checkpoint_every`` steps, at
   the time limit and at the end, each written to a temporary file and renamed, so a kill at any moment leaves the
@@ -186,7 +187,8 @@ def train(out: str | Path, settings: TrainSettings, model, optimizer, method: Me
         dynamic, metrics, k_eval = jax.lax.fori_loop(0, n, body, (dynamic, *zeros))
         return eqx.combine(dynamic, static), metrics, jax.random.wrap_key_data(k_eval)
 
-    flow_ess = make_flow_ess_fn(target, ts.eval_samples)
+    flow_ess = (make_flow_ess_fn(target, ts.eval_samples) if method.ess is None else
+                eqx.filter_jit(lambda m, k: method.ess(m, k, ts.eval_samples)))
     cost = method.cost(model)
 
     def evaluations(steps: int) -> dict:
