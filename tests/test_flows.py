@@ -108,7 +108,7 @@ def test_identity_at_init_then_roundtrip_float32(name):
 
 def test_roundtrip_float64_without_leaking_x64():
     with jax.enable_x64(True):
-        for name in ("realnvp-lu", "nsf"):
+        for name in ("nsf",):  # splines with circular dims and an LU map: the float64 paths of every layer kind
             flow = randomise(FLOWS[name](jax.random.key(0), 5, n_layers=2, dtype="float64"), jax.random.key(1), 0.3)
             z = flow.base.sample(jax.random.key(2), N)
             x, ld, z2, ld_inv = roundtrip(flow, z)

@@ -86,6 +86,7 @@ def _run_on_4_devices(script: str, *args: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # ~45 s (two trainings compiled in a subprocess); the sharded evaluation below stays in CI
 def test_fab_on_4_devices_equals_one_device_and_resumes_on_one(tmp_path):
     """FAB with its buffer, 5 steps: same losses, buffer ESS and parameters as on one device (rtol 1e-5: only the
     order of the all-reduced sums differs; the random draws are the same bits), and the 4-device checkpoint
