@@ -27,7 +27,7 @@ from boltzflow.molecules.md import geometric_temperatures, run_replica_exchange
 from boltzflow.molecules.reference import load_reference, write_compact, write_reference
 from boltzflow.molecules.system import minimize
 from boltzflow.plot import plot_image_grid, plot_molecule_samples, plot_samples, plot_training
-from boltzflow.sharding import use_devices
+from boltzflow.sharding import use_devices, writes_files
 from boltzflow.targets import make_target, targets_table
 from boltzflow.targets.molecule import MoleculeTarget
 from boltzflow.vae import VAE, generate, reconstruct
@@ -62,7 +62,7 @@ def finish_run(out: Path, summary: dict, n_eval: int, devices: int | None = None
     with use_devices(devices):
         metrics = evaluate(exp, jax.random.key(exp.config.train.seed + 1), n_samples=n_eval)
     report = {"config": exp.config.to_dict(), "training": summary, "eval": metrics}
-    if jax.process_index() == 0:  # several hosts: one writer
+    if writes_files():
         _plot_model_samples(exp, out / "samples.png")
         plot_training(out)
         (out / "report.json").write_text(json.dumps(report, indent=1))
@@ -104,7 +104,7 @@ def _evaluate(args) -> None:
     with use_devices(args.devices):
         metrics = evaluate(exp, jax.random.key(args.seed), n_samples=args.samples, ais_state=ais_state,
                            with_ais=args.ais, chunk=args.chunk)
-    if jax.process_index() == 0:
+    if writes_files():
         (Path(args.run) / "eval.json").write_text(json.dumps(metrics, indent=1))
     print(_table(metrics, f"evaluation of {args.run} ({args.samples} samples)"))
 
@@ -113,7 +113,7 @@ def _sample(args) -> None:
     exp, _ = load_run(args.run)
     with use_devices(args.devices):
         x, log_w, _ = exp.weighted_samples(jax.random.key(args.seed), args.n)
-    if jax.process_index() != 0:
+    if not writes_files():
         return
     np.savez(args.out, x=np.asarray(x), log_w=np.asarray(log_w))
     print(f"wrote {args.n} samples and log weights to {args.out}")

@@ -30,8 +30,9 @@ from boltzflow.data import load_dataset
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows.builders import make_flow
 from boltzflow.flows.paths import Space, model_space, path_weights
-from boltzflow.snf.builder import make_snf
 from boltzflow.settings import to_dict
+from boltzflow.sharding import writes_files
+from boltzflow.snf.builder import make_snf
 from boltzflow.snf.paths import path_space
 from boltzflow.targets import make_target
 from boltzflow.train.api import Method, Problem
@@ -66,7 +67,6 @@ class Experiment:
         (boltzflow.flows.paths.path_weights), in one jitted call."""
         self._require_sampler("weighted samples")
         return jax.jit(lambda k: path_weights(self.model, self.target, k, n))(key)
-
 
     def _require_sampler(self, purpose: str) -> None:
         if isinstance(self.model, VAE):
@@ -168,7 +168,7 @@ def train(config: Config, out: str | Path, *, progress: bool = True, log_every: 
     config = exp.config
     optimizer = make_optimizer(config.train)
     method = build_method(exp, optimizer)
-    if jax.process_index() == 0:  # several hosts: one writer (boltzflow.train.loop)
+    if writes_files():
         header = ""
         if exp.auto is not None:
             (out / "auto.json").write_text(json.dumps(exp.auto, indent=1))

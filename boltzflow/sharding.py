@@ -35,6 +35,12 @@ def _active() -> bool:
     return not mesh.empty and AXIS in mesh.axis_names
 
 
+def writes_files() -> bool:
+    """Whether this process writes the run's files: the only process of one host, process 0 of several (every
+    process computes the same results; one writer keeps checkpoints, metrics and reports whole)."""
+    return jax.process_index() == 0
+
+
 def batch_devices() -> int:
     """Devices the batch is split over: the size of the mesh axis ``batch``, 1 without a mesh."""
     return jax.sharding.get_abstract_mesh().shape[AXIS] if _active() else 1

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from boltzflow.estimators import effective_sample_size
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows.paths import path_weights
-from boltzflow.sharding import batch_devices, replicated
+from boltzflow.sharding import batch_devices, replicated, writes_files
 from boltzflow.train.api import Method
 from boltzflow.train.state import TrainSettings, TrainState, initial_state, state_like, update_average
 
@@ -74,14 +74,9 @@ def _write_atomic(path: Path, write) -> None:
     tmp.replace(path)
 
 
-def _writes() -> bool:
-    """Whether this process writes the run directory: process 0 of several hosts (all of them read it)."""
-    return jax.process_index() == 0
-
-
 def _write_checkpoint(out: Path, state: TrainState, info: dict) -> None:
     """The state, then its info; a kill between the two leaves a newer state than info, which _resume handles."""
-    if not _writes():
+    if not writes_files():
         return
     _write_atomic(out / "checkpoint.eqx", lambda p: eqx.tree_serialise_leaves(p, state))
     _write_atomic(out / "checkpoint.json", lambda p: p.write_text(json.dumps(info, indent=1)))
@@ -98,7 +93,7 @@ def _resume(out: Path, like: TrainState) -> tuple[TrainState, dict] | None:
     step = int(state.step)
     info["evals"] = [e for e in info["evals"] if e["step"] <= step]
     metrics = out / "metrics.jsonl"
-    if metrics.exists() and _writes():
+    if metrics.exists() and writes_files():
         rows = [line for line in metrics.read_text().splitlines() if line.strip()]
         kept = []
         for line in rows:
@@ -156,7 +151,7 @@ def train(out: str | Path, settings: TrainSettings, model, optimizer, method: Me
         t_init = time.perf_counter()
         state = initial_state(model, optimizer, method, key, ts.ema_decay)  # FAB fills its buffer: training time
         info["time_s"] = time.perf_counter() - t_init
-        if _writes():
+        if writes_files():
             (out / "metrics.jsonl").write_text("")
     else:
         state, info = resumed
@@ -202,7 +197,7 @@ def train(out: str | Path, settings: TrainSettings, model, optimizer, method: Me
     last_ess = info["evals"][-1]["ess"] if info["evals"] else float("nan")
     stopped_by_time = False
     bar_at = start_step
-    with open(out / "metrics.jsonl" if _writes() else os.devnull, "a") as log:
+    with open(out / "metrics.jsonl" if writes_files() else os.devnull, "a") as log:
         done = start_step
         while done < ts.steps:
             n = _steps_to_next_boundary(done, ts.steps, (log_every, ts.eval_every, ts.checkpoint_every))
