@@ -56,7 +56,7 @@ import numpy as np
 
 from boltzflow.errors import BoltzflowError
 from boltzflow.mcmc.base import Kernel
-from boltzflow.mcmc.anneal import anneal
+from boltzflow.mcmc.anneal import SMC, anneal
 from boltzflow.mcmc.point import annealed_log_prob, make_point
 from boltzflow.mcmc.registry import make_kernel
 from boltzflow.mcmc.step_size import DEFAULT_RATE, StepSizeState, adapt_step_sizes, init_step_sizes
@@ -75,6 +75,7 @@ class AISInfo(NamedTuple):
     n_nonfinite: () moves rejected because a proposal met a non-finite density.
     n_invalid_weights: () samples whose final log weight (or position) was not finite, now log w = -inf.
     log_w_standard: (n,) Neal's increment weights (A2), for comparison with ``log_w`` (A3).
+    n_resampled, betas: with ``smc``, the group resamplings () and the adaptive levels' betas (K,) (else None).
     """
 
     accept: jax.Array
@@ -82,6 +83,8 @@ class AISInfo(NamedTuple):
     n_nonfinite: jax.Array
     n_invalid_weights: jax.Array
     log_w_standard: jax.Array
+    n_resampled: jax.Array | None = None
+    betas: jax.Array | None = None
 
 
 class AISResult(NamedTuple):
@@ -144,7 +147,8 @@ def _positive_int(value, what: str, minimum: int) -> int:
 
 def build_ais(log_p_fn: Callable[[jax.Array], jax.Array], kernel: Kernel | str, n_intermediate: int,
               schedule: str = "linear", alpha: float = 1.0, n_inner_steps: int = 1,
-              target_accept: float | None = None, step_size=0.1, adapt_rate: float = DEFAULT_RATE) -> AIS:
+              target_accept: float | None = None, step_size=0.1, adapt_rate: float = DEFAULT_RATE,
+              smc: SMC | None = None) -> AIS:
     """AIS from a sampler of q to g = p^alpha q^(1-alpha) with ``kernel`` at K = ``n_intermediate`` distributions.
 
     Args:
@@ -157,6 +161,9 @@ def build_ais(log_p_fn: Callable[[jax.Array], jax.Array], kernel: Kernel | str, 
         target_accept: acceptance the step sizes adapt to (default: the kernel's; unadjusted kernels: none).
         step_size: initial step size of every distribution, a scalar or a (d,) vector.
         adapt_rate: the rate of (S2) in boltzflow.mcmc.step_size.
+        smc: sequential Monte Carlo instead of AIS (boltzflow.mcmc.anneal: groups resampled below an ESS
+            threshold, R1, and optionally adaptive levels between q and g); ``log_w`` is then Neal's weight (A2)
+            plus the group's offset, so its mean in each group still estimates Z_g. Needs a Metropolis kernel.
     """
     if isinstance(kernel, str):
         kernel = make_kernel(kernel)
@@ -200,15 +207,19 @@ def build_ais(log_p_fn: Callable[[jax.Array], jax.Array], kernel: Kernel | str, 
         eps = state.step_sizes.astype(dtype)
         if k_int > 0:
             point, d_s, info = anneal(kernel, jax.random.split(k_chain, k_int), point, ws[0], ws[1:-1], eps,
-                                      n_inner, log_q_fn, log_p_fn)
+                                      n_inner, log_q_fn, log_p_fn, smc, ws[-1])
             accept, n_bad, log_w_std = info.accept, info.n_nonfinite, info.log_w_standard
         else:
             d_s = log_w_std = jnp.zeros(n, dtype)
             accept, n_bad = jnp.zeros((0,), dtype), jnp.zeros((), jnp.int32)
 
         log_pi_final = annealed_log_prob(point, ws[-1])
-        log_w_std = log_w_std + log_pi_final - annealed_log_prob(point, ws[-2])
-        log_w = log_pi_final - log_q0 + d_s  # (A3)
+        w_last = info.w_last if smc is not None and k_int > 0 else ws[-2]
+        log_w_std = log_w_std + log_pi_final - annealed_log_prob(point, w_last)
+        if smc is not None and k_int > 0:  # ancestors changed: Neal's weight (A2) and the groups' offsets
+            log_w = log_w_std = log_w_std + info.log_w_offset
+        else:
+            log_w = log_pi_final - log_q0 + d_s  # (A3)
         x_ok = jnp.all(jnp.isfinite(point.x), axis=1)
         ok = x_ok & jnp.isfinite(log_w)
         result = AISResult(
@@ -217,7 +228,8 @@ def build_ais(log_p_fn: Callable[[jax.Array], jax.Array], kernel: Kernel | str, 
             log_q=jnp.where(x_ok, point.log_q, -jnp.inf),
             log_p=jnp.where(x_ok, point.log_p, -jnp.inf),
             info=AISInfo(accept, eps, n_bad, jnp.sum(~ok, dtype=jnp.int32),
-                         jnp.where(x_ok & jnp.isfinite(log_w_std), log_w_std, -jnp.inf)),
+                         jnp.where(x_ok & jnp.isfinite(log_w_std), log_w_std, -jnp.inf),
+                         *((info.n_resampled, info.betas) if smc is not None and k_int > 0 else ())),
         )
         if target_accept is not None:
             state = adapt_step_sizes(state, accept, float(target_accept), float(adapt_rate), adapt)

@@ -13,9 +13,9 @@ boltzflow.flows.builders) before anything is built, and the run's config.yaml re
   multiple of 32, within [64, 256] (the tuned presets: 2-D GMM 64-80, 32-D Many Well 128);
 - placement, a fixed last layer x = loc + scale * y (boltzflow.flows.standardize): from ``bounds``, loc = the
   box's centre and scale = its width / 6 (the box becomes [-3, 3]); without bounds, from a short exploration of
-  the target that does not use a flow (boltzflow.explore: AIS from N(0, s^2 I), s doubled until log Z stops
-  moving), loc = the mean and scale = the standard deviation per dimension of the AIS end points, importance
-  weighted when the weights are worth at least 50 samples (the weights correct for kernels that have not
+  the target that does not use a flow (boltzflow.explore: tempered SMC from a Gaussian grown until it is ten
+  times wider than the mass it finds and the mass stops moving), loc = the mean and scale = the standard
+  deviation per dimension of the SMC end points, importance weighted when the weights are worth at least 50 samples (the weights correct for kernels that have not
   mixed: in a 2-D Gaussian with scales 3 and 0.5, 11 reference units from the origin, the end points' plain mean
   was 3.7 where the weighted one is 10), unweighted otherwise (each end point has just made HMC moves under p, so
   it lies where p's mass is, while the weights of one AIS run in 32 dimensions can be worth three samples, and a
@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from boltzflow.errors import BoltzflowError
-from boltzflow.explore import explore
+from boltzflow.explore import explore, parse_bounds
 from boltzflow.flows.builders import FLOW_SETTINGS
 from boltzflow.settings import Tagged, parse_tagged
 
@@ -64,18 +64,6 @@ class AutoSettings:
             raise BoltzflowError(f"flow (auto).explore_samples must be >= 256, got {self.explore_samples}")
 
 
-def _box(bounds, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        box = np.asarray(bounds, np.float64)
-    except (TypeError, ValueError):
-        box = np.zeros(0)
-    if box.shape == (2,):
-        box = np.tile(box, (dim, 1))
-    if box.shape != (dim, 2) or not np.all(np.isfinite(box)) or not np.all(box[:, 1] > box[:, 0]):
-        raise BoltzflowError(f"flow (auto).bounds must be [lo, hi] with lo < hi, or {dim} such pairs; got {bounds!r}")
-    return box[:, 0], box[:, 1]
-
-
 def _size(dim: int, s: AutoSettings) -> tuple[int, int]:
     n_layers = s.n_layers or (8 if dim <= 64 else 12)
     hidden = s.hidden or int(min(256, max(64, 32 * math.ceil(4 * dim / 32))))
@@ -88,7 +76,7 @@ def resolve(s: AutoSettings, target, key: jax.Array, dtype=jnp.float32) -> tuple
     dim = target.dim
     n_layers, hidden = _size(dim, s)
     if s.bounds is not None:
-        lo, hi = _box(s.bounds, dim)
+        lo, hi = parse_bounds(s.bounds, dim)
         loc, scale, bound = (lo + hi) / 2, (hi - lo) / 6, 5.0
         report = {"source": "bounds", "bounds": np.stack([lo, hi], 1).tolist()}
     else:
@@ -102,9 +90,7 @@ def resolve(s: AutoSettings, target, key: jax.Array, dtype=jnp.float32) -> tuple
                                  f"the flow bounds: flow: {{type: auto, bounds: [lo, hi]}}")
         extent = np.quantile(np.max(np.abs((x - loc) / scale), axis=1), 0.999)
         bound = float(np.clip(math.ceil(1.25 * extent), 5.0, 20.0))
-        report = {"source": "exploration", "weighted": bool(weighted), "converged": e.converged, "log_z": e.log_z,
-                  "log_z_stderr": e.log_z_stderr, "ess": e.ess, "reference_scale": e.scale,
-                  "target_evals": e.target_evals, "rounds": list(e.rounds)}
+        report = {"source": "exploration", "weighted": bool(weighted), **e.summary()}
     options = {"n_layers": n_layers, "hidden": hidden, "lu": True,
                "loc": [round(float(v), 6) for v in loc], "scale": [round(float(v), 6) for v in scale]}
     if s.flow == "nsf":

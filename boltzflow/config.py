@@ -11,6 +11,7 @@ A config has these sections; only ``target`` is required, everything else has de
     method: {name: fab, alpha: 2.0, buffer: true}       # boltzflow.train.registry.METHODS
     ais:    {kernel: hmc, n_intermediate: 8, n_leapfrog: 4}   # boltzflow.ais.AISSettings (FAB, evaluate --ais)
     train:  {steps: 2000, batch_size: 128, lr: 3e-4}    # boltzflow.train.state.TrainSettings
+    explore: {check: true, seed_buffer: true}           # boltzflow.explore.ExploreSettings (default: on up to 32-D)
 
 Every section is read here, once, into the typed settings its part of boltzflow declares (boltzflow.settings): an
 unknown key is an error naming the valid ones, a value of the wrong type is an error, and the defaults are the
@@ -33,13 +34,14 @@ from boltzflow.ais import AISSettings
 from boltzflow.autoflow import AutoSettings
 from boltzflow.data import DataSettings
 from boltzflow.errors import BoltzflowError
+from boltzflow.explore import ExploreSettings
 from boltzflow.flows.builders import FLOW_SETTINGS
 from boltzflow.settings import Tagged, parse, parse_tagged, to_dict
 from boltzflow.snf.builder import SNFSettings
 from boltzflow.train.registry import DEFAULT_METHOD, METHOD_SETTINGS
 from boltzflow.train.state import TrainSettings
 
-SECTIONS = ("name", "target", "flow", "method", "ais", "train")
+SECTIONS = ("name", "target", "flow", "method", "ais", "train", "explore")
 
 #: flow types of a config's ``flow`` section: the deterministic flows, the SNF, and ``auto`` (a flow chosen from
 #: the target when the run starts, boltzflow.autoflow; the run's config.yaml holds the flow it chose)
@@ -56,11 +58,13 @@ class Config:
                                                                   DEFAULT_METHOD))
     ais: AISSettings = field(default_factory=AISSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
+    explore: ExploreSettings = field(default_factory=ExploreSettings)
 
     def to_dict(self) -> dict:
         """Plain data with every value (defaults included), as written to a run's config.yaml."""
         return {"name": self.name, "target": to_dict(self.target), "flow": to_dict(self.flow, "type"),
-                "method": to_dict(self.method, "name"), "ais": to_dict(self.ais), "train": to_dict(self.train)}
+                "method": to_dict(self.method, "name"), "ais": to_dict(self.ais), "train": to_dict(self.train),
+                "explore": to_dict(self.explore)}
 
     def with_train(self, **kw) -> "Config":
         try:
@@ -93,6 +97,7 @@ def config_from_dict(d: Any, source: str = "config") -> Config:
             method=method,
             ais=parse(AISSettings, d.get("ais"), "ais"),
             train=parse(TrainSettings, d.get("train"), "train"),
+            explore=parse(ExploreSettings, d.get("explore"), "explore"),
         )
     except BoltzflowError as e:
         raise BoltzflowError(f"{source}: {e}") from None

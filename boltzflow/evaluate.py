@@ -27,6 +27,14 @@ For a flow q and target p (log p unnormalised, log Z = log int exp(log p)):
   boltzflow.vae.bound) with ``test_nll_stderr`` (the standard error of the test mean, from each image's
   importance-sampling error), ``train_jkl`` on as many training images, and ``bound_below_nll_batches``, the
   fraction of test batches whose mean bound is below their mean estimated log-likelihood;
+- the missing-mass check (config ``explore.check``, on by default up to 32 dimensions, boltzflow.explore): an
+  exploration of the target that does not use the model (tempered SMC from a broad Gaussian) gives
+  ``explore_log_z`` +- ``explore_log_z_stderr`` beside the model's, ``log_z_difference`` (exploration minus
+  model) and ``log_z_difference_sigma`` (in combined standard errors); and the mass of the region where q is ten
+  times too thin, by the exploration and by the model's own importance sampling (``thin_region_mass_explore``,
+  ``thin_region_mass_flow``), their difference ``unseen_mass`` +- ``unseen_mass_stderr`` and ``mass_missing``
+  (difference above 3 standard errors): a model that never samples a mode reports a confident log Z and ESS, but
+  not this;
 - with ``ais=True`` the same estimates from AIS (targeting p, step sizes frozen at their trained values); for
   an SNF with Langevin blocks AIS runs in its path space (boltzflow.snf.paths), whose x-marginal is p; for a model
   without a tractable density (an SNF with Metropolis blocks) a one-line error says so.
@@ -43,12 +51,17 @@ from boltzflow.ais import ais_from_settings
 from boltzflow.data import Dataset
 from boltzflow.estimators import WeightSums, effective_sample_size, log_z_estimate
 from boltzflow.experiment import Experiment
+from boltzflow.explore import unseen_mass
 from boltzflow.flows.paths import backward_log_q, block_metrics, path_weights
 from boltzflow.molecules.metrics import basin_populations, molecular_metrics, named_torsions, torsion_angles
 from boltzflow.molecules.reference import load_reference
 from boltzflow.sharding import batch_devices, shard_batch
 from boltzflow.vae.bound import log_likelihood, path_bound
 from boltzflow.vae.model import VAE
+
+
+#: model samples the missing-mass check draws (at most; fewer when the evaluation draws fewer)
+CHECK_SAMPLES = 65_536
 
 
 def quadratic_test_function(dim: int):
@@ -77,7 +90,9 @@ def _stream(fn, key, n: int, chunk: int, keep: bool = False):
     total, kept = None, []
     for i, k in enumerate(jax.random.split(key, -(-n // chunk))):
         count = min(chunk, n - i * chunk)
-        sums, rows = fn(k, jnp.asarray(count, jnp.int32))
+        # one chunk's program finishes before the next starts: with more devices than cores, XLA:CPU could run
+        # devices of two chunks' programs at once and deadlock in an all-reduce (seen on 4 forced host devices)
+        sums, rows = jax.block_until_ready(fn(k, jnp.asarray(count, jnp.int32)))
         total = sums if total is None else _merge(total, sums)
         if keep:  # several hosts: every host's rows
             rows = multihost_utils.process_allgather(rows, tiled=True) if jax.process_count() > 1 else rows
@@ -97,18 +112,20 @@ def importance_metrics(target, sums: WeightSums, prefix: str = "") -> dict:
 
 
 def evaluate(exp: Experiment, key, n_samples: int = 10_000, ais_state=None, with_ais: bool = False,
-             chunk: int = 4096) -> dict:
+             chunk: int = 4096, check: bool | None = False) -> dict:
     """All metrics of the trained model in ``exp`` as a flat dict of floats (see the module docstring).
 
     Samples are drawn and reduced ``chunk`` at a time (rounded up to a multiple of the devices of the mesh in use,
     boltzflow.sharding, over which each chunk is split); only sums leave the devices, so n_samples is bounded by
     time, not memory. Targets whose metrics need every sample (mode coverage, the molecular histograms) get the
-    flow's samples copied chunk by chunk to host memory."""
+    flow's samples copied chunk by chunk to host memory. ``check``: run the missing-mass check (None: as the
+    config's ``explore.check`` says, what the command line does)."""
     target, model = exp.target, exp.model
     space = exp.space("evaluate --ais") if with_ais else None  # before any work: the error comes first
     if isinstance(model, VAE):
         return _flag_nonfinite(vae_evaluation(model, target, key, exp.config.method.settings.nll_samples))
     k_flow, k_exact, k_truth, k_ais = jax.random.split(key, 4)
+    k_check = jax.random.fold_in(key, 5)  # a fifth stream, leaving the four above as they were
     d = batch_devices()
     chunk = -(-min(chunk, n_samples) // d) * d
     rows_of = lambda count: jnp.arange(chunk) < count  # noqa: E731
@@ -170,7 +187,31 @@ def evaluate(exp: Experiment, key, n_samples: int = 10_000, ais_state=None, with
             return WeightSums.of(res.log_w, rows_of(count)), ()
 
         out.update(importance_metrics(target, _stream(run, k_ais, n_samples, chunk)[0], prefix="ais_"))
+    if exp.config.explore.wants("check", target) if check is None else check:
+        out.update(missing_mass_check(exp, k_check, out["log_z"], out["log_z_stderr"], log_q_fn,
+                                      min(n_samples, CHECK_SAMPLES), chunk))
     return _flag_nonfinite(out)
+
+
+def missing_mass_check(exp: Experiment, key, log_z: float, log_z_stderr: float, log_q_fn, n_flow: int,
+                       chunk: int) -> dict:
+    """The model's estimates against an exploration that does not use it (boltzflow.explore): log Z both ways,
+    their difference in standard errors, and the mass in the region where q is ten times too thin (X5) by each,
+    on ``n_flow`` fresh model samples. ``mass_missing`` when that mass differs by more than 3 standard errors."""
+    target, model = exp.target, exp.model
+    k_explore, k_flow = jax.random.split(key)
+    e = exp.config.explore.run(k_explore, target)
+    log_p = jax.jit(target.log_prob)
+    xe = jnp.asarray(e.x, jnp.result_type(float))
+    log_ratio_e = np.asarray(_chunked_apply(log_p, xe, chunk) - _chunked_apply(log_q_fn, xe, chunk))
+    flow_log_w = _stream(lambda k, count: ((), (path_weights(model, target, k, chunk)[1],)), k_flow, n_flow, chunk,
+                         keep=True)[1][0]
+    diff = e.log_z - log_z
+    se = float(np.hypot(e.log_z_stderr, log_z_stderr))
+    out = {"explore_log_z": e.log_z, "explore_log_z_stderr": e.log_z_stderr, "explore_converged": e.converged,
+           "explore_target_evals": e.target_evals, "log_z_difference": diff,
+           "log_z_difference_sigma": diff / se if se > 0 else float("inf")}
+    return out | unseen_mass(e, log_ratio_e, flow_log_w, log_z)
 
 
 def vae_evaluation(model: VAE, data: Dataset, key, k: int, k_bound: int = 16, batch: int = 24) -> dict:

@@ -119,12 +119,25 @@ def _trained_model_like(run_dir: Path, model):
     return eqx.combine(arrays, fresh[1])
 
 
-def build_method(exp: Experiment, optimizer) -> Method:
+def build_method(exp: Experiment, optimizer, out: Path | None = None) -> Method:
+    """The training method of ``exp``; a new run in ``out`` gets the seed samples its method can start from (an
+    exploration, run here and recorded in explore.json)."""
     entry = METHODS[exp.config.method.name]
     problem = Problem(exp.target, exp.config.train.batch_size, optimizer)
     if entry.uses_ais:
         problem = problem._replace(space=exp.space(f"method {exp.config.method.name}"), ais=exp.config.ais)
+        if out is not None and problem.space.from_x is not None and exp.config.explore.wants("seed_buffer",
+                                                                                             exp.target):
+            problem = problem._replace(seed=_explore_seed(exp, out))
     return entry.build(exp.config.method.settings, problem)
+
+
+def _explore_seed(exp: Experiment, out: Path) -> tuple:
+    """An exploration of the target (boltzflow.explore) for a method's start: (x, log w), summary in explore.json."""
+    e = exp.config.explore.run(jax.random.fold_in(jax.random.key(exp.config.train.seed), 7), exp.target)
+    if writes_files():
+        (out / "explore.json").write_text(json.dumps(e.summary(), indent=1))
+    return e.x, e.log_w
 
 
 def _check_run_dir(out: Path, config: Config) -> None:
@@ -152,7 +165,7 @@ def _auto_choice(out: Path, config: Config) -> Config:
 def _auto_header(auto: dict) -> str:
     c = auto["chosen"]
     how = (f"bounds {auto['bounds'][0]}..." if auto["source"] == "bounds" else
-           f"an exploration (AIS from N(0, s^2 I), s = {auto['reference_scale']:g}, log Z {auto['log_z']:.4g} "
+           f"an exploration (SMC from N(c, s^2 I), s = {auto['reference_scale']:g}, log Z {auto['log_z']:.4g} "
            f"+- {auto['log_z_stderr']:.2g}, ESS {auto['ess']:.3g}, converged {auto['converged']})")
     return (f"# flow: {auto['settings']} chose the {c['type']} below (boltzflow.autoflow): {c['n_layers']} layers, "
             f"hidden {c['hidden']},\n# loc / scale from {how}; details in auto.json\n")
@@ -167,7 +180,7 @@ def train(config: Config, out: str | Path, *, progress: bool = True, log_every: 
     exp = build_experiment(config)
     config = exp.config
     optimizer = make_optimizer(config.train)
-    method = build_method(exp, optimizer)
+    method = build_method(exp, optimizer, None if (out / "checkpoint.eqx").exists() else out)
     if writes_files():
         header = ""
         if exp.auto is not None:

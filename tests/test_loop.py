@@ -158,6 +158,7 @@ def test_time_limit_stops_with_a_checkpoint_and_a_rerun_finishes(tmp_path):
     assert len(steps) == len(set(steps)) and steps[-1] == summary["steps"] + 20
 
 
+@pytest.mark.slow  # 21 s in CI; the float64 round trip of the flows (test_flows) stays in CI
 def test_float64_trains_a_float64_model(tmp_path):
     """train.dtype: float64 makes the model, its samples and its training float64."""
     import equinox as eqx

@@ -65,6 +65,7 @@ def test_a_realnvp_on_internal_coordinates_models_the_torsions_on_the_real_line(
     np.testing.assert_allclose(np.asarray(flow.log_prob(x)), np.asarray(log_q), rtol=1e-5, atol=2e-3)
 
 
+@pytest.mark.slow  # 17 s in CI; the same layout for AIS (test_internal_coordinate_flow_and_its_ais_space) stays
 def test_snf_blocks_run_below_the_internal_coordinate_layer(aldp):
     """An SNF on internal coordinates: the layer stays last, its blocks sample the pulled-back target, and the
     path weights (eq. 11) of its samples are finite and its Metropolis moves are accepted."""

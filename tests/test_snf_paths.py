@@ -87,6 +87,7 @@ def _snf_fab_config(kernel="ula", steps=250):
     })
 
 
+@pytest.mark.slow  # 23 s in CI; the path-space densities it trains on are tested exactly above
 def test_fab_trains_an_snf_in_path_space(tmp_path):
     cfg = _snf_fab_config()
     untrained = build_experiment(cfg)

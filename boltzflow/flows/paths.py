@@ -63,7 +63,8 @@ class Space(NamedTuple):
 
     ``dim``: dimension of a point; ``sample_and_log_q(model, key, n) -> (points (n, dim), log q (n,))``;
     ``log_q(model, points) -> (n,)``; ``log_p(points) -> (n,)``, the unnormalised target (free of the model);
-    ``to_x(points) -> (n, target.dim)``: the samples x the points stand for.
+    ``to_x(points) -> (n, target.dim)``: the samples x the points stand for; ``from_x(x) -> points``: its inverse
+    (None where there is none: an SNF's path space).
     """
 
     dim: int
@@ -71,6 +72,7 @@ class Space(NamedTuple):
     log_q: Callable
     log_p: Callable
     to_x: Callable
+    from_x: Callable | None = None
 
 
 def _sample_and_log_q(model: Flow, key, n):
@@ -87,7 +89,7 @@ def _identity(x):
 
 def flow_space(target) -> Space:
     """x-space of a normalizing flow: q is the flow, p the target."""
-    return Space(target.dim, _sample_and_log_q, _log_q, target.log_prob, _identity)
+    return Space(target.dim, _sample_and_log_q, _log_q, target.log_prob, _identity, _identity)
 
 
 def _without_last(model: Flow) -> Flow:
@@ -124,7 +126,8 @@ def latent_space(model: Flow, target) -> Space:
     last = model.layers[-1]
     pulled = PulledBack(target, last)
     return Space(model.base.dim, lambda m, k, n: _without_last(m).sample_and_log_prob(k, n),
-                 lambda m, z: _without_last(m).log_prob(z), pulled.log_prob, lambda z: last.forward(z)[0])
+                 lambda m, z: _without_last(m).log_prob(z), pulled.log_prob, lambda z: last.forward(z)[0],
+                 lambda x: last.inverse(x)[0])
 
 
 def model_space(model: Flow, target) -> Space:

@@ -15,6 +15,31 @@ weights ``w_start`` of the density x_0 came from (pi_0). Both users build on it:
 
 Everything is a ``lax.scan`` (over levels, then inner moves); gradients pass through reparameterised moves
 (an SNF's step sizes and lambdas are trained through them).
+
+Sequential Monte Carlo (Del Moral, Doucet & Jasra 2006: the SMC sampler with MCMC moves), with ``smc`` an
+:class:`SMC`. The batch is split into ``n_groups`` contiguous groups of m = n / n_groups particles, each an SMC run.
+At level k, after the increment log w_i += log pi_k(x_i) - log pi_{k-1}(x_i) (Neal's, above) and before the moves,
+a group whose Kish ESS fraction (estimators, E1) is below ``threshold`` is resampled systematically (Kitagawa 1996:
+one uniform u, ancestors at the positions (u + j) / m of the cumulative normalised weights) and its running weights
+are reset to their mean, remembered in a per-particle offset:
+
+    c_g <- c_g + log mean_{i in g} w_i,        log w_i <- 0 (i in g),                                   (R1)
+
+so that c_g + log mean_{i in g} w_i estimates log Z_k - log Z_0 of the group at every level: the SMC estimate of
+the normalising constant, unbiased in Z (Del Moral 2004), and the groups' spread gives its standard error.
+
+Adaptive levels (``cess``; Zhou, Johansen & Aston 2016). The path is the segment w(beta) = w_0 + beta (w_end - w_0)
+(every path here is geometric, i.e. linear in w), so the increment of a step beta -> beta + delta is delta l_i with
+l_i = log pi_{w_end}(x_i) - log pi_{w_0}(x_i), known from the cached densities without any evaluation. Each level
+takes the largest delta <= 1 - beta whose conditional ESS, averaged over the groups,
+
+    CESS(delta) = (sum_i W_i e^(delta l_i))^2 / sum_i W_i e^(2 delta l_i),     W = the group's normalised weights,
+
+is at least ``cess`` (bisection, 30 halvings); levels left after beta reached 1 move at the end density, and
+``AnnealInfo.betas`` records the schedule. The schedule depends on all groups (a weak coupling of the groups the
+standard error ignores). Only kernels that leave each pi_k invariant (Metropolis-adjusted) keep SMC exact; after a
+resampling the path ratio dS of an ancestor no longer belongs to a path, so SMC's users take Neal's weights plus
+the offset (``AnnealInfo.log_w_offset``).
 """
 
 from __future__ import annotations
@@ -24,32 +49,126 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from boltzflow.errors import BoltzflowError
 from boltzflow.mcmc.base import Kernel
 from boltzflow.mcmc.point import Point, annealed_log_prob
+
+
+class SMC(NamedTuple):
+    """Resample a group below ESS fraction ``threshold``; ``n_groups`` independent groups; ``cess``: None for the
+    given levels, else the conditional ESS each adaptive level keeps (module docstring)."""
+
+    threshold: float = 0.5
+    n_groups: int = 8
+    cess: float | None = None
 
 
 class AnnealInfo(NamedTuple):
     """accept: (L,) mean acceptance per level (over samples and moves; unadjusted kernels: fraction of moves
     taken); n_nonfinite: () moves rejected because a density was not finite; log_w_standard: (n,) Neal's
-    increments over the L levels (module docstring)."""
+    increments over the L levels (module docstring). With SMC: log_w_offset (n,) the groups' c_g (R1),
+    n_resampled () group resamplings, betas (L,) the levels' positions on the path and w_last (2,) the last
+    level's weights."""
 
     accept: jax.Array
     n_nonfinite: jax.Array
     log_w_standard: jax.Array
+    log_w_offset: jax.Array | None = None
+    n_resampled: jax.Array | None = None
+    betas: jax.Array | None = None
+    w_last: jax.Array | None = None
 
 
+def systematic_resample(key: jax.Array, log_w: jax.Array) -> jax.Array:
+    """Ancestor indices (m,) of one systematic resampling of m particles with log weights ``log_w`` (m,); a group
+    with no finite weight keeps its particles."""
+    m = log_w.shape[0]
+    ok = jnp.isfinite(log_w)
+    w = jnp.where(ok, jax.nn.softmax(jnp.where(ok, log_w, -jnp.inf)), 0.0)
+    positions = (jax.random.uniform(key, (), log_w.dtype) + jnp.arange(m, dtype=log_w.dtype)) / m
+    idx = jnp.searchsorted(jnp.cumsum(w), positions, side="right")
+    return jnp.where(jnp.any(ok), jnp.clip(idx, 0, m - 1), jnp.arange(m))
+
+
+def _resample_groups(key, tree, log_w, offset, threshold: float, n_groups: int):
+    """(R1) in each of ``n_groups`` groups whose ESS fraction is below ``threshold``; ``tree``'s leaves (n, ...)
+    follow their ancestors. Returns (tree, log_w, offset, number of groups resampled)."""
+    n = log_w.shape[0]
+    m = n // n_groups
+    lw = jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf).reshape(n_groups, m)
+    lse = jax.scipy.special.logsumexp(lw, axis=1)
+    ess = jnp.exp(2 * lse - jax.scipy.special.logsumexp(2 * lw, axis=1)) / m
+    do = (ess < threshold) & jnp.isfinite(lse)
+    anc = jax.vmap(systematic_resample)(jax.random.split(key, n_groups), lw)
+    idx = (jnp.where(do[:, None], anc, jnp.arange(m)) + m * jnp.arange(n_groups)[:, None]).reshape(n)
+    tree = jax.tree_util.tree_map(lambda a: a[idx], tree)
+    offset = offset + jnp.repeat(jnp.where(do, lse - jnp.log(m), 0.0), m)
+    log_w = jnp.where(jnp.repeat(do, m), 0.0, log_w)
+    return tree, log_w, offset, jnp.sum(do, dtype=jnp.int32)
+
+
+def _next_beta(log_w, slope, beta, cess: float, n_groups: int):
+    """The adaptive step of the module docstring: the largest beta' in (beta, 1] with mean group CESS >= cess."""
+    ok = jnp.isfinite(log_w) & jnp.isfinite(slope)
+    lw = jnp.where(ok, log_w, -jnp.inf).reshape(n_groups, -1)
+    sl = jnp.where(ok, slope, 0.0).reshape(n_groups, -1)
+    log_W = lw - jax.scipy.special.logsumexp(lw, axis=1, keepdims=True)
+
+    def mean_cess(delta):
+        a = jax.scipy.special.logsumexp(log_W + delta * sl, axis=1)
+        b = jax.scipy.special.logsumexp(log_W + 2 * delta * sl, axis=1)
+        return jnp.mean(jnp.where(jnp.isfinite(a) & jnp.isfinite(b), jnp.exp(2 * a - b), 0.0))
+
+    room = 1.0 - beta
+
+    def halve(carry, _):
+        lo, hi = carry
+        mid = 0.5 * (lo + hi)
+        good = mean_cess(mid) >= cess
+        return (jnp.where(good, mid, lo), jnp.where(good, hi, mid)), None
+
+    (lo, _), _ = jax.lax.scan(halve, (jnp.zeros_like(room), room), None, length=30)
+    delta = jnp.where(mean_cess(room) >= cess, room, jnp.maximum(lo, room * 1e-6))
+    return jnp.minimum(beta + delta, 1.0)
 def anneal(kernel: Kernel, keys: jax.Array, point: Point, w_start, ws: jax.Array, step_sizes: jax.Array,
-           n_inner: int, log_q_fn, log_p_fn) -> tuple[Point, jax.Array, AnnealInfo]:
+           n_inner: int, log_q_fn, log_p_fn, smc: SMC | None = None, w_end=None
+           ) -> tuple[Point, jax.Array, AnnealInfo]:
     """Run ``kernel`` at L levels; ``keys`` (L,), ``ws`` (L, 2), ``step_sizes`` (L,) or (L, d).
 
-    Level k splits its key into ``n_inner`` move keys. Returns (point, dS (n,), AnnealInfo)."""
+    Level k splits its key into ``n_inner`` move keys (and, with ``smc``, one more for (R1) first). Returns
+    (point, dS (n,), AnnealInfo). With ``smc``, ``log_w_standard`` holds the weights since each group's last
+    resampling; with ``smc.cess`` the levels are chosen adaptively on the segment from ``w_start`` to ``w_end``
+    and ``ws`` only sets their number."""
     n, dtype = point.x.shape[0], point.x.dtype
     zero_ds = jnp.zeros(n, dtype)
+    w_start = jnp.asarray(w_start, ws.dtype)
+    if smc is not None:
+        threshold, n_groups = float(smc.threshold), int(smc.n_groups)
+        if not (0.0 <= threshold <= 1.0 and n_groups >= 1 and n % n_groups == 0 and n // n_groups >= 2):
+            raise BoltzflowError(f"SMC needs a threshold in [0, 1] and n_groups >= 1 dividing the batch into groups "
+                                 f"of >= 2; got threshold {smc.threshold}, n_groups {smc.n_groups}, batch {n}")
+        if smc.cess is not None and not (0.0 < float(smc.cess) < 1.0 and w_end is not None):
+            raise BoltzflowError(f"adaptive SMC levels need cess in (0, 1) and w_end; got cess {smc.cess}")
+        if not kernel.metropolised:
+            raise BoltzflowError(f"SMC needs a kernel that leaves each level invariant; {kernel.name!r} has no "
+                                 f"accept step")
+    adaptive = smc is not None and smc.cess is not None
+    if adaptive:
+        w_end = jnp.asarray(w_end, ws.dtype)
 
     def level(carry, inputs):
-        point, d_s, log_w_std, w_prev = carry
+        point, d_s, log_w_std, w_prev, beta, offset, n_res = carry
         k, w_k, eps_k = inputs
+        if adaptive:
+            slope = annealed_log_prob(point, w_end) - annealed_log_prob(point, w_start)
+            beta = _next_beta(log_w_std, slope, beta, float(smc.cess), n_groups)
+            w_k = w_start + beta * (w_end - w_start)
         log_w_std = log_w_std + annealed_log_prob(point, w_k) - annealed_log_prob(point, w_prev)
+        if smc is not None:
+            k, k_res = jax.random.split(k)
+            (point, d_s), log_w_std, offset, done = _resample_groups(k_res, (point, d_s), log_w_std, offset,
+                                                                     threshold, n_groups)
+            n_res = n_res + done
 
         def move(c, kk):
             point, d_s, acc, bad = c
@@ -58,9 +177,12 @@ def anneal(kernel: Kernel, keys: jax.Array, point: Point, w_start, ws: jax.Array
 
         init = (point, d_s, jnp.zeros((), dtype), jnp.zeros((), jnp.int32))
         (point, d_s, acc, bad), _ = jax.lax.scan(move, init, jax.random.split(k, n_inner))
-        return (point, d_s, log_w_std, w_k), (acc / n_inner, bad)
+        return (point, d_s, log_w_std, w_k, beta, offset, n_res), (acc / n_inner, bad, beta)
 
-    w_start = jnp.asarray(w_start, ws.dtype)
-    (point, d_s, log_w_std, _), (accept, bad) = jax.lax.scan(
-        level, (point, zero_ds, zero_ds, w_start), (keys, ws, step_sizes))
-    return point, d_s, AnnealInfo(accept, jnp.sum(bad), log_w_std)
+    init = (point, zero_ds, zero_ds, w_start, jnp.zeros((), ws.dtype), zero_ds, jnp.zeros((), jnp.int32))
+    (point, d_s, log_w_std, w_last, _, offset, n_res), (accept, bad, betas) = jax.lax.scan(
+        level, init, (keys, ws, step_sizes))
+    if smc is None:
+        return point, d_s, AnnealInfo(accept, jnp.sum(bad), log_w_std)
+    return point, d_s, AnnealInfo(accept, jnp.sum(bad), log_w_std, offset, n_res, betas if adaptive else None,
+                                  w_last)

@@ -32,6 +32,7 @@ from typing import Any, Callable
 from boltzflow.errors import BoltzflowError
 from boltzflow.targets.base import Target
 from boltzflow.targets.function import FunctionTarget
+from boltzflow.targets.far_modes import far_modes
 from boltzflow.targets.funnel import Funnel
 from boltzflow.targets.gmm import GMM40, GaussianMixture
 from boltzflow.targets.images import ImageTarget
@@ -75,6 +76,8 @@ def _builtin_presets() -> None:
     register_target("many_well", ManyWell, "FAB Many Well: dim/2 double wells (dim=32: 2^16 modes)", True, True)
     register_target("gmm40", GMM40, "FAB 2-D mixture of 40 Gaussians, std softplus(1)", True, True)
     register_target("gmm4", GaussianMixture.grid4, "small 2-D mixture of 4 well-separated Gaussians", True, True)
+    register_target("far_modes", far_modes, "a bulk and 1-2 far modes of 1-5 % (seed=N; dim 2-10 from the seed, "
+                    "or dim=D): missed-mode tests", True, True)
     register_target("funnel", Funnel, "Neal's funnel (dim=10): x0 ~ N(0, 9), x_i ~ N(0, exp(x0))", True, True)
     register_target("smiley", ImageTarget.smiley, "2-D image density: a smiley face (SNF paper)", True, True)
     register_target("dog", ImageTarget.dog, "2-D image density: a dog silhouette (SNF paper)", True, True)

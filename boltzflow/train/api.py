@@ -46,13 +46,16 @@ class Method(NamedTuple):
 
 class Problem(NamedTuple):
     """What a method trains on: the target, the batch size, the optimiser, and for methods that run AIS the
-    :class:`~boltzflow.flows.paths.Space` it runs in and the AIS settings (None for the others)."""
+    :class:`~boltzflow.flows.paths.Space` it runs in and the AIS settings (None for the others); ``seed``: None or
+    weighted samples of the target found without the model, (x (m, d), log w (m,)) with mean w estimating Z
+    (boltzflow.explore), for a method that can start from them (FAB's buffer)."""
 
     target: Any
     batch_size: int
     optimizer: optax.GradientTransformation
     space: Any = None
     ais: Any = None
+    seed: Any = None
 
 
 def gradient_step(loss_fn, model, opt_state, optimizer: optax.GradientTransformation, *args):

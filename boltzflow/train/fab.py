@@ -20,6 +20,17 @@ change of q since the sample was stored:
 
 after which the buffer's weights are multiplied by that correction and log q_old is replaced by log q_theta.
 
+Seeding the buffer (boltzflow.explore; issue: modes the flow's AIS never reaches). Weighted samples (x_j, v_j) of p
+found without the flow, E[mean_j v_j f(x_j)] = int p~ f (tempered SMC from a broad Gaussian), are importance
+samples of g = p^alpha q^(1-alpha) too, with weights
+
+    log w_j = log v_j + (alpha - 1)(log p~(x_j) - log q_theta(x_j))                                    (F1)
+
+(v_j p~^(alpha-1) q^(1-alpha) integrates f against g), on the same scale as AIS weights (E[w] = Z_g for both), so
+they join the buffer after the first AIS fill as its newest entries. A mode the flow misses has q_theta tiny there,
+so its entries get the largest weights and are drawn first: the flow is pulled onto every mode the exploration
+found before its AIS ever visits it, and once it covers the mode its own AIS keeps it.
+
 The AIS transition kernel's step sizes are adapted during training (boltzflow.mcmc.step_size) and frozen at
 evaluation. The whole iteration (AIS pass, buffer insertion, L optimiser steps) is one jitted function.
 
@@ -149,7 +160,23 @@ def build_fab(s: FabSettings, problem: Problem) -> Method:
         fill = eqx.filter_jit(fill_once)
         for k in jax.random.split(key, math.ceil(min_len / n)):
             state, _ = fill(model, state, k)
+        if problem.seed is not None:
+            state = state._replace(buffer=seed_buffer(model, state.buffer, *problem.seed))
         return state
+
+    @eqx.filter_jit
+    def _seed_entries(model, x, log_w):
+        z = space.from_x(x)
+        log_q, log_p = space.log_q(model, z), space.log_p(z)
+        return z, log_w + (alpha - 1.0) * (log_p - log_q), log_q
+
+    def seed_buffer(model, buf, x, log_w):
+        """(F1): the exploration's samples as buffer entries, the most recent ones (module docstring)."""
+        if space.from_x is None:
+            raise BoltzflowError("FAB cannot seed its buffer in an SNF's path space; set explore.seed_buffer: false")
+        dtype = buf.x.dtype
+        x, log_w = jnp.asarray(x, dtype)[-max_len:], jnp.asarray(log_w, dtype)[-max_len:]
+        return buffer.add(buf, *_seed_entries(model, x, log_w))
 
     def step(model, opt_state, state: FabState, key):
         k_ais, k_buf = jax.random.split(key)

@@ -1,0 +1,158 @@
+"""Exploration without a flow (boltzflow.explore), its SMC (boltzflow.mcmc.anneal, R1 and adaptive levels), the
+far-mode targets (boltzflow.targets.far_modes) and the missing-mass check (X5)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from boltzflow.ais import build_ais
+from boltzflow.errors import BoltzflowError
+from boltzflow.explore import ExploreSettings, _gaussian, explore, group_log_z, unseen_mass
+from boltzflow.mcmc.anneal import SMC, systematic_resample
+from boltzflow.mcmc.registry import make_kernel
+from boltzflow.targets import make_target
+from boltzflow.targets.far_modes import far_modes
+from boltzflow.targets.gmm import GaussianMixture
+
+
+def test_systematic_resampling_gives_each_particle_floor_or_ceil_of_m_times_its_weight():
+    m = 64
+    log_w = jax.random.normal(jax.random.key(0), (m,)) * 2.0
+    w = np.asarray(jax.nn.softmax(log_w))
+    for k in jax.random.split(jax.random.key(1), 20):
+        counts = np.bincount(np.asarray(systematic_resample(k, log_w)), minlength=m)
+        assert counts.sum() == m
+        assert np.all(counts >= np.floor(m * w) - 1e-9) and np.all(counts <= np.ceil(m * w) + 1e-9)
+    # no finite weight: the particles stay
+    assert np.array_equal(np.asarray(systematic_resample(jax.random.key(2), jnp.full(4, -jnp.inf))), np.arange(4))
+
+
+def test_smc_log_z_is_unbiased_over_independent_runs():
+    """SMC (adaptive levels, resampling) from N(0, 4^2 I) to an unnormalised N(m, 0.5^2 I) in 3-D with log Z = 1.3:
+    the mean of Z^ / Z over 16 runs of 8 groups must be 1 within 4 standard errors of that mean (from the runs'
+    own spread), and log Z^ of the runs close to the truth."""
+    d, log_z_true = 3, 1.3
+    mu = jnp.array([1.0, -2.0, 0.5])
+
+    def log_p(x):
+        return log_z_true - 0.5 * jnp.sum(((x - mu) / 0.5) ** 2, 1) - d * math.log(0.5) - 0.5 * d * math.log(2 * math.pi)
+
+    ais = build_ais(log_p, make_kernel("hmc", n_leapfrog=3), 48, smc=SMC(0.5, 8, 0.9), step_size=0.5, adapt_rate=0.3)
+    ref = _gaussian(jnp.zeros(d), jnp.full(d, 4.0))
+    run = jax.jit(lambda k, st, n, adapt: ais.run(k, st, *ref, n, adapt), static_argnums=(2, 3))
+    state = ais.init_state()
+    for k in jax.random.split(jax.random.key(0), 15):
+        state = run(k, state, 256, True)[1]
+    ratios, logs = [], []
+    for k in jax.random.split(jax.random.key(1), 16):
+        res = run(k, state, 1024, False)[0]
+        lz, se = group_log_z(np.asarray(res.log_w, np.float64), 8)
+        logs.append(lz)
+        ratios.append(math.exp(lz - log_z_true))
+        assert int(res.info.n_resampled) > 0 and float(res.info.betas[-1]) == 1.0
+    ratios = np.array(ratios)
+    assert abs(ratios.mean() - 1) < 4 * ratios.std(ddof=1) / math.sqrt(len(ratios)) + 1e-3, ratios
+    assert abs(np.mean(logs) - log_z_true) < 0.1, logs
+
+
+def test_smc_needs_a_metropolis_kernel_and_whole_groups():
+    log_p = lambda x: -0.5 * jnp.sum(x**2, 1)  # noqa: E731
+    ref = _gaussian(jnp.zeros(2), jnp.ones(2))
+    with pytest.raises(BoltzflowError, match="accept step"):
+        ais = build_ais(log_p, make_kernel("ula"), 4, smc=SMC(0.5, 2))
+        ais.run(jax.random.key(0), ais.init_state(), *ref, 16)
+    ais = build_ais(log_p, make_kernel("hmc"), 4, smc=SMC(0.5, 3))
+    with pytest.raises(BoltzflowError, match="dividing the batch"):
+        ais.run(jax.random.key(0), ais.init_state(), *ref, 16)
+
+
+def test_far_mode_targets_follow_their_recipe():
+    dims, weights, dists = set(), [], []
+    for seed in range(30):
+        t = far_modes(seed)
+        assert t.n_far in (1, 2) and 2 <= t.dim <= 10 and t.log_z == 0.0
+        weights += list(t.weights[-t.n_far:])
+        dists += list(t.distances)
+        dims.add(t.dim)
+        far = t.means[-t.n_far:]
+        bulk_mean = t.weights[:-t.n_far] @ t.means[:-t.n_far] / t.weights[:-t.n_far].sum()
+        np.testing.assert_allclose(np.linalg.norm(far - bulk_mean, axis=1), np.array(t.distances) * t.bulk_scale)
+    assert min(weights) >= 0.01 and max(weights) <= 0.05 and min(dists) >= 3 and max(dists) <= 8 and len(dims) >= 6
+    assert np.array_equal(far_modes(4).means, make_target({"name": "far_modes", "seed": 4}).means)
+    assert far_modes(4, dim=3).dim == 3
+    # the region masses of exact samples are the weights up to the (small) overlap
+    t = far_modes(1)
+    x = np.asarray(t.sample(jax.random.key(0), 200_000))
+    np.testing.assert_allclose(t.region_mass(x), t.weights[-t.n_far:], rtol=0.05)
+    with pytest.raises(BoltzflowError, match="seed"):
+        far_modes(-1)
+
+
+@pytest.mark.parametrize("seed", [1, 5])
+def test_exploration_finds_the_far_modes(seed):
+    """Tempered SMC from a growing Gaussian, nothing told about the target: every far mode of two generated targets
+    (6-D with one 1.9 % mode 6.8 bulk scales away; 8-D with two modes of 3 %) gets at least a third of its mass
+    (the exploration finds modes; the flow trained from its samples gets the weights right) and the reference ends
+    at least 10 times wider than the found scale."""
+    t = far_modes(seed)
+    e = explore(jax.random.key(seed), t.log_prob, t.dim, n=4096)
+    found = t.region_mass(e.x, e.log_w)
+    assert np.all(found > t.weights[-t.n_far:] / 3), (found, t.weights[-t.n_far:], e.rounds)
+    assert e.converged and e.rounds[-1]["scale"] >= 10 * e.rounds[-1]["found_scale"] * 0.999
+
+
+def test_unseen_mass_flags_a_flow_without_the_far_mode_and_not_one_with_it():
+    """(X5) with a 'flow' that is the bulk alone (misses a 3 % mode) and one that is p itself."""
+    t = GaussianMixture(np.array([[0.0, 0.0], [7.0, 0.0]]), 1.0, np.array([0.97, 0.03]))
+    bulk = GaussianMixture(np.array([[0.0, 0.0]]), 1.0)
+    e = explore(jax.random.key(0), t.log_prob, 2, n=4096)
+    for q, missing in ((bulk, True), (t, False)):
+        xq = q.sample(jax.random.key(1), 20_000)
+        flow_log_w = np.asarray(t.log_prob(xq) - q.log_prob(xq), np.float64)
+        log_z = float(jax.scipy.special.logsumexp(flow_log_w) - math.log(len(flow_log_w)))
+        log_ratio_e = np.asarray(t.log_prob(jnp.asarray(e.x, jnp.float32)) - q.log_prob(jnp.asarray(e.x, jnp.float32)))
+        r = unseen_mass(e, log_ratio_e, flow_log_w, log_z)
+        assert r["mass_missing"] is missing, r
+        if missing:
+            assert abs(r["unseen_mass"] - 0.03) < 0.015 and r["thin_region_mass_flow"] == 0.0, r
+
+
+def test_explore_settings_are_checked_and_auto_means_small_and_not_a_molecule():
+    with pytest.raises(BoltzflowError, match="multiple of 8"):
+        ExploreSettings(n=1000)
+    s = ExploreSettings()
+    assert s.wants("check", far_modes(0)) and not s.wants("check", make_target({"name": "many_well", "dim": 64}))
+    assert not ExploreSettings(check=False).wants("check", far_modes(0))
+    with pytest.raises(BoltzflowError, match="growth > 1"):
+        explore(jax.random.key(0), lambda x: -x[:, 0] ** 2, 2, growth=1.0)
+
+
+def test_fab_buffer_starts_with_the_seed_samples_weighted_for_p_squared_over_q():
+    """(F1): the seed samples are the buffer's newest entries, with log w = log v + (alpha - 1)(log p - log q) and
+    log q_old = log q of the initial flow."""
+    from boltzflow.config import config_from_dict
+    from boltzflow.experiment import build_experiment
+    from boltzflow.train.api import Problem
+    from boltzflow.train.registry import METHODS
+    from boltzflow.train.state import make_optimizer
+
+    cfg = config_from_dict({"target": "gmm4", "flow": {"type": "realnvp", "n_layers": 2, "hidden": 8},
+                            "method": {"name": "fab", "buffer_size": 512, "min_buffer_length": 128},
+                            "ais": {"kernel": "hmc", "n_intermediate": 1}, "train": {"batch_size": 64}})
+    exp = build_experiment(cfg)
+    x = np.asarray(exp.target.sample(jax.random.key(3), 100), np.float32)
+    log_v = np.linspace(-1.0, 1.0, 100).astype(np.float32)
+    opt = make_optimizer(cfg.train)
+    problem = Problem(exp.target, 64, opt, exp.space("fab"), cfg.ais, seed=(x, log_v))
+    state = METHODS["fab"].build(cfg.method.settings, problem).init(jax.random.key(0), exp.model)
+    buf = state.buffer
+    idx = (int(buf.index) - 100 + np.arange(100)) % buf.x.shape[0]
+    np.testing.assert_allclose(np.asarray(buf.x)[idx], x, atol=1e-6)
+    log_q = np.asarray(exp.model.log_prob(jnp.asarray(x)))
+    log_p = np.asarray(exp.target.log_prob(jnp.asarray(x)))
+    np.testing.assert_allclose(np.asarray(buf.log_w)[idx], log_v + (2.0 - 1.0) * (log_p - log_q), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(buf.log_q_old)[idx], log_q, rtol=1e-5, atol=1e-4)
+    assert int(buf.length) == 128 + 100
