@@ -196,9 +196,9 @@ def _warnings(metrics: dict) -> list[str]:
                    f"density is ten times too thin, which its own samples do not see; its ESS and log Z error bars "
                    f"do not include that mass")
     sigma = metrics.get("log_z_difference_sigma")
-    if sigma is not None and abs(sigma) > 3:
-        out.append(f"WARNING: log Z by the model and by the exploration differ by {metrics['log_z_difference']:.3g} "
-                   f"({sigma:.1f} standard errors)")
+    if sigma is not None and sigma > 3:  # one-sided: mass the model misses makes its log Z the lower one
+        out.append(f"WARNING: the exploration's log Z exceeds the model's by {metrics['log_z_difference']:.3g} "
+                   f"({sigma:.1f} standard errors): mass may be missing")
     return out
 
 

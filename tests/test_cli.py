@@ -60,6 +60,7 @@ def test_train_evaluate_and_resume_on_a_user_target(tmp_path, capsys):
         "method: {name: reverse_kl}\n"
         "train: {steps: 40, batch_size: 64, lr: 1.0e-2, warmup_steps: 5, eval_every: 20, eval_samples: 256,"
         " checkpoint_every: 20, ema_decay: 0.9}\n"
+        "explore: {n: 1024}\n"  # the missing-mass check of every command-line evaluation, small
     )
     out = tmp_path / "run"
     rc, stdout, err = _run(["train", str(cfg), "--out", str(out), "--no-progress", "--eval-samples", "512"], capsys)
@@ -69,6 +70,8 @@ def test_train_evaluate_and_resume_on_a_user_target(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["eval"]["n_samples"] == 512 and report["training"]["steps"] == 40
     assert "log_z_true" not in report["eval"]  # the user's target does not know its log Z
+    # the missing-mass check ran (a 2-D target): the exploration agrees with a flow that covers the Gaussian
+    assert report["eval"]["mass_missing"] is False and abs(report["eval"]["log_z_difference_sigma"]) < 4
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == 40
     # resume: more steps continue from the checkpoint rather than starting again

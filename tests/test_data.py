@@ -114,7 +114,8 @@ def test_cli_train_with_data(tmp_path, capsys):
                    "flow: {type: realnvp, n_layers: 2, hidden: 16, depth: 1}\n"
                    "method: {name: forward_kl}\n"
                    "train: {steps: 20, batch_size: 64, lr: 1.0e-2, warmup_steps: 5, eval_every: 20,"
-                   " eval_samples: 256, checkpoint_every: 20}\n")
+                   " eval_samples: 256, checkpoint_every: 20}\n"
+                   "explore: {check: false}\n")
     out = tmp_path / "run"
     rc = main(["train", str(cfg), "--out", str(out), "--no-progress", "--eval-samples", "256",
                "--data", str(tmp_path / "md.npy")])
