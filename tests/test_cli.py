@@ -135,3 +135,15 @@ def test_every_preset_builds_its_experiment_and_method(name, tmp_path):
                                                  jax.random.key(1))
     layout = lambda m: [(a.shape, a.dtype) for a in jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_array))]
     assert layout(model) == layout(state.model) and metrics["loss"].shape == ()
+
+
+def test_the_report_warns_when_mass_may_be_missing_and_only_then():
+    from boltzflow.cli import _table
+
+    ok = {"ess": 0.99, "log_z": 0.0, "mass_missing": False, "unseen_mass": 0.0, "unseen_mass_stderr": 0.001,
+          "log_z_difference": -0.5, "log_z_difference_sigma": -6.0}  # exploration low: no evidence of missing mass
+    assert "WARNING" not in _table(ok, "t")
+    bad = {**ok, "mass_missing": True, "unseen_mass": 0.03}
+    assert _table(bad, "t").count("WARNING: mass may be missing") == 1
+    low = {**ok, "log_z_difference": 0.03, "log_z_difference_sigma": 4.0}
+    assert "WARNING: the exploration's log Z exceeds the model's" in _table(low, "t")
