@@ -205,6 +205,7 @@ def build_ais(log_p_fn: Callable[[jax.Array], jax.Array], kernel: Kernel | str, 
         w_p = jnp.asarray(betas, dtype) * alpha
         ws = jnp.stack([1.0 - w_p, w_p], axis=-1)  # (K + 2, 2): (w_q, w_p) of (A1)
         eps = state.step_sizes.astype(dtype)
+        smc_on = smc is not None and k_int > 0
         if k_int > 0:
             point, d_s, info = anneal(kernel, jax.random.split(k_chain, k_int), point, ws[0], ws[1:-1], eps,
                                       n_inner, log_q_fn, log_p_fn, smc, ws[-1])
@@ -214,9 +215,9 @@ def build_ais(log_p_fn: Callable[[jax.Array], jax.Array], kernel: Kernel | str, 
             accept, n_bad = jnp.zeros((0,), dtype), jnp.zeros((), jnp.int32)
 
         log_pi_final = annealed_log_prob(point, ws[-1])
-        w_last = info.w_last if smc is not None and k_int > 0 else ws[-2]
+        w_last = info.w_last if smc_on else ws[-2]
         log_w_std = log_w_std + log_pi_final - annealed_log_prob(point, w_last)
-        if smc is not None and k_int > 0:  # ancestors changed: Neal's weight (A2) and the groups' offsets
+        if smc_on:  # ancestors changed: Neal's weight (A2) and the groups' offsets
             log_w = log_w_std = log_w_std + info.log_w_offset
         else:
             log_w = log_pi_final - log_q0 + d_s  # (A3)
@@ -229,7 +230,7 @@ def build_ais(log_p_fn: Callable[[jax.Array], jax.Array], kernel: Kernel | str, 
             log_p=jnp.where(x_ok, point.log_p, -jnp.inf),
             info=AISInfo(accept, eps, n_bad, jnp.sum(~ok, dtype=jnp.int32),
                          jnp.where(x_ok & jnp.isfinite(log_w_std), log_w_std, -jnp.inf),
-                         *((info.n_resampled, info.betas) if smc is not None and k_int > 0 else ())),
+                         *((info.n_resampled, info.betas) if smc_on else ())),
         )
         if target_accept is not None:
             state = adapt_step_sizes(state, accept, float(target_accept), float(adapt_rate), adapt)

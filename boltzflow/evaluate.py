@@ -27,7 +27,8 @@ For a flow q and target p (log p unnormalised, log Z = log int exp(log p)):
   boltzflow.vae.bound) with ``test_nll_stderr`` (the standard error of the test mean, from each image's
   importance-sampling error), ``train_jkl`` on as many training images, and ``bound_below_nll_batches``, the
   fraction of test batches whose mean bound is below their mean estimated log-likelihood;
-- the missing-mass check (config ``explore.check``, on by default up to 32 dimensions, boltzflow.explore): an
+- the missing-mass check (``check``; on the command line as the config's ``explore.check`` says, by default up to
+  16 dimensions and not for molecules; boltzflow.explore): an
   exploration of the target that does not use the model (tempered SMC from a broad Gaussian) gives
   ``explore_log_z`` +- ``explore_log_z_stderr`` beside the model's, ``log_z_difference`` (exploration minus
   model) and ``log_z_difference_sigma`` (in combined standard errors); and the mass of the region where q is ten

@@ -57,6 +57,7 @@ import numpy as np
 
 from boltzflow.ais import build_ais
 from boltzflow.errors import BoltzflowError
+from boltzflow.estimators import effective_sample_size, self_normalised_expectation
 from boltzflow.mcmc.anneal import SMC
 from boltzflow.mcmc.registry import make_kernel
 
@@ -77,12 +78,12 @@ class ExploreSettings:
     the flow with an exploration (:func:`unseen_mass`, log Z both ways); ``seed_buffer``: FAB's replay buffer
     starts with the exploration's samples (boltzflow.train.fab; off by default until its effect on the published
     GMM40 / Many Well numbers is measured); None means on for targets of at most ``AUTO_MAX_DIM`` dimensions that
-    are not molecules (the default of ``check``). ``bounds``: the box of the reference instead of growth (:func:`explore`); ``n``,
-    ``n_groups``, ``n_intermediate``: particles, independent groups, levels. 32,768 particles in 8 groups: with
+    are not molecules (the default of ``check``). ``bounds``: the box of the reference instead of growth
+    (:func:`explore`); ``n``, ``n_groups``, ``n_intermediate``: particles, independent groups, levels. 32,768 particles in 8 groups: with
     8,192 the groups' estimates of a 3 % mode narrower than the bulk in 9-D ranged from 1 % to 50 % (a narrow mode
     starts with few particles under a broad reference and each is multiplied many times), and the check flagged 6
-    of 10 bulk-only flows of the far-mode family; with 32,768, 8 of 10, the other two being modes at 4 bulk scales
-    that the bulk's own tails reach (the flow's importance sampling sees them too)."""
+    of 10 bulk-only flows of the far-mode family; with 32,768, 10 of 12, the other two being modes at 4 bulk scales
+    that the bulk's own tails reach (the flow's importance sampling sees them too; docs/benchmarks.md)."""
 
     check: bool | None = None
     seed_buffer: bool | None = False
@@ -92,9 +93,7 @@ class ExploreSettings:
     n_intermediate: int = 64
 
     def __post_init__(self):
-        if self.n_groups < 2 or self.n % (8 * self.n_groups) or self.n < 16 * self.n_groups:
-            raise BoltzflowError(f"explore.n must be a multiple of 8 * n_groups with n_groups >= 2 and at least 16 "
-                                 f"particles per group; got n={self.n}, n_groups={self.n_groups}")
+        _check_particles(self.n, self.n_groups)
         if self.n_intermediate < 1:
             raise BoltzflowError(f"explore.n_intermediate must be >= 1, got {self.n_intermediate}")
 
@@ -170,6 +169,13 @@ def group_log_z(log_w: np.ndarray, n_groups: int) -> tuple[float, float]:
     return log_z, se
 
 
+def _check_particles(n: int, n_groups: int) -> None:
+    """n / 8 particles per adaptation pass, in n_groups >= 2 groups of at least 2 (the one check of both sizes)."""
+    if n_groups < 2 or n % (8 * n_groups) or n < 16 * n_groups:
+        raise BoltzflowError(f"explore.n must be a multiple of 8 * n_groups with n_groups >= 2 and at least 16 "
+                             f"particles per group; got n={n}, n_groups={n_groups}")
+
+
 def parse_bounds(bounds, dim: int) -> tuple[np.ndarray, np.ndarray]:
     """(lo (d,), hi (d,)) from one [lo, hi] for every dimension or d such pairs; a clear error otherwise."""
     try:
@@ -195,25 +201,23 @@ def explore(key, log_p, dim: int, n: int = 4096, n_groups: int = 8, bounds=None,
         raise BoltzflowError(f"explore needs scale > 0, growth > 1, factor >= 1, max_rounds >= 1 and "
                              f"n_intermediate >= 1; got scale={scale}, growth={growth}, factor={factor}, "
                              f"max_rounds={max_rounds}, n_intermediate={n_intermediate}")
-    if n_groups < 2 or n % (8 * n_groups) or n < 16 * n_groups:
-        raise BoltzflowError(f"explore needs n_groups >= 2 and n a multiple of 8 * n_groups with at least 16 "
-                             f"particles per group; got n={n}, n_groups={n_groups}")
+    _check_particles(n, n_groups)
     if kernel == "hmc":
         kernel_options = {"n_leapfrog": 5, **kernel_options}
-    # SMC runs in standardized coordinates y = (x - c) / s, from N(0, I) to p_y(y) = p(c + s y) prod_i s_i (same Z),
-    # where one step size per level suits every dimension and every round
-    def run(k, st, c, s, m, adapt):
-        def log_p_y(y):
-            return log_p(c + s * y) + jnp.sum(jnp.log(s))
+    kern = make_kernel(kernel, **kernel_options)
 
-        ais = build_ais(log_p_y, kern, n_intermediate, smc=SMC(RESAMPLE_BELOW, n_groups, CESS), step_size=0.5,
-                        adapt_rate=ADAPT_RATE)
-        res, st = ais.run(k, st, *_gaussian(jnp.zeros_like(c), jnp.ones_like(s)), m, adapt)
+    def smc(log_p_fn):
+        return build_ais(log_p_fn, kern, n_intermediate, smc=SMC(RESAMPLE_BELOW, n_groups, CESS), step_size=0.5,
+                         adapt_rate=ADAPT_RATE)
+
+    # SMC runs in standardized coordinates y = (x - c) / s, from N(0, I) to p_y(y) = p(c + s y) prod_i s_i (same Z),
+    # where one step size per level suits every dimension and every round; c and s are traced: one compilation
+    def run(k, st, c, s, m, adapt):
+        res, st = smc(lambda y: log_p(c + s * y) + jnp.sum(jnp.log(s))).run(
+            k, st, *_gaussian(jnp.zeros_like(c), jnp.ones_like(s)), m, adapt)
         return res._replace(x=c + s * res.x), st
 
-    kern = make_kernel(kernel, **kernel_options)
-    ais = build_ais(log_p, kern, n_intermediate, smc=SMC(RESAMPLE_BELOW, n_groups, CESS), step_size=0.5,
-                    adapt_rate=ADAPT_RATE)
+    ais = smc(log_p)  # its step-size state and evaluation count are those of every round's
     run = jax.jit(run, static_argnums=(4, 5))
     if bounds is not None:
         lo, hi = parse_bounds(bounds, dim)
@@ -221,7 +225,7 @@ def explore(key, log_p, dim: int, n: int = 4096, n_groups: int = 8, bounds=None,
     else:
         center, s = np.zeros(dim), np.full(dim, float(scale))
     rounds, results, evals, converged, prev = [], [], 0, bounds is not None, None
-    for j in range(int(max_rounds)):
+    for _ in range(int(max_rounds)):
         key, k_adapt, k_run = jax.random.split(key, 3)
         state = ais.init_state(dtype)
         c_arr, s_arr = jnp.asarray(center, dtype), jnp.asarray(s, dtype)
@@ -232,8 +236,7 @@ def explore(key, log_p, dim: int, n: int = 4096, n_groups: int = 8, bounds=None,
         x, log_w = np.asarray(res.x, np.float64), np.asarray(res.log_w, np.float64)
         log_z, se = group_log_z(log_w, n_groups)
         ok = np.isfinite(log_w)
-        ess = float(np.exp(2 * np.logaddexp.reduce(log_w[ok]) - np.logaddexp.reduce(2 * log_w[ok])) / n) \
-            if ok.any() else 0.0
+        ess = float(effective_sample_size(res.log_w))
         reached = res.info.betas is None or float(res.info.betas[-1]) >= 1.0  # else the last step jumped to p
         usable = ess * n >= min_ess and reached
         mean, std = weighted_moments(x, log_w) if ok.any() else (center, s)
@@ -280,7 +283,8 @@ def unseen_mass(e: Exploration, log_ratio_e: np.ndarray, flow_log_w: np.ndarray,
         R = {x : log p(x) - log Z^_q - log q(x) > tau},       Z^_q the flow's estimate of Z,                    (X5)
 
     P_e(R) = the exploration's self-normalised weight of its samples in R (group standard error), P_q(R) = the
-    same with the flow's samples and weights (the delta-method error, estimators E3). For a flow that covers p
+    same with the flow's samples and weights (estimators.self_normalised_expectation, E3, and its error). For a
+    flow that covers p
     both estimate P_p(R); for a flow that misses a mode of mass m, R contains the mode, the flow's samples never
     land there (P_q(R) ~ 0 with a tiny error) while the exploration finds about m: D = P_e - P_q > 3 se(D) says
     "mass may be missing". (X5) is far more sensitive than comparing log Z (a 1 % mode moves log Z by 0.01,
@@ -290,12 +294,7 @@ def unseen_mass(e: Exploration, log_ratio_e: np.ndarray, flow_log_w: np.ndarray,
     samples."""
     thr = flow_log_z + tau
     p_e, se_e = group_fraction(e.log_w, np.asarray(log_ratio_e) > thr, e.n_groups)
-    lw = np.where(np.isfinite(flow_log_w), flow_log_w, -np.inf)
-    w = np.exp(lw - lw.max())
-    w /= w.sum()
-    f = (lw > thr).astype(np.float64)
-    p_q = float(w @ f)
-    se_q = float(np.sqrt(np.sum(w**2 * (f - p_q) ** 2)))
+    p_q, se_q = (float(v) for v in self_normalised_expectation(flow_log_w, np.asarray(flow_log_w) > thr))
     d = p_e - p_q
     se = math.hypot(se_e, se_q)
     return {"unseen_mass": d, "unseen_mass_stderr": se, "thin_region_mass_explore": p_e,

@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from boltzflow.errors import BoltzflowError
+from boltzflow.estimators import effective_sample_size, normalised_weights
 from boltzflow.mcmc.base import Kernel
 from boltzflow.mcmc.point import Point, annealed_log_prob
 
@@ -84,7 +85,7 @@ def systematic_resample(key: jax.Array, log_w: jax.Array) -> jax.Array:
     with no finite weight keeps its particles."""
     m = log_w.shape[0]
     ok = jnp.isfinite(log_w)
-    w = jnp.where(ok, jax.nn.softmax(jnp.where(ok, log_w, -jnp.inf)), 0.0)
+    w = normalised_weights(log_w)
     positions = (jax.random.uniform(key, (), log_w.dtype) + jnp.arange(m, dtype=log_w.dtype)) / m
     idx = jnp.searchsorted(jnp.cumsum(w), positions, side="right")
     return jnp.where(jnp.any(ok), jnp.clip(idx, 0, m - 1), jnp.arange(m))
@@ -97,8 +98,7 @@ def _resample_groups(key, tree, log_w, offset, threshold: float, n_groups: int):
     m = n // n_groups
     lw = jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf).reshape(n_groups, m)
     lse = jax.scipy.special.logsumexp(lw, axis=1)
-    ess = jnp.exp(2 * lse - jax.scipy.special.logsumexp(2 * lw, axis=1)) / m
-    do = (ess < threshold) & jnp.isfinite(lse)
+    do = (jax.vmap(effective_sample_size)(lw) < threshold) & jnp.isfinite(lse)
     anc = jax.vmap(systematic_resample)(jax.random.split(key, n_groups), lw)
     idx = (jnp.where(do[:, None], anc, jnp.arange(m)) + m * jnp.arange(n_groups)[:, None]).reshape(n)
     tree = jax.tree_util.tree_map(lambda a: a[idx], tree)
