@@ -284,8 +284,7 @@ def unseen_mass(e: Exploration, log_ratio_e: np.ndarray, flow_log_w: np.ndarray,
 
     P_e(R) = the exploration's self-normalised weight of its samples in R (group standard error), P_q(R) = the
     same with the flow's samples and weights (estimators.self_normalised_expectation, E3, and its error). For a
-    flow that covers p
-    both estimate P_p(R); for a flow that misses a mode of mass m, R contains the mode, the flow's samples never
+    flow that covers p both estimate P_p(R); for a flow that misses a mode of mass m, R contains the mode, the flow's samples never
     land there (P_q(R) ~ 0 with a tiny error) while the exploration finds about m: D = P_e - P_q > 3 se(D) says
     "mass may be missing". (X5) is far more sensitive than comparing log Z (a 1 % mode moves log Z by 0.01,
     below the SMC estimate's error at a few thousand particles) because only R's particles count.
