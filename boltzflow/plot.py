@@ -95,20 +95,32 @@ def plot_training(run_dir, path=None) -> Path:
     return _save(fig, path)
 
 
-def plot_ess_curves(runs: dict, path, title: str = "flow ESS against training wall-clock") -> Path:
-    """Flow ESS (the periodic flow-IS evaluations in metrics.jsonl) against wall-clock, one line per run.
+#: x axes of :func:`plot_ess_curves`: metrics.jsonl key, scale, label
+ESS_CURVE_AXES = {"time": ("time_s", 1 / 60, "training wall-clock (min)"),
+                  "flow_evals": ("flow_evals", 1.0, "flow evaluations"),
+                  "target_evals": ("target_evals", 1.0, "target evaluations")}
 
-    ``runs`` maps a legend label to a run directory; labels sharing the text before " seed" share a colour."""
+
+def plot_ess_curves(runs: dict, path, title: str | None = None, x: str = "time") -> Path:
+    """Flow ESS (the periodic flow-IS evaluations in metrics.jsonl) against wall-clock or cost, one line per run.
+
+    ``runs`` maps a legend label to a run directory; labels sharing the text before " seed" share a colour. ``x``
+    is a key of :data:`ESS_CURVE_AXES`: ``time`` (minutes), ``flow_evals`` or ``target_evals`` (the cumulative
+    counts every training step records), so that methods are compared at equal cost."""
+    if x not in ESS_CURVE_AXES:
+        raise ValueError(f"x must be one of {sorted(ESS_CURVE_AXES)}, got {x!r}")
+    key, scale, xlabel = ESS_CURVE_AXES[x]
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     colours = {}
     for label, run_dir in runs.items():
-        pts = [(r["time_s"] / 60, r["flow_ess"]) for r in read_metrics(run_dir) if "flow_ess" in r]
+        pts = [(r[key] * scale, r["flow_ess"]) for r in read_metrics(run_dir) if "flow_ess" in r and key in r]
         if not pts:
-            raise ValueError(f"no flow ESS evaluations in {run_dir}/metrics.jsonl")
+            raise ValueError(f"no flow ESS evaluations with {key} in {run_dir}/metrics.jsonl")
         group = label.split(" seed")[0]
         colours.setdefault(group, f"C{len(colours)}")
         ax.plot(*zip(*pts), marker="o", ms=2.5, lw=0.9, color=colours[group], label=label)
-    ax.set(xlabel="training wall-clock (min)", ylabel="flow ESS (fraction)", ylim=(0, 1.02), title=title)
+    ax.set(xlabel=xlabel, ylabel="flow ESS (fraction)", ylim=(0, 1.02),
+           title=title or f"flow ESS against {xlabel.split(' (')[0]}")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)

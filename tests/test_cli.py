@@ -103,7 +103,8 @@ def test_train_evaluate_and_resume_on_a_user_target(tmp_path, capsys):
 
 # presets whose training step is another preset's at a larger size: built, not traced again (tracing aldp_fab's
 # AIS through the force field takes ~20 s and checks nothing aldp_fab_cpu's does not)
-SAME_STEP_AS = {"aldp_fab": "aldp_fab_cpu"}
+SAME_STEP_AS = {"aldp_fab": "aldp_fab_cpu", "aldp_fab_nobuffer": "aldp_fab_nobuffer_cpu",
+                "aldp_reverse_kl": "aldp_reverse_kl_cpu", "aldp_ml": "aldp_ml_cpu", "aldp_snf": "aldp_snf_cpu"}
 
 
 @pytest.mark.parametrize("name", __import__("boltzflow.config", fromlist=["presets"]).presets())

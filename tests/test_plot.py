@@ -76,6 +76,18 @@ def test_ess_curves_one_line_per_run_coloured_by_group(tmp_path, saved):
     assert _not_blank(_image(out))
 
 
+def test_ess_curves_against_flow_evaluations(tmp_path, saved):
+    rows = [{**r, "flow_evals": 1000 * r["step"]} for r in _rows()]
+    plot_ess_curves({"a": _run(tmp_path, "a", rows)}, tmp_path / "ess.png", x="flow_evals")
+    (fig,) = saved
+    (line,) = fig.axes[0].get_lines()
+    evals = [r for r in rows if "flow_ess" in r]
+    np.testing.assert_allclose(line.get_xdata(), [r["flow_evals"] for r in evals])
+    assert fig.axes[0].get_xlabel() == "flow evaluations"
+    with pytest.raises(ValueError, match="x must be one of"):
+        plot_ess_curves({"a": _run(tmp_path, "b", rows)}, tmp_path / "ess2.png", x="steps")
+
+
 def test_ess_curve_of_a_run_without_evaluations_is_an_error(tmp_path):
     run = _run(tmp_path, "a", [{"step": 1, "time_s": 0.1, "loss": 1.0}])
     with pytest.raises(ValueError, match="no flow ESS"):
