@@ -15,7 +15,7 @@ LAYERS = [
     ["boltzflow.flows"],
     ["boltzflow.mcmc"],
     ["boltzflow.ais"],
-    ["boltzflow.explore"],
+    ["boltzflow.explore", "boltzflow.frame"],
     ["boltzflow.autoflow"],
     ["boltzflow.snf"],
     ["boltzflow.vae"],

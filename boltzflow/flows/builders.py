@@ -98,6 +98,7 @@ def make_realnvp(
     scan: bool = False,
     loc: float | list[float] | None = None,
     scale: float | list[float] | None = None,
+    rotation: list[list[float]] | None = None,
     dtype=jnp.float32,
 ) -> Flow:
     """RealNVP: ``n_layers`` affine coupling layers on R^dim, identity at initialisation.
@@ -113,9 +114,10 @@ def make_realnvp(
         learn_base: learnable mean and log-scale of the Gaussian base.
         scan: run the layer pairs with ``jax.lax.scan`` (compile time flat in depth) instead of unrolled (see the
             module docstring for the trade-off).
-        loc, scale: a fixed last layer x = loc + scale * y (numbers or one per dimension;
+        loc, scale, rotation: a fixed last layer x = loc + rotation (scale * y) (loc, scale: numbers or one per
+            dimension; rotation: a d x d matrix whose columns are the target's axes, boltzflow.frame;
             :class:`~boltzflow.flows.standardize.Standardize`), so the flow models standardized coordinates y;
-            None for neither (the flow models x itself).
+            None for all three (the flow models x itself).
         dtype: float32 (default) or float64 (needs ``jax_enable_x64``).
     """
     dtype = _dtype(dtype)
@@ -123,7 +125,7 @@ def make_realnvp(
     base = StandardBase(dim, learnable=learn_base, dtype=dtype)
     mlp = dict(hidden=hidden, depth=depth, activation=activation, dtype=dtype)
     flow = _coupling_flow(key, dim, n_layers, circ, Affine(float(max_log_scale)), lu, base, scan, **mlp)
-    return _standardized(flow, loc, scale, circ)
+    return _standardized(flow, loc, scale, rotation, circ)
 
 
 def make_nsf(
@@ -143,6 +145,7 @@ def make_nsf(
     scan: bool = False,
     loc: float | list[float] | None = None,
     scale: float | list[float] | None = None,
+    rotation: list[list[float]] | None = None,
     dtype=jnp.float32,
 ) -> Flow:
     """Neural spline flow: ``n_layers`` rational-quadratic spline couplings, identity at initialisation.
@@ -159,16 +162,19 @@ def make_nsf(
     spline = RQSpline(int(bins), float(bound), float(min_bin), float(min_derivative))
     base = StandardBase(dim, circ, learnable=learn_base, dtype=dtype)
     mlp = dict(hidden=hidden, depth=depth, activation=activation, dtype=dtype)
-    return _standardized(_coupling_flow(key, dim, n_layers, circ, spline, lu, base, scan, **mlp), loc, scale, circ)
+    flow = _coupling_flow(key, dim, n_layers, circ, spline, lu, base, scan, **mlp)
+    return _standardized(flow, loc, scale, rotation, circ)
 
 
-def _standardized(flow: Flow, loc, scale, circ: np.ndarray) -> Flow:
-    """``flow`` followed by x = loc + scale * y when ``loc`` or ``scale`` is given; circular dimensions keep
-    loc 0 and scale 1 (an angle's range is fixed)."""
-    if loc is None and scale is None:
+def _standardized(flow: Flow, loc, scale, rotation, circ: np.ndarray) -> Flow:
+    """``flow`` followed by x = loc + rotation (scale * y) when any of the three is given; circular dimensions keep
+    loc 0 and scale 1 (an angle's range is fixed) and allow no rotation (it would mix an angle with a line)."""
+    if loc is None and scale is None and rotation is None:
         return flow
     dim = circ.shape[0]
-    layer = Standardize(dim, 0.0 if loc is None else loc, 1.0 if scale is None else scale)
+    if circ.any() and rotation is not None:
+        raise BoltzflowError("rotation is for flows without circular dimensions")
+    layer = Standardize(dim, 0.0 if loc is None else loc, 1.0 if scale is None else scale, rotation)
     if circ.any() and (np.asarray(layer.loc)[circ].any() or (np.asarray(layer.scale)[circ] != 1).any()):
         raise BoltzflowError("loc and scale must leave the circular dimensions as they are (loc 0, scale 1)")
     return Flow(flow.base, flow.layers + (layer,))
@@ -239,9 +245,9 @@ def _internal_flow(name: str, options: dict, key, dim: int, dtype, molecule) -> 
     if options.get("circular"):
         raise BoltzflowError("flow coordinates: internal chooses the circular dimensions itself (the torsions of "
                              "rotatable bonds); leave circular unset")
-    if options.get("loc") is not None or options.get("scale") is not None:
+    if any(options.get(k) is not None for k in ("loc", "scale", "rotation")):
         raise BoltzflowError("flow coordinates: internal normalises the coordinates itself (around the energy "
-                             "minimum); leave loc and scale unset")
+                             "minimum); leave loc, scale and rotation unset")
     if name == "nsf":
         options["circular"] = ic.circular_indices
     inner = FLOW_TYPES[name](key, ic.latent_dim, dtype=_dtype(dtype), **options)
