@@ -5,7 +5,8 @@ through the same code path as ``boltzflow train`` (boltzflow.experiment.train, t
 ``explore.seed_buffer`` true (the buffer starts with an exploration's samples) and false (the FAB of the papers).
 Both evaluations run the missing-mass check. Per run: the far modes' recovered mass (the flow's importance-weighted
 mass of each far mode's region on 100,000 samples, against the exact samples' mass), ESS, log Z error, the check's
-``mass_missing`` flag and log Z difference in standard errors, and the wall-clock time of training and evaluation.
+``mass_missing`` verdict (boltzflow.explore.mass_missing, applied to the stored unseen mass and its error, so
+reports written before a change of the rule are judged by the current one) and log Z difference in standard errors, and the wall-clock time of training and evaluation.
 
     python benchmarks/far_modes.py --targets 0 20 --seeds 0 1 2 --out runs/far_modes_bench
 
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from boltzflow.cli import finish_run  # noqa: E402
 from boltzflow.config import config_from_dict, read_config  # noqa: E402
 from boltzflow.experiment import load_run, train  # noqa: E402
+from boltzflow.explore import mass_missing  # noqa: E402
 from boltzflow.targets.far_modes import far_modes  # noqa: E402
 
 
@@ -74,7 +76,8 @@ def main(argv=None) -> None:
                 e, f = r["eval"], r["far"]
                 rows.append({"target": ts, "seed": seed, "explore": on, "dim": f["dim"], "recovered": f["recovered"],
                              "found": f["found"], "truth": f["truth"], "ess": e["ess"],
-                             "log_z_error": e["log_z_error"], "flag": bool(e.get("mass_missing")),
+                             "log_z_error": e["log_z_error"],
+                             "flag": mass_missing(e["unseen_mass"], e["unseen_mass_stderr"]),
                              "log_z_sigma": e.get("log_z_difference_sigma"), "wall_s": f["wall_s"]})
                 print(json.dumps(rows[-1]), flush=True)
     (Path(args.out) / "summary.json").write_text(json.dumps(rows, indent=1))
