@@ -2,11 +2,12 @@
 
 For each target seed (boltzflow.targets.far_modes) and training seed, the preset ``far_modes`` is trained twice
 through the same code path as ``boltzflow train`` (boltzflow.experiment.train, then the report's evaluation):
-``explore.seed_buffer`` true (the buffer starts with an exploration's samples) and false (the FAB of the papers).
-Both evaluations run the missing-mass check. Per run: the far modes' recovered mass (the flow's importance-weighted
-mass of each far mode's region on 100,000 samples, against the exact samples' mass), ESS, log Z error, the check's
-``mass_missing`` verdict (boltzflow.explore.mass_missing, applied to the stored unseen mass and its error, so
-reports written before a change of the rule are judged by the current one) and log Z difference in standard errors, and the wall-clock time of training and evaluation.
+``explore.seed_buffer`` true (the buffer starts with an exploration's samples) and false (the FAB of the papers). Both
+evaluations run the missing-mass check. Per run: the far modes' recovered mass (the flow's importance-weighted mass of
+each far mode's region on 100,000 samples, against the exact samples' mass), ESS, log Z error, the check's
+``mass_missing`` verdict (boltzflow.explore.mass_missing, applied to the stored unseen mass and its error, so reports
+written before a change of the rule are judged by the current one) and log Z difference in standard errors, and the
+wall-clock time of training and evaluation.
 
     python benchmarks/far_modes.py --targets 0 20 --seeds 0 1 2 --out runs/far_modes_bench
 

@@ -2,8 +2,8 @@
 
     python benchmarks/plot_ess_curves.py "NSF seed 0=runs/bench/mw32_nsf_s0/seed0" \\
         "RealNVP seed 0=runs/bench/mw32_fab_s0/seed0" --out docs/img/mw32_ess_vs_time.png
-    python benchmarks/plot_ess_curves.py "FAB=runs/aldp_fab_cpu-seed0" "FAB without buffer=runs/aldp_fab_nobuffer_cpu-seed0" \\
-        --x flow_evals --out docs/img/aldp_buffer_ess.png
+    python benchmarks/plot_ess_curves.py "FAB=runs/aldp_fab_cpu-seed0" \\
+        "FAB without buffer=runs/aldp_fab_nobuffer_cpu-seed0" --x flow_evals --out docs/img/aldp_buffer_ess.png
 """
 
 from __future__ import annotations

@@ -12,14 +12,14 @@ boltzflow.flows.builders) before anything is built, and the run's config.yaml re
   dimensions, so nothing depends on the target's axes) for d <= 64, else 12; ``hidden`` = 4 d rounded up to a
   multiple of 32, within [64, 256] (the tuned presets: 2-D GMM 64-80, 32-D Many Well 128);
 - placement, a fixed last layer x = loc + R (scale * y) (boltzflow.flows.standardize; R the frame below): from
-  ``bounds``, loc = the box's centre and scale = its width / 6 (the box becomes [-3, 3]); without bounds, from a short exploration of
-  the target that does not use a flow (boltzflow.explore: tempered SMC from a Gaussian grown until it is ten
-  times wider than the mass it finds and the mass stops moving), loc = the mean and scale = the standard
-  deviation per dimension of the SMC end points, importance weighted when the weights are worth at least 50
-  samples (the weights correct for kernels that have not mixed: in a 2-D Gaussian with scales 3 and 0.5, 11 reference units from the origin, the end points' plain mean
-  was 3.7 where the weighted one is 10), unweighted otherwise (each end point has just made HMC moves under p, so
-  it lies where p's mass is, while the weights of one AIS run in 32 dimensions can be worth three samples, and a
-  weighted mean of three points is no scale);
+  ``bounds``, loc = the box's centre and scale = its width / 6 (the box becomes [-3, 3]); without bounds, from a short
+  exploration of the target that does not use a flow (boltzflow.explore: tempered SMC from a Gaussian grown until it
+  is ten times wider than the mass it finds and the mass stops moving), loc = the mean and scale = the standard
+  deviation per dimension of the SMC end points, importance weighted when the weights are worth at least 50 samples
+  (the weights correct for kernels that have not mixed: in a 2-D Gaussian with scales 3 and 0.5, 11 reference units
+  from the origin, the end points' plain mean was 3.7 where the weighted one is 10), unweighted otherwise (each end
+  point has just made HMC moves under p, so it lies where p's mass is, while the weights of one AIS run in 32
+  dimensions can be worth three samples, and a weighted mean of three points is no scale);
 - frame (``frame: hessian``, the default): the flow's coordinates are rotated into the target's own axes, the
   eigenvectors that the Hessians of log p share (boltzflow.frame), read at 256 of the exploration's end points (or
   of the box), so that the coupling layers split coordinates along which the target factorises; the rotation is

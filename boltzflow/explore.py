@@ -26,7 +26,9 @@ Growth (no bounds given). Round j uses r_j = N(c_j, s_j^2 I): c_0 = 0, s_0 = ``s
 
     s_{j+1} = max(``growth`` s_j, ``factor`` sigma^_j),        sigma^_j = max_i sigma^_{j,i},                 (X3)
 
-and the exploration stops (``converged``) at the first round that is (a) usable, ESS n >= ``min_ess``, (b) wide,
+and the exploration stops (``converged``) at the first round that is (a) usable: it reached p, ESS n >=
+``min_ess``, and at least half of its groups estimate Z within 100x of the largest (:func:`groups_agree`; after
+resampling, a round whose weight one group carries still shows ESS n / G, from copies of one ancestor), (b) wide,
 s_j >= ``factor`` sigma^_j: the reference is ``factor`` times wider than everything found, so a mode up to about
 ``factor`` found scales from the found mass starts with a fair share of the particles, and (c) agrees with the round
 before on log Z (the mass stopped moving; new mass raises log Z):
@@ -78,16 +80,16 @@ MIN_MISSING_MASS = 1e-3
 
 @dataclass(frozen=True)
 class ExploreSettings:
-    """A config's ``explore`` section. ``check``: ``boltzflow evaluate`` (and the report after training) compares
-    the flow with an exploration (:func:`unseen_mass`, log Z both ways); ``seed_buffer``: FAB's replay buffer
-    starts with the exploration's samples (boltzflow.train.fab; off by default until its effect on the published
-    GMM40 / Many Well numbers is measured); None means on for targets of at most ``AUTO_MAX_DIM`` dimensions that
-    are not molecules (the default of ``check``). ``bounds``: the box of the reference instead of growth
-    (:func:`explore`); ``n``, ``n_groups``, ``n_intermediate``: particles, independent groups, levels. 32,768 particles in 8 groups: with
-    8,192 the groups' estimates of a 3 % mode narrower than the bulk in 9-D ranged from 1 % to 50 % (a narrow mode
-    starts with few particles under a broad reference and each is multiplied many times), and the check flagged 6
-    of 10 bulk-only flows of the far-mode family; with 32,768, 10 of 12, the other two being modes at 4 bulk scales
-    that the bulk's own tails reach (the flow's importance sampling sees them too; docs/benchmarks.md)."""
+    """A config's ``explore`` section. ``check``: ``boltzflow evaluate`` (and the report after training) compares the
+    flow with an exploration (:func:`unseen_mass`, log Z both ways); ``seed_buffer``: FAB's replay buffer starts with
+    the exploration's samples (boltzflow.train.fab; off by default until its effect on the published GMM40 / Many Well
+    numbers is measured); None means on for targets of at most ``AUTO_MAX_DIM`` dimensions that are not molecules (the
+    default of ``check``). ``bounds``: the box of the reference instead of growth (:func:`explore`); ``n``,
+    ``n_groups``, ``n_intermediate``: particles, independent groups, levels. 32,768 particles in 8 groups: with 8,192
+    the groups' estimates of a 3 % mode narrower than the bulk in 9-D ranged from 1 % to 50 % (a narrow mode starts
+    with few particles under a broad reference and each is multiplied many times), and the check flagged 6 of 10
+    bulk-only flows of the far-mode family; with 32,768, 10 of 12, the other two being modes at 4 bulk scales that the
+    bulk's own tails reach (the flow's importance sampling sees them too; docs/benchmarks.md)."""
 
     check: bool | None = None
     seed_buffer: bool | None = False
@@ -161,16 +163,29 @@ def weighted_moments(x: np.ndarray, log_w: np.ndarray) -> tuple[np.ndarray, np.n
     return mean, np.sqrt(np.maximum(w @ (x[ok] - mean) ** 2, 0.0))
 
 
-def group_log_z(log_w: np.ndarray, n_groups: int) -> tuple[float, float]:
-    """(X2): log Z^ and its standard error from ``n_groups`` contiguous independent groups of equal size."""
+def _group_z(log_w: np.ndarray, n_groups: int) -> tuple[np.ndarray, float]:
+    """The groups' Z^_g e^-top (n_groups,) and top, the largest finite log weight (-inf if none)."""
     lw = np.where(np.isfinite(log_w), log_w, -np.inf).reshape(n_groups, -1)
     top = lw.max()
+    return (np.exp(lw - top).mean(axis=1) if np.isfinite(top) else np.zeros(n_groups)), float(top)
+
+
+def group_log_z(log_w: np.ndarray, n_groups: int) -> tuple[float, float]:
+    """(X2): log Z^ and its standard error from ``n_groups`` contiguous independent groups of equal size."""
+    z, top = _group_z(log_w, n_groups)
     if not np.isfinite(top):
         return -math.inf, math.inf
-    z = np.exp(lw - top).mean(axis=1)  # Z^_g e^-top
     log_z = float(top + math.log(z.mean()))
     se = float(z.std(ddof=1) / (math.sqrt(n_groups) * z.mean())) if n_groups > 1 else math.inf
     return log_z, se
+
+
+def groups_agree(log_w: np.ndarray, n_groups: int, factor: float = 100.0) -> bool:
+    """Whether at least half of the groups (and two) estimate Z within ``factor`` of the largest estimate: a
+    round whose weight one or two groups carry has resampled its particles into copies of a few ancestors, and
+    its ESS after resampling (1 / n_groups of n at least) says nothing."""
+    z, top = _group_z(log_w, n_groups)
+    return bool(np.isfinite(top) and np.sum(z >= z.max() / factor) >= max(2, n_groups // 2))
 
 
 def _check_particles(n: int, n_groups: int) -> None:
@@ -242,11 +257,12 @@ def explore(key, log_p, dim: int, n: int = 4096, n_groups: int = 8, bounds=None,
         ok = np.isfinite(log_w)
         ess = float(effective_sample_size(res.log_w))
         reached = res.info.betas is None or float(res.info.betas[-1]) >= 1.0  # else the last step jumped to p
-        usable = ess * n >= min_ess and reached
+        usable = ess * n >= min_ess and reached and groups_agree(log_w, n_groups)
         mean, std = weighted_moments(x, log_w) if ok.any() else (center, s)
         found = float(np.max(std))
         rounds.append({"scale": float(np.max(s)), "log_z": log_z, "log_z_stderr": se, "ess": ess, "reached_p": reached,
-                       "found_scale": found, "accept": float(np.mean(np.asarray(res.info.accept)))})
+                       "usable": usable, "found_scale": found,
+                       "accept": float(np.mean(np.asarray(res.info.accept)))})
         results.append((x, log_w, mean, std, center.copy(), s.copy()))
         wide = np.max(s) >= factor * found * (1 - 1e-6)
         if bounds is None and usable and wide and prev is not None and \
@@ -257,7 +273,7 @@ def explore(key, log_p, dim: int, n: int = 4096, n_groups: int = 8, bounds=None,
         if usable and np.all(np.isfinite(mean)):
             center = mean
         s = np.full(dim, max(growth * float(np.max(s)), factor * found))
-    usable_rounds = [i for i, r in enumerate(rounds) if r["ess"] * n >= min_ess and r["reached_p"]]
+    usable_rounds = [i for i, r in enumerate(rounds) if r["usable"]]
     best = len(rounds) - 1 if converged or not usable_rounds else usable_rounds[-1]
     x, log_w, mean, std, center, s = results[best]
     r = rounds[best]
@@ -291,12 +307,13 @@ def unseen_mass(e: Exploration, log_ratio_e: np.ndarray, flow_log_w: np.ndarray,
 
         R = {x : log p(x) - log Z^_q - log q(x) > tau},       Z^_q the flow's estimate of Z,                    (X5)
 
-    P_e(R) = the exploration's self-normalised weight of its samples in R (group standard error), P_q(R) = the
-    same with the flow's samples and weights (estimators.self_normalised_expectation, E3, and its error). For a
-    flow that covers p both estimate P_p(R); for a flow that misses a mode of mass m, R contains the mode, the flow's samples never
-    land there (P_q(R) ~ 0 with a tiny error) while the exploration finds about m: D = P_e - P_q > 3 se(D) and
-    D > ``min_mass`` say "mass may be missing" (:func:`mass_missing`). (X5) is far more sensitive than comparing log Z (a 1 % mode moves log Z by 0.01,
-    below the SMC estimate's error at a few thousand particles) because only R's particles count.
+    P_e(R) = the exploration's self-normalised weight of its samples in R (group standard error), P_q(R) = the same
+    with the flow's samples and weights (estimators.self_normalised_expectation, E3, and its error). For a flow that
+    covers p both estimate P_p(R); for a flow that misses a mode of mass m, R contains the mode, the flow's samples
+    never land there (P_q(R) ~ 0 with a tiny error) while the exploration finds about m: D = P_e - P_q > 3 se(D) and D
+    > ``min_mass`` say "mass may be missing" (:func:`mass_missing`). (X5) is far more sensitive than comparing log Z
+    (a 1 % mode moves log Z by 0.01, below the SMC estimate's error at a few thousand particles) because only R's
+    particles count.
 
     ``log_ratio_e``: log p(x) - log q(x) at the exploration's samples; ``flow_log_w``: log p - log q of flow
     samples."""

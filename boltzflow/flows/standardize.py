@@ -7,7 +7,7 @@ base, the spline bounds and the samplers' step sizes have their natural size, an
 columns are the target's own axes (boltzflow.frame: the eigenvectors its Hessians share), the coupling layers split
 coordinates along which the target factorises:
 
-    x = loc + R (scale * y),      dS_forward = log|det dx/dy| = sum_i log scale_i + log|det R|,      dS_inverse = -dS_forward.
+    x = loc + R (scale * y),   dS_forward = log|det dx/dy| = sum_i log scale_i + log|det R|,   dS_inverse = -dS_forward.
 
 The layer has no trainable parameters (loc, scale and R are static): it is a fixed map into the target's coordinates,
 like :class:`~boltzflow.flows.internal.InternalCoordinates`, so it is kept last and samplers run below it
