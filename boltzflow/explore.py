@@ -163,18 +163,20 @@ def weighted_moments(x: np.ndarray, log_w: np.ndarray) -> tuple[np.ndarray, np.n
     return mean, np.sqrt(np.maximum(w @ (x[ok] - mean) ** 2, 0.0))
 
 
-def _group_z(log_w: np.ndarray, n_groups: int) -> tuple[np.ndarray, float]:
-    """The groups' Z^_g e^-top (n_groups,) and top, the largest finite log weight (-inf if none)."""
+def _group_weights(log_w: np.ndarray, n_groups: int) -> tuple[np.ndarray, float]:
+    """The weights w_i e^-top as (n_groups, n / n_groups), non-finite log weights as 0, and top, the largest finite
+    log weight (-inf if none: then every weight is 0)."""
     lw = np.where(np.isfinite(log_w), log_w, -np.inf).reshape(n_groups, -1)
-    top = lw.max()
-    return (np.exp(lw - top).mean(axis=1) if np.isfinite(top) else np.zeros(n_groups)), float(top)
+    top = float(lw.max())
+    return (np.exp(lw - top) if np.isfinite(top) else np.zeros(lw.shape)), top
 
 
 def group_log_z(log_w: np.ndarray, n_groups: int) -> tuple[float, float]:
     """(X2): log Z^ and its standard error from ``n_groups`` contiguous independent groups of equal size."""
-    z, top = _group_z(log_w, n_groups)
+    w, top = _group_weights(log_w, n_groups)
     if not np.isfinite(top):
         return -math.inf, math.inf
+    z = w.mean(axis=1)  # Z^_g e^-top
     log_z = float(top + math.log(z.mean()))
     se = float(z.std(ddof=1) / (math.sqrt(n_groups) * z.mean())) if n_groups > 1 else math.inf
     return log_z, se
@@ -184,7 +186,8 @@ def groups_agree(log_w: np.ndarray, n_groups: int, factor: float = 100.0) -> boo
     """Whether at least half of the groups (and two) estimate Z within ``factor`` of the largest estimate: a
     round whose weight one or two groups carry has resampled its particles into copies of a few ancestors, and
     its ESS after resampling (1 / n_groups of n at least) says nothing."""
-    z, top = _group_z(log_w, n_groups)
+    w, top = _group_weights(log_w, n_groups)
+    z = w.mean(axis=1)
     return bool(np.isfinite(top) and np.sum(z >= z.max() / factor) >= max(2, n_groups // 2))
 
 
@@ -285,10 +288,9 @@ def explore(key, log_p, dim: int, n: int = 4096, n_groups: int = 8, bounds=None,
 def group_fraction(log_w: np.ndarray, inside: np.ndarray, n_groups: int) -> tuple[float, float]:
     """Self-normalised weight of the samples ``inside`` a region (the ratio estimator over all groups) and its
     standard error from the spread of the groups' own estimates (independent SMC runs)."""
-    lw = np.where(np.isfinite(log_w), log_w, -np.inf)
-    if not np.isfinite(lw.max()):
+    w, top = _group_weights(log_w, n_groups)
+    if not np.isfinite(top):
         return math.nan, math.inf
-    w = np.exp(lw - lw.max()).reshape(n_groups, -1)
     inside = np.asarray(inside, bool).reshape(n_groups, -1)
     total = float((w * inside).sum() / w.sum())
     per_group = (w * inside).sum(1) / np.maximum(w.sum(1), 1e-300)
