@@ -35,7 +35,7 @@ def check(t, e, q, n_flow: int = 65_536) -> dict:
     log_w = np.asarray(t.log_prob(xq) - q.log_prob(xq), np.float64)
     log_z = float(jax.scipy.special.logsumexp(log_w) - math.log(n_flow))
     xe = jnp.asarray(e.x, jnp.float32)
-    return unseen_mass(e, np.asarray(t.log_prob(xe) - q.log_prob(xe)), log_w, log_z)
+    return unseen_mass(e.log_w, e.n_groups, np.asarray(t.log_prob(xe) - q.log_prob(xe)), log_w, log_z)
 
 
 def main(argv=None) -> None:

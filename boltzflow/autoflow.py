@@ -104,10 +104,10 @@ def resolve(s: AutoSettings, target, key: jax.Array, dtype=jnp.float32) -> tuple
                                  f"the flow bounds: flow: {{type: auto, bounds: [lo, hi]}}")
         points = x[np.asarray(jax.random.permutation(k_points, len(x)))[: s.frame_points]]
         report = {"source": "exploration", "weighted": bool(weighted), **e.summary()}
-    rotation = np.eye(dim)
+    rotation, rotated = np.eye(dim), False
     if s.frame == "hessian":
         frame = hessian_frame(target.log_prob, points.astype(np.dtype(dtype)), k_frame)
-        rotation = frame.rotation
+        rotation, rotated = frame.rotation, frame.rotated
         report["frame"] = frame.summary()
     if s.bounds is not None:  # the box's per-dimension std (width / 6), seen along the frame's axes
         scale = np.sqrt((rotation**2).T @ std**2)
@@ -123,7 +123,7 @@ def resolve(s: AutoSettings, target, key: jax.Array, dtype=jnp.float32) -> tuple
     bound = 5.0 if extent is None else float(np.clip(math.ceil(1.25 * extent), 5.0, 20.0))
     options = {"n_layers": n_layers, "hidden": hidden, "lu": True,
                "loc": [round(float(v), 6) for v in loc], "scale": [round(float(v), 6) for v in scale]}
-    if not np.array_equal(rotation, np.eye(dim)):
+    if rotated:
         options["rotation"] = [[float(v) for v in row] for row in rotation]
     if s.flow == "nsf":
         options["bound"] = bound

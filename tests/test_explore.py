@@ -10,7 +10,8 @@ import pytest
 
 from boltzflow.ais import build_ais
 from boltzflow.errors import BoltzflowError
-from boltzflow.explore import ExploreSettings, _gaussian, explore, group_log_z, mass_missing, unseen_mass
+from boltzflow.explore import (Exploration, ExploreSettings, _gaussian, check_flow, explore, group_log_z, mass_missing,
+                               unseen_mass)
 from boltzflow.mcmc.anneal import SMC, systematic_resample
 from boltzflow.mcmc.registry import make_kernel
 from boltzflow.targets import make_target
@@ -102,6 +103,8 @@ def test_exploration_finds_the_far_modes(seed):
     found = t.region_mass(e.x, e.log_w)
     assert np.all(found > t.weights[-t.n_far:] / 3), (found, t.weights[-t.n_far:], e.rounds)
     assert e.converged and e.rounds[-1]["scale"] >= 10 * e.rounds[-1]["found_scale"] * 0.999
+    # the samples' log p, carried from the SMC's last level (the missing-mass check evaluates no density twice)
+    np.testing.assert_allclose(e.log_p, t.log_prob(jnp.asarray(e.x, jnp.float32)), rtol=1e-4, atol=1e-3)
 
 
 def test_unseen_mass_flags_a_flow_without_the_far_mode_and_not_one_with_it():
@@ -113,8 +116,8 @@ def test_unseen_mass_flags_a_flow_without_the_far_mode_and_not_one_with_it():
         xq = q.sample(jax.random.key(1), 20_000)
         flow_log_w = np.asarray(t.log_prob(xq) - q.log_prob(xq), np.float64)
         log_z = float(jax.scipy.special.logsumexp(flow_log_w) - math.log(len(flow_log_w)))
-        log_ratio_e = np.asarray(t.log_prob(jnp.asarray(e.x, jnp.float32)) - q.log_prob(jnp.asarray(e.x, jnp.float32)))
-        r = unseen_mass(e, log_ratio_e, flow_log_w, log_z)
+        log_ratio_e = e.log_p - np.asarray(q.log_prob(jnp.asarray(e.x, jnp.float32)))
+        r = unseen_mass(e.log_w, e.n_groups, log_ratio_e, flow_log_w, log_z)
         assert r["mass_missing"] is missing, r
         if missing:
             assert abs(r["unseen_mass"] - 0.03) < 0.015 and r["thin_region_mass_flow"] == 0.0, r
@@ -164,3 +167,32 @@ def test_missing_mass_must_be_significant_and_material():
     assert not mass_missing(3e-4, 7e-5)
     assert mass_missing(0.01, 0.002) and not mass_missing(0.01, 0.004)
     assert mass_missing(3e-4, 7e-5, min_mass=1e-4)
+
+
+def _look(fractions, n_per_group=1000):
+    """An exploration of equal weights whose groups put ``fractions`` of their particles in the thin region (log p -
+    log q = 10 there, 0 elsewhere): (X5) on it is exactly known."""
+    inside = np.concatenate([np.arange(n_per_group) < round(f * n_per_group) for f in fractions])
+    g = len(fractions)
+    e = Exploration(x=np.zeros((g * n_per_group, 1)), log_w=np.zeros(g * n_per_group), log_p=np.zeros(g * n_per_group),
+                    log_z=0.0, log_z_stderr=0.0, ess=1.0, mean=np.zeros(1), std=np.ones(1), center=np.zeros(1),
+                    scale=np.ones(1), converged=True, rounds=(), target_evals=7, n_groups=g)
+    return e, np.where(inside, 10.0, 0.0)
+
+
+def test_an_inconclusive_check_looks_again_and_judges_the_pooled_groups():
+    """(X6): a first look at 2-3 standard errors (mean 1 %, groups 0-2 %) calls a second, independent look (its
+    own key); with the pooled 16 groups the mass is clear. A conclusive first look (either way) is the verdict."""
+    flow_log_w, keys = np.zeros(10_000), []
+    first, second = _look([0.0, 0.02, 0.0, 0.02, 0.0, 0.02, 0.0, 0.02]), _look([0.01] * 8)
+    looks = {0: first, 1: second}
+    r = check_flow(lambda k: (keys.append(k), looks[len(keys) - 1])[1], jax.random.key(0), flow_log_w, 0.0)
+    one = unseen_mass(first[0].log_w, 8, first[1], flow_log_w, 0.0)
+    d, se = one["unseen_mass"], one["unseen_mass_stderr"]
+    assert 2 < d / se < 3 and not one["mass_missing"]
+    assert r["explore_looks"] == 2 and r["mass_missing"] and r["explore_target_evals"] == 14
+    assert abs(r["unseen_mass"] - 0.01) < 1e-9 and r["unseen_mass_stderr"] < se
+    assert not np.array_equal(jax.random.key_data(keys[0]), jax.random.key_data(keys[1]))
+    for groups, missing in (([0.01] * 8, True), ([0.0] * 8, False), ([0.0005] * 8, False)):
+        r = check_flow(lambda k: _look(groups), jax.random.key(0), flow_log_w, 0.0)
+        assert r["explore_looks"] == 1 and r["mass_missing"] is missing
