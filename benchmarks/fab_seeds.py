@@ -38,7 +38,8 @@ KEYS = ["ess", "ais_ess", "mean_log_q_exact", "forward_kl", "expectation_rel_err
         "mean_log_q_reference", "chirality_fraction", "kl_ramachandran", "kl_ramachandran_reweighted",
         "phi_positive_reweighted", "phi_positive_reference",
         *(f"kl_{t}{w}" for t in ("phi", "psi", "gamma1", "gamma2", "gamma3") for w in ("", "_reweighted")),
-        "flow_evals", "target_evals", "train_time_s", "ms_per_iter", "time_to_ess_0.5_s"]
+        "flow_evals", "target_evals", "train_time_s", "ms_per_iter", "time_to_ess_0.5_s",
+        "mass_missing", "unseen_mass", "log_z_difference_sigma"]  # with --check
 
 
 def timing(run_dir: Path, levels=(0.5,)) -> dict:
@@ -70,6 +71,7 @@ def main():
     p.add_argument("--time-limit", type=float)
     p.add_argument("--eval-every", type=int)
     p.add_argument("--samples", type=int, default=100_000)
+    p.add_argument("--check", action="store_true", help="also run the missing-mass check (boltzflow.explore)")
     p.add_argument("--ais", action="store_true", help="also evaluate AIS targeting p")
     p.add_argument("--out", required=True)
     args = p.parse_args()
@@ -98,7 +100,7 @@ def main():
         train(cfg, run, progress=False)
         exp, state = load_run(run)
         ev = evaluate(exp, jax.random.key(1000 + seed), n_samples=args.samples,
-                      ais_state=getattr(state.method_state, "ais_state", None), with_ais=args.ais)
+                      ais_state=getattr(state.method_state, "ais_state", None), with_ais=args.ais, check=args.check)
         res = {"seed": seed, **ev, **timing(run), "wall_s": time.perf_counter() - t0}
         (run / "eval.json").write_text(json.dumps(res, indent=1))
         results.append(res)
