@@ -272,6 +272,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+SHUTDOWN_TIMEOUT_S = 3600  # how long a host waits at exit for the others (host 0 writes the run's files)
+
+
 def _start_hosts(args) -> None:
     """``jax.distributed.initialize`` when the command names a coordinator (before anything touches a device)."""
     names = ("coordinator", "num_hosts", "host_id")
@@ -281,7 +284,10 @@ def _start_hosts(args) -> None:
     if not all(given) or not 0 <= args.host_id < args.num_hosts:
         raise BoltzflowError("several hosts need --coordinator HOST:PORT, --num-hosts N and --host-id I "
                              "(0 <= I < N), on every host")
-    jax.distributed.initialize(args.coordinator, num_processes=args.num_hosts, process_id=args.host_id)
+    # the other hosts wait at exit while host 0 alone writes the report and its plots (minutes for a molecule's
+    # 10,000 weighted samples on a busy host; JAX's default of 300 s ended a two-process test on one busy machine)
+    jax.distributed.initialize(args.coordinator, num_processes=args.num_hosts, process_id=args.host_id,
+                               shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S)
 
 
 def main(argv: list[str] | None = None) -> int:

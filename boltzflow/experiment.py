@@ -31,7 +31,7 @@ from boltzflow.errors import BoltzflowError
 from boltzflow.flows.builders import make_flow
 from boltzflow.flows.paths import Space, model_space, path_weights
 from boltzflow.settings import to_dict
-from boltzflow.sharding import writes_files
+from boltzflow.sharding import hosts_meet, writes_files
 from boltzflow.snf.builder import make_snf
 from boltzflow.snf.paths import path_space
 from boltzflow.targets import make_target
@@ -177,6 +177,7 @@ def train(config: Config, out: str | Path, *, progress: bool = True, log_every: 
     out.mkdir(parents=True, exist_ok=True)
     config = _auto_choice(out, config)
     _check_run_dir(out, config)
+    hosts_meet("run directory read")  # before process 0 writes into it
     exp = build_experiment(config)
     config = exp.config
     optimizer = make_optimizer(config.train)

@@ -23,6 +23,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, PartitionSpec
 
 from boltzflow.errors import BoltzflowError
@@ -39,6 +40,14 @@ def writes_files() -> bool:
     """Whether this process writes the run's files: the only process of one host, process 0 of several (every
     process computes the same results; one writer keeps checkpoints, metrics and reports whole)."""
     return jax.process_index() == 0
+
+
+def hosts_meet(name: str) -> None:
+    """Every process waits here until all have arrived (a no-op for one process): after process 0 writes files the
+    others read next (the final checkpoint, before the report's ``load_run``), and before it writes into a run
+    directory the others are still reading."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
 
 
 def batch_devices() -> int:

@@ -188,3 +188,16 @@ def test_missing_openmm_is_one_clear_line(tmp_path):
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == ["boltzflow: error: molecular targets need OpenMM: pip install "
                                              "'boltzflow[molecules]' (or pip install openmm)"]
+
+
+def test_minimize_is_kept_per_start_and_returns_a_copy():
+    """The minimum is computed once per (system, start, tolerance): a second call returns the same structure, a
+    caller's changes to it do not reach the next caller, and another start is minimised on its own."""
+    molecule = load_system("aldp_vacuum")
+    a = minimize(molecule)
+    a += 1.0
+    b = minimize(molecule)
+    np.testing.assert_array_equal(b, minimize(molecule))
+    assert np.abs(a - b).max() == 1.0
+    other = minimize(molecule, molecule.positions + 0.02, max_iterations=5)
+    assert np.abs(other - b).max() > 1e-4

@@ -133,3 +133,57 @@ def test_one_device_sets_no_mesh_and_constrains_nothing():
     x = jnp.ones((6, 2))
     with use_devices(1) as mesh:
         assert mesh is None and batch_devices() == 1 and shard_batch(x) is x
+
+
+def _cli(args: list[str], log: Path, n_devices: int = 1) -> subprocess.Popen:
+    """``boltzflow ARGS`` in a process of its own with ``n_devices`` CPU devices, its output to the file ``log`` (not a
+    pipe: a process blocked on a full pipe would stall the other host in a collective)."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n_devices}",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    with open(log, "w") as f:
+        return subprocess.Popen([sys.executable, "-c", "from boltzflow.cli import main; main()", *args], env=env,
+                                stdout=f, stderr=subprocess.STDOUT)
+
+
+@pytest.mark.slow  # ~110 s on the 2-core machine: three processes compile a training and an evaluation each
+def test_two_hosts_train_and_evaluate_as_one_host_with_two_devices_and_write_once(tmp_path):
+    """Two processes joined by jax.distributed (the documented multi-host command, here on one machine over
+    localhost, one CPU device each) train and evaluate one run directory: the losses, the report and eval.json
+    equal those of one process with two devices (up to the order of all-reduced sums), and metrics.jsonl has each
+    step once (only host 0 writes)."""
+    import socket
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(json.dumps({**FAB_TINY, "train": {**FAB_TINY["train"], "steps": 6, "eval_every": 3},
+                               "explore": {"check": False}}))
+
+    def free_port() -> int:
+        with socket.socket() as s:
+            s.bind(("localhost", 0))
+            return s.getsockname()[1]
+
+    def command(name: str, run: str) -> list[str]:
+        out = str(tmp_path / run)
+        return (["train", str(cfg), "--out", out, "--no-progress", "--eval-samples", "512"] if name == "train" else
+                ["evaluate", out, "--samples", "2048"])
+
+    for name in ("train", "evaluate"):
+        port = free_port()
+        logs = [tmp_path / f"{name}-{who}.log" for who in ("host0", "host1", "one")]
+        procs = [_cli([*command(name, "hosts"), "--coordinator", f"localhost:{port}", "--num-hosts", "2",
+                       "--host-id", str(i)], logs[i]) for i in (0, 1)]
+        procs.append(_cli([*command(name, "one"), "--devices", "2"], logs[2], n_devices=2))
+        for p, log in zip(procs, logs):
+            assert p.wait(timeout=600) == 0, log.read_text()[-3000:]
+    rows = {d: [json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+            for d in ("hosts", "one")}
+    assert [r["step"] for r in rows["hosts"]] == [r["step"] for r in rows["one"]]
+    steps = [r["step"] for r in rows["hosts"] if "loss" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 6  # each logged step once
+    close = lambda a, b: abs(a - b) <= 1e-5 * abs(a) + 1e-6  # noqa: E731
+    assert all(close(a["loss"], b["loss"]) for a, b in zip(rows["one"], rows["hosts"]) if "loss" in a)
+    for name, part in (("report.json", "eval"), ("eval.json", None)):
+        a, b = (json.loads((tmp_path / d / name).read_text()) for d in ("one", "hosts"))
+        a, b = (a[part], b[part]) if part else (a, b)
+        assert set(a) == set(b)
+        assert all(close(v, b[k]) for k, v in a.items() if isinstance(v, float) and "time" not in k), (a, b)

@@ -245,17 +245,30 @@ def load_system(source) -> MolecularSystem:
     return molecular_system(*parts)
 
 
+_MINIMA: dict[tuple, np.ndarray] = {}  # (system, start, tolerance, iterations) -> minimum: one minimisation each
+
+
 def minimize(molecule: MolecularSystem, positions: np.ndarray | None = None, tolerance: float = 1e-3,
              max_iterations: int = 0) -> np.ndarray:
     """The nearest local energy minimum (OpenMM's L-BFGS on the Reference platform, float64), ``(n_atoms, 3)`` nm.
 
     ``tolerance`` is the RMS force in kJ/mol/nm at which it stops; ``max_iterations = 0`` means until converged.
+    The result is kept for the process (every internal-coordinate flow of a molecule starts from its minimum, and
+    building one per command -- train, then evaluate -- would minimise again; about 2 s for alanine dipeptide).
     """
+    start = np.asarray(molecule.positions if positions is None else positions, np.float64)
+    key = (molecule.system_xml, start.tobytes(), float(tolerance), int(max_iterations))
+    if key not in _MINIMA:
+        _MINIMA[key] = _minimize(molecule, start, tolerance, max_iterations)
+    return _MINIMA[key].copy()
+
+
+def _minimize(molecule: MolecularSystem, start: np.ndarray, tolerance: float, max_iterations: int) -> np.ndarray:
     openmm = _openmm()
     system = molecule.openmm_system()
     integrator = openmm.VerletIntegrator(0.001)
     context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName("Reference"))
-    context.setPositions(np.asarray(molecule.positions if positions is None else positions, np.float64))
+    context.setPositions(start)
     openmm.LocalEnergyMinimizer.minimize(context, tolerance, max_iterations)
     out = context.getState(getPositions=True).getPositions(asNumpy=True).value_in_unit(openmm.unit.nanometer)
     del context

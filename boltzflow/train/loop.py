@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from boltzflow.estimators import effective_sample_size
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows.paths import path_weights
-from boltzflow.sharding import batch_devices, replicated, writes_files
+from boltzflow.sharding import batch_devices, hosts_meet, replicated, writes_files
 from boltzflow.train.api import Method
 from boltzflow.train.state import TrainSettings, TrainState, initial_state, state_like, update_average
 
@@ -228,6 +228,7 @@ def train(out: str | Path, settings: TrainSettings, model, optimizer, method: Me
             if stopped_by_time:
                 break
     bar.close()
+    hosts_meet("checkpoint written")  # the others may read the run directory next (the report)
     summary = {"steps": int(state.step), "time_s": t_train, "stopped_by_time_limit": stopped_by_time,
                "flow_ess": last_ess, "evals": info["evals"], **evaluations(int(state.step))}
     return summary
