@@ -166,9 +166,8 @@ def evaluate(exp: Experiment, key, n_samples: int = 10_000, ais_state=None, with
             out["forward_kl"] = float(exact_sums["kl"]) / n_samples
         big = 2**16
         truth = _stream(lambda k, count: (jnp.sum(f(shard_batch(target.sample(k, big)))), ()), k_truth, 2**20, big)[0]
-        out["expectation_true"] = float(truth) / 2**20
+        out["expectation_true"] = truth = float(truth) / 2**20
         est = float(sums["w"].expectation())
-        truth = out["expectation_true"]
         out["expectation_rel_error_pct"] = float(100 * abs(est - truth) / abs(truth))
     if target.has_modes:
         modes = target.mode_points()
