@@ -293,6 +293,19 @@ def test_make_flow_and_its_errors():
         make_nsf(jax.random.key(0), 1)
 
 
+@pytest.mark.parametrize("d", [1, 2, 3, 5, 8, 32, 33])
+def test_unit_triangular_inverse_equals_the_float64_inverse(d):
+    """(I + N)^-1 by squarings (LULinear's inverse) against numpy's float64 inverse, lower and upper, every size
+    from one squaring to the next: exact in exact arithmetic, float32 round-off here (entries of N ~ 0.3)."""
+    from boltzflow.flows.permutation import unit_triangular_inverse
+
+    a = 0.3 * np.random.default_rng(d).normal(size=(d, d))
+    for n in (np.tril(a, -1), np.triu(a, 1)):
+        want = np.linalg.inv(np.eye(d) + n)
+        got = np.asarray(unit_triangular_inverse(jnp.asarray(n, jnp.float32)), np.float64)
+        np.testing.assert_allclose(got, want, atol=1e-5 * max(1.0, np.abs(want).max()))
+
+
 def test_circular_dims_are_never_mixed():
     """LULinear mixes the real dimensions and passes circular ones through unchanged (still on the circle)."""
     with pytest.raises(BoltzflowError, match="needs at least one real dimension"):

@@ -15,6 +15,8 @@
 
 from __future__ import annotations
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -59,6 +61,19 @@ class Permutation(Layer):
         return jnp.take(y, self.inv, axis=1), jnp.zeros(y.shape[0], y.dtype)
 
 
+def unit_triangular_inverse(n: jax.Array) -> jax.Array:
+    """(I + N)^-1 for a strictly triangular (d, d) N, in ceil(log2 d) - 1 squarings: N is nilpotent (N^d = 0), so
+    (I + N)^-1 = sum_{k<d} (-N)^k = (I - N)(I + N^2)(I + N^4)...(I + N^(2^(m-1))) exactly for 2^m >= d (each factor
+    doubles the number of terms: (I + N)(I - N) = I - N^2, (I - N^2)(I + N^2) = I - N^4, ...). Its float32 error
+    is within a small factor of a triangular solve's (tested against float64)."""
+    d = n.shape[0]
+    eye = jnp.eye(d, dtype=n.dtype)
+    inv, power = eye - n, n @ n
+    for _ in range(max(math.ceil(math.log2(d)) - 1, 0)):
+        inv, power = inv @ (eye + power), power @ power
+    return inv
+
+
 class LULinear(Layer):
     """Learnable invertible linear map y = L U x + b of the real dimensions (identity at initialisation); circular
     dimensions (``circular``: mask or indices) pass unchanged."""
@@ -98,11 +113,12 @@ class LULinear(Layer):
         return y, jnp.broadcast_to(jnp.sum(self.log_diag), x.shape[:1])
 
     def inverse(self, y, key=None):
-        lo, up = self._factors()
-        # W^-1 = U^-1 L^-1 from two triangular solves on the (d, d) identity, then one matmul for the batch: on the
-        # CPU, XLA's triangular solve with a batch of right-hand sides is ~7x slower than this (d = 8, n = 512)
-        eye = jnp.eye(lo.shape[0], dtype=lo.dtype)
-        l_inv = jax.scipy.linalg.solve_triangular(lo, eye, lower=True, unit_diagonal=True)
-        w_inv = jax.scipy.linalg.solve_triangular(up, l_inv, lower=False)
+        # W^-1 = U^-1 L^-1 as (d, d) matrices, then one matmul for the batch. U = (I + M) D with D = diag(exp(s))
+        # and M = triu(upper, 1) D^-1 strictly upper, so U^-1 = D^-1 (I + M)^-1; both unit-triangular inverses by
+        # unit_triangular_inverse (a few matmuls: 25x faster with its gradient than XLA's triangular solve on the
+        # CPU at d = 32, which made a 32-D spline flow with LU maps 2.2x slower per log q and gradient)
+        inv_diag = jnp.exp(-self.log_diag)
+        l_inv = unit_triangular_inverse(jnp.tril(self.lower, -1))
+        w_inv = inv_diag[:, None] * unit_triangular_inverse(jnp.triu(self.upper, 1) * inv_diag[None, :]) @ l_inv
         return (self._apply(y, lambda v: (v - self.bias) @ w_inv.T),
                 jnp.broadcast_to(-jnp.sum(self.log_diag), y.shape[:1]))
