@@ -6,8 +6,7 @@ through the same code path as ``boltzflow train`` (boltzflow.experiment.train, t
 evaluations run the missing-mass check. Per run: the far modes' recovered mass (the flow's importance-weighted mass of
 each far mode's region on 100,000 samples, against the exact samples' mass), ESS, log Z error, the check's
 ``mass_missing`` verdict (boltzflow.explore.mass_missing, applied to the stored unseen mass and its error, so reports
-written before a change of the rule are judged by the current one; those written before the check's second look
-and inconclusive at the first are evaluated again) and log Z difference in standard errors, and the
+written before a change of the rule are judged by the current one) and log Z difference in standard errors, and the
 wall-clock time of training and evaluation.
 
     python benchmarks/far_modes.py --targets 0 20 --seeds 0 1 2 --out runs/far_modes_bench
@@ -33,8 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from boltzflow.cli import finish_run  # noqa: E402
 from boltzflow.config import config_from_dict, read_config  # noqa: E402
 from boltzflow.experiment import load_run, train  # noqa: E402
-from boltzflow.evaluate import evaluate  # noqa: E402
-from boltzflow.explore import inconclusive, mass_missing  # noqa: E402
+from boltzflow.explore import mass_missing  # noqa: E402
 from boltzflow.targets.far_modes import far_modes  # noqa: E402
 
 
@@ -62,20 +60,6 @@ def one_run(out: Path, target_seed: int, seed: int, seed_buffer: bool, steps: in
     return rep
 
 
-def recheck(out: Path, rep: dict) -> dict:
-    """A report written before the check's second look (X6, boltzflow.explore.check_flow) whose first look is
-    inconclusive: its evaluation again, with the same key as after training (so the same first look, then the
-    second); the old evaluation kept as ``eval_one_look``."""
-    e = rep["eval"]
-    if "explore_looks" in e or not inconclusive(e["unseen_mass"], e["unseen_mass_stderr"]):
-        return rep
-    exp, _ = load_run(out)
-    rep = {**rep, "eval": evaluate(exp, jax.random.key(exp.config.train.seed + 1), n_samples=100_000, check=True),
-           "eval_one_look": e}
-    (out / "report.json").write_text(json.dumps(rep, indent=1))
-    return rep
-
-
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--targets", type=int, nargs=2, default=[0, 20], metavar=("FIRST", "END"))
@@ -88,7 +72,7 @@ def main(argv=None) -> None:
         for seed in args.seeds:
             for on in (True, False):
                 run = Path(args.out) / f"t{ts}-s{seed}-{'on' if on else 'off'}"
-                r = recheck(run, one_run(run, ts, seed, on, args.steps))
+                r = one_run(run, ts, seed, on, args.steps)
                 jax.clear_caches()  # every run compiles its own closures: 26 runs' caches filled 24 GB
                 e, f = r["eval"], r["far"]
                 rows.append({"target": ts, "seed": seed, "explore": on, "dim": f["dim"], "recovered": f["recovered"],
