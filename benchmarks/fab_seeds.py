@@ -38,13 +38,15 @@ KEYS = ["ess", "ais_ess", "mean_log_q_exact", "forward_kl", "expectation_rel_err
         "mean_log_q_reference", "chirality_fraction", "kl_ramachandran", "kl_ramachandran_reweighted",
         "phi_positive_reweighted", "phi_positive_reference",
         *(f"kl_{t}{w}" for t in ("phi", "psi", "gamma1", "gamma2", "gamma3") for w in ("", "_reweighted")),
-        "flow_evals", "target_evals", "train_time_s", "ms_per_iter", "time_to_ess_0.5_s",
+        "flow_evals", "target_evals", "train_time_s", "ms_per_iter", "time_to_ess_0.5_s", "time_to_ess_0.8_s",
+        "setup_time_s",  # an auto flow's exploration and frame (auto.json), before the training clock starts
         "mass_missing", "unseen_mass", "log_z_difference_sigma"]  # with --check
 
 
-def timing(run_dir: Path, levels=(0.5,)) -> dict:
+def timing(run_dir: Path, levels=(0.5, 0.8)) -> dict:
     """Time per iteration after the first (which includes compilation), wall-clock to the first flow ESS >= each of
-    ``levels`` (None if never), training time and the cost counters, from metrics.jsonl."""
+    ``levels`` (None if never), training time and the cost counters, from metrics.jsonl; for an auto flow the time
+    its choice took (exploration and frame, auto.json), which the training clock does not include."""
     rows = read_metrics(run_dir)
     first, last = rows[0], rows[-1]
     ms = 1e3 * (last["time_s"] - first["time_s"]) / max(last["step"] - first["step"], 1)
@@ -52,7 +54,9 @@ def timing(run_dir: Path, levels=(0.5,)) -> dict:
             for level in levels}
     # the cost of training (cumulative counts, boltzflow.train.loop), for comparisons at equal cost
     cost = {k: last[k] for k in ("flow_evals", "target_evals") if k in last}
-    return {"ms_per_iter": ms, **hits, "train_time_s": last["time_s"], **cost}
+    auto = run_dir / "auto.json"
+    setup = {"setup_time_s": json.loads(auto.read_text()).get("time_s")} if auto.exists() else {}
+    return {"ms_per_iter": ms, **hits, "train_time_s": last["time_s"], **cost, **setup}
 
 
 def main():

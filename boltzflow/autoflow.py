@@ -36,6 +36,7 @@ in the standardized coordinates (below the fixed layer), where one scalar HMC st
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -84,7 +85,8 @@ def _size(dim: int, s: AutoSettings) -> tuple[int, int]:
 
 def resolve(s: AutoSettings, target, key: jax.Array, dtype=jnp.float32) -> tuple[Tagged, dict]:
     """Concrete flow settings for ``target`` (module docstring) and a report of how they were chosen (the
-    exploration's rounds and estimates, the frame, for the run's auto.json)."""
+    exploration's rounds and estimates, the frame, and the wall-clock the choice took, for the run's auto.json)."""
+    start = time.perf_counter()
     dim = target.dim
     n_layers, hidden = _size(dim, s)
     k_explore, k_points, k_frame = jax.random.split(key, 3)
@@ -129,4 +131,5 @@ def resolve(s: AutoSettings, target, key: jax.Array, dtype=jnp.float32) -> tuple
         options["bound"] = bound
     chosen = parse_tagged({"type": s.flow, **options}, FLOW_SETTINGS, "type", "flow")
     report["chosen"] = {"type": s.flow, **options}
+    report["time_s"] = round(time.perf_counter() - start, 2)
     return chosen, report
