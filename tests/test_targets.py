@@ -567,18 +567,25 @@ def test_random_rotation_is_a_reproducible_rotation():
             random_rotation(4, bad)
 
 
+def _weighted_by_broad_gaussian(target, s: float, n: int):
+    """n draws y of q = N(0, s^2 I) on a 2-D target and their log weights log p(y) - log q(y); asserts that their
+    log Z estimate is within 4 (delta-method) standard errors of the target's exact log Z."""
+    y = s * jax.random.normal(jax.random.key(0), (n, 2))
+    log_q = -0.5 * jnp.sum(y**2, 1) / s**2 - 2 * math.log(s) - math.log(2 * math.pi)
+    log_w = target.log_prob(y) - log_q
+    log_z, se = log_z_estimate(log_w)
+    assert abs(float(log_z) - target.log_z) < 4 * float(se)
+    return y, log_w
+
+
 def test_rotated_double_well_importance_sampling_agrees_with_its_exact_samples_and_log_z():
     """Rotated log_prob, sample and log_z agree: importance sampling from a broad Gaussian q = N(0, 3^2 I) estimates
     log Z and E[x] of the rotated double well; both must match the inner log Z and the mean of the exact samples
     within 4 standard errors (delta-method s.e. for log Z, the ratio estimator's s.e. for E[x])."""
     target = make_target({"name": "double_well", "rotation": 5})
     assert isinstance(target, Rotated) and target.log_z == DoubleWell().log_z and target.dim == 2
-    n, s = 400_000, 3.0
-    y = s * jax.random.normal(jax.random.key(0), (n, 2))
-    log_q = -0.5 * jnp.sum(y**2, 1) / s**2 - 2 * math.log(s) - math.log(2 * math.pi)
-    log_w = target.log_prob(y) - log_q
-    log_z, se = log_z_estimate(log_w)
-    assert abs(float(log_z) - target.log_z) < 4 * float(se)
+    n = 400_000
+    y, log_w = _weighted_by_broad_gaussian(target, 3.0, n)
     w = np.exp(np.asarray(log_w, np.float64) - float(jnp.max(log_w)))
     w /= w.sum()
     mean_is = w @ np.asarray(y, np.float64)
@@ -607,11 +614,7 @@ def test_rotated_family_keeps_the_density_and_log_z_and_moves_the_modes_off_the_
     np.testing.assert_allclose(np.asarray(target.sample(jax.random.key(rotation), 4096)), np.asarray(x), atol=1e-4)
     assert target.modes_covered(x) == inner.modes_covered(y)
     if target.dim == 2:
-        n, s = 200_000, 30.0
-        z = s * jax.random.normal(jax.random.key(0), (n, 2))
-        log_w = target.log_prob(z) + 0.5 * jnp.sum(z**2, 1) / s**2 + 2 * math.log(s) + math.log(2 * math.pi)
-        log_z, se = log_z_estimate(log_w)
-        assert abs(float(log_z) - target.log_z) < 4 * float(se)
+        _weighted_by_broad_gaussian(target, 30.0, 200_000)
 
 
 def test_rotated_many_well_modes_and_spec():
