@@ -1,8 +1,12 @@
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# the suite runs in two worker processes (pyproject's addopts): on a GPU neither may take 75 % of its memory up front
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 # user-target modules used by the CLI tests live next to the tests
 sys.path.insert(0, str(Path(__file__).parent / "data"))
