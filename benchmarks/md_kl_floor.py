@@ -27,10 +27,14 @@ the model as the truth):
     python benchmarks/md_kl_floor.py aldp_implicit boltzflow/molecules/data/aldp_implicit_300K.npz --model fab.npz \
         --bootstrap 10
 
-draws B references of the reference's size (and of its effective size, the smallest of the shipped
-``effective_samples_*``, for the correlation within chains) from the model's reweighted samples (chirality filtered
-as in evaluation) and reports their reweighted KLs against the model beside the observed one (the real reference
-against the model). An observed KL inside the simulated spread is all a perfect model would show.
+draws B references of the reference's size (and of its histogram's effective size, n over the design effect that
+the between-chain variance of the Ramachandran bins gives) from the model's reweighted samples (chirality filtered as
+in evaluation) and reports their reweighted KLs against the model beside the observed one (the real reference against
+the model): an observed KL inside the simulated spread is all a perfect model would show. Also the observed
+Ramachandran KL on the model's first n / 16, n / 8, .. n samples (how much of it the model's sample size makes), and
+the mean reduced energy U / kT of the reference (standard error from its chains) and of the reweighted model
+(standard error sqrt(var / ESS)): two samplers of the same density agree on it. Several files are joined (e.g.
+four ``boltzflow sample`` runs with --seed 0 .. 3).
 """
 
 from __future__ import annotations
@@ -39,12 +43,16 @@ import argparse
 import json
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from boltzflow.molecules.chirality import Chirality
-from boltzflow.molecules.metrics import molecular_metrics
+from boltzflow.molecules.metrics import (BINS, angle_density, molecular_metrics, named_torsions, ramachandran_pairs,
+                                         torsion_angles)
 from boltzflow.molecules.reference import load_reference
 from boltzflow.molecules.system import load_system
+from boltzflow.targets.molecule import MoleculeTarget
 
 
 def main():
@@ -55,15 +63,15 @@ def main():
     p.add_argument("--sizes", type=int, nargs="+", help="first n samples of the other set (default: all)")
     p.add_argument("--bootstrap", type=int, metavar="B", help="B resamples of the reference against its own draws")
     p.add_argument("--model-samples", type=int, default=1_000_000, help="draws of the 'model' for --bootstrap")
-    p.add_argument("--model", metavar="FILE", help="weighted model samples (x, log_w; `boltzflow sample`) as the "
-                   "truth for --bootstrap")
+    p.add_argument("--model", metavar="FILE", nargs="+", help="weighted model samples (x, log_w; `boltzflow sample`, "
+                   "several files are joined) as the truth for --bootstrap")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     molecule = load_system(args.molecule)
     data = load_reference(args.reference)
     ref = data["x"]
     if args.model:
-        model_bootstrap(molecule, args.reference, ref, args.model, args.bootstrap or 10, args.seed)
+        model_bootstrap(molecule, args.reference, data, args.model, args.bootstrap or 10, args.seed)
         return
     if args.bootstrap:
         rng = np.random.default_rng(args.seed)
@@ -86,29 +94,62 @@ def _mean_std(runs: list[dict]) -> dict:
             for k in runs[0]}
 
 
-def model_bootstrap(molecule, reference_path: str, ref, model_path: str, n_boot: int, seed: int):
-    """The observed reweighted KLs of the reference against the model, and those of references drawn from the
-    model (module docstring)."""
-    with np.load(model_path) as f:
-        x, log_w = f["x"], f["log_w"].astype(np.float64)
+def ramachandran_design_effect(molecule, data: dict) -> float:
+    """How much more the reference's Ramachandran histogram varies than one of independent samples: the between-chain
+    variance of each bin's frequency over its multinomial variance, summed with weights 1 / q as the KL's leading
+    (chi-square) term sums them. n / design effect is the histogram's effective size."""
+    angles = torsion_angles(data["x"], named_torsions(molecule))
+    phi, psi = ramachandran_pairs(molecule)[0]
+    chains = np.unique(data["chain"])
+    # each chain's bin frequencies (the chains are of equal length, so their mean is the whole reference's)
+    freq = np.stack([angle_density(np.stack([angles[phi][data["chain"] == c], angles[psi][data["chain"] == c]], 1))
+                     .ravel() for c in chains]) * (2 * np.pi / BINS) ** 2
+    q = freq.mean(0)
+    occupied = q > 0
+    between = freq.var(0, ddof=1)[occupied] / len(chains)
+    multinomial = q[occupied] * (1 - q[occupied]) / len(data["x"])
+    return float(np.sum(between / q[occupied]) / np.sum(multinomial / q[occupied]))
+
+
+def model_bootstrap(molecule, reference_path: str, data: dict, model_paths: list[str], n_boot: int, seed: int):
+    """The observed reweighted KLs of the reference against the model (also on the model's first n / 16 .. n
+    samples), those of references drawn from the model, and the mean reduced energy of both (module docstring)."""
+    x, log_w = [], []
+    for path in model_paths:
+        with np.load(path) as f:
+            x.append(f["x"])
+            log_w.append(f["log_w"].astype(np.float64))
+    x, log_w = np.concatenate(x), np.concatenate(log_w)
     chiral = np.asarray(Chirality.from_system(molecule).mask(x))
     x, log_w = x[chiral], log_w[chiral]
     w = np.exp(log_w - log_w.max())
     w /= w.sum()
-    reweighted = lambda out: {k: v for k, v in out.items() if k.endswith("_reweighted")}
-    observed = reweighted(molecular_metrics(molecule, ref, x, log_w))
-    info = Path(reference_path).with_suffix(".json")
-    sizes = {"reference size": len(ref)}
-    if info.exists():
-        n_eff = min(v for k, v in json.loads(info.read_text()).items() if k.startswith("effective_samples_"))
-        sizes["effective size"] = int(n_eff)
+    ref = data["x"]
+    reweighted = lambda out: {k: round(v, 4) for k, v in out.items() if k.endswith("_reweighted")}
+    by_size = {len(x) // 2 ** k: reweighted(molecular_metrics(molecule, ref, x[:len(x) // 2 ** k],
+                                                               log_w[:len(x) // 2 ** k]))["kl_ramachandran_reweighted"]
+               for k in range(4, -1, -1)}
+    design = ramachandran_design_effect(molecule, data)
+    sizes = {"reference size": len(ref), "histogram effective size": int(len(ref) / design)}
     rng = np.random.default_rng(seed)
     simulated = {name: _mean_std([reweighted(molecular_metrics(molecule, x[rng.choice(len(x), n, p=w)], x, log_w))
                                   for _ in range(n_boot)]) for name, n in sizes.items()}
-    print(json.dumps({"model": model_path, "model_samples": len(x), "model_ess": float(1 / np.sum(w ** 2)),
-                      "bootstrap": n_boot, "sizes": sizes,
-                      "observed": {k: round(v, 4) for k, v in observed.items()}, **simulated}))
-
+    # the mean reduced energy u = U / kT: reference (standard error from its independent chains) and model reweighted
+    temperature = json.loads(Path(reference_path).with_suffix(".json").read_text())["temperature"]
+    energy = jax.jit(MoleculeTarget(molecule.name, temperature=temperature).reduced_energy)
+    u = lambda x: np.concatenate([np.asarray(energy(jnp.asarray(x[i:i + 4096]))) for i in range(0, len(x), 4096)])
+    u_ref, u_model = u(ref), u(x)
+    per_chain = [u_ref[data["chain"] == c].mean() for c in np.unique(data["chain"])]
+    finite = np.isfinite(u_model)
+    u_mean = np.sum(w[finite] * u_model[finite]) / np.sum(w[finite])
+    u_var = np.sum(w[finite] * (u_model[finite] - u_mean) ** 2) / np.sum(w[finite])
+    print(json.dumps({"model": model_paths, "model_samples": len(x), "model_ess": float(1 / np.sum(w ** 2)),
+                      "observed": reweighted(molecular_metrics(molecule, ref, x, log_w)),
+                      "observed_ramachandran_by_model_samples": by_size, "design_effect": round(design, 3),
+                      "sizes": sizes, "bootstrap": n_boot, **simulated,
+                      "reduced_energy_reference": [float(u_ref.mean()), float(np.std(per_chain, ddof=1)
+                                                                              / np.sqrt(len(per_chain)))],
+                      "reduced_energy_model": [float(u_mean), float(np.sqrt(u_var * np.sum(w ** 2)))]}))
 
 if __name__ == "__main__":
     main()
