@@ -33,7 +33,7 @@ in evaluation) and reports their reweighted KLs against the model beside the obs
 the model): an observed KL inside the simulated spread is all a perfect model would show. Also the observed
 Ramachandran KL on the model's first n / 16, n / 8, .. n samples (how much of it the model's sample size makes), and
 the mean reduced energy U / kT of the reference (standard error from its chains) and of the reweighted model
-(standard error sqrt(var / ESS)): two samplers of the same density agree on it. Several files are joined (e.g.
+(self-normalised, with its delta-method standard error): two samplers of the same density agree on it. Several files are joined (e.g.
 four ``boltzflow sample`` runs with --seed 0 .. 3).
 """
 
@@ -47,9 +47,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from boltzflow.estimators import self_normalised_expectation
 from boltzflow.molecules.chirality import Chirality
-from boltzflow.molecules.metrics import (BINS, angle_density, molecular_metrics, named_torsions, ramachandran_pairs,
-                                         torsion_angles)
+from boltzflow.molecules.metrics import (BINS, angle_density, molecular_metrics, named_torsions, normalised_weights,
+                                         ramachandran_pairs, torsion_angles)
 from boltzflow.molecules.reference import load_reference
 from boltzflow.molecules.system import load_system
 from boltzflow.targets.molecule import MoleculeTarget
@@ -122,13 +123,13 @@ def model_bootstrap(molecule, reference_path: str, data: dict, model_paths: list
     x, log_w = np.concatenate(x), np.concatenate(log_w)
     chiral = np.asarray(Chirality.from_system(molecule).mask(x))
     x, log_w = x[chiral], log_w[chiral]
-    w = np.exp(log_w - log_w.max())
-    w /= w.sum()
+    w = normalised_weights(log_w, len(x))
     ref = data["x"]
     reweighted = lambda out: {k: round(v, 4) for k, v in out.items() if k.endswith("_reweighted")}
+    observed = reweighted(molecular_metrics(molecule, ref, x, log_w))
     by_size = {len(x) // 2 ** k: reweighted(molecular_metrics(molecule, ref, x[:len(x) // 2 ** k],
                                                                log_w[:len(x) // 2 ** k]))["kl_ramachandran_reweighted"]
-               for k in range(4, -1, -1)}
+               for k in range(4, 0, -1)} | {len(x): observed["kl_ramachandran_reweighted"]}
     design = ramachandran_design_effect(molecule, data)
     sizes = {"reference size": len(ref), "histogram effective size": int(len(ref) / design)}
     rng = np.random.default_rng(seed)
@@ -140,16 +141,13 @@ def model_bootstrap(molecule, reference_path: str, data: dict, model_paths: list
     u = lambda x: np.concatenate([np.asarray(energy(jnp.asarray(x[i:i + 4096]))) for i in range(0, len(x), 4096)])
     u_ref, u_model = u(ref), u(x)
     per_chain = [u_ref[data["chain"] == c].mean() for c in np.unique(data["chain"])]
-    finite = np.isfinite(u_model)
-    u_mean = np.sum(w[finite] * u_model[finite]) / np.sum(w[finite])
-    u_var = np.sum(w[finite] * (u_model[finite] - u_mean) ** 2) / np.sum(w[finite])
+    u_model = self_normalised_expectation(log_w, u_model)  # (mean, standard error)
     print(json.dumps({"model": model_paths, "model_samples": len(x), "model_ess": float(1 / np.sum(w ** 2)),
-                      "observed": reweighted(molecular_metrics(molecule, ref, x, log_w)),
-                      "observed_ramachandran_by_model_samples": by_size, "design_effect": round(design, 3),
-                      "sizes": sizes, "bootstrap": n_boot, **simulated,
+                      "observed": observed, "observed_ramachandran_by_model_samples": by_size,
+                      "design_effect": round(design, 3), "sizes": sizes, "bootstrap": n_boot, **simulated,
                       "reduced_energy_reference": [float(u_ref.mean()), float(np.std(per_chain, ddof=1)
                                                                               / np.sqrt(len(per_chain)))],
-                      "reduced_energy_model": [float(u_mean), float(np.sqrt(u_var * np.sum(w ** 2)))]}))
+                      "reduced_energy_model": [float(v) for v in u_model]}))
 
 if __name__ == "__main__":
     main()
