@@ -77,7 +77,7 @@ def main():
     if args.bootstrap:
         rng = np.random.default_rng(args.seed)
         model = ref[rng.integers(0, len(ref), args.model_samples)]
-        chains = [np.flatnonzero(data["chain"] == c) for c in np.unique(data["chain"])]
+        chains = chain_indices(data)
         resample = lambda: np.concatenate([chains[i] for i in rng.integers(0, len(chains), len(chains))])
         runs = [molecular_metrics(molecule, ref[resample()], model) for _ in range(args.bootstrap)]
         print(json.dumps({"reference": len(ref), "chains": len(chains), "model_samples": args.model_samples,
@@ -88,6 +88,11 @@ def main():
         out = molecular_metrics(molecule, ref, other[:n], np.zeros(min(n, len(other))))
         print(json.dumps({"reference": len(ref), "other": min(n, len(other)),
                           **{k: round(v, 4) for k, v in out.items() if not k.endswith("_reweighted")}}))
+
+
+def chain_indices(data: dict) -> list[np.ndarray]:
+    """The sample indices of each of the reference's chains (independent MD runs side by side)."""
+    return [np.flatnonzero(data["chain"] == c) for c in np.unique(data["chain"])]
 
 
 def _mean_std(runs: list[dict]) -> dict:
@@ -101,10 +106,10 @@ def ramachandran_design_effect(molecule, data: dict) -> float:
     (chi-square) term sums them. n / design effect is the histogram's effective size."""
     angles = torsion_angles(data["x"], named_torsions(molecule))
     phi, psi = ramachandran_pairs(molecule)[0]
-    chains = np.unique(data["chain"])
+    chains = chain_indices(data)
     # each chain's bin frequencies (the chains are of equal length, so their mean is the whole reference's)
-    freq = np.stack([angle_density(np.stack([angles[phi][data["chain"] == c], angles[psi][data["chain"] == c]], 1))
-                     .ravel() for c in chains]) * (2 * np.pi / BINS) ** 2
+    freq = np.stack([angle_density(np.stack([angles[phi][i], angles[psi][i]], 1)).ravel()
+                     for i in chains]) * (2 * np.pi / BINS) ** 2
     q = freq.mean(0)
     occupied = q > 0
     between = freq.var(0, ddof=1)[occupied] / len(chains)
@@ -140,7 +145,7 @@ def model_bootstrap(molecule, reference_path: str, data: dict, model_paths: list
     energy = jax.jit(MoleculeTarget(molecule.name, temperature=temperature).reduced_energy)
     u = lambda x: np.concatenate([np.asarray(energy(jnp.asarray(x[i:i + 4096]))) for i in range(0, len(x), 4096)])
     u_ref, u_model = u(ref), u(x)
-    per_chain = [u_ref[data["chain"] == c].mean() for c in np.unique(data["chain"])]
+    per_chain = [u_ref[i].mean() for i in chain_indices(data)]
     u_model = self_normalised_expectation(log_w, u_model)  # (mean, standard error)
     print(json.dumps({"model": model_paths, "model_samples": len(x), "model_ess": float(1 / np.sum(w ** 2)),
                       "observed": observed, "observed_ramachandran_by_model_samples": by_size,
@@ -148,6 +153,7 @@ def model_bootstrap(molecule, reference_path: str, data: dict, model_paths: list
                       "reduced_energy_reference": [float(u_ref.mean()), float(np.std(per_chain, ddof=1)
                                                                               / np.sqrt(len(per_chain)))],
                       "reduced_energy_model": [float(v) for v in u_model]}))
+
 
 if __name__ == "__main__":
     main()
