@@ -14,6 +14,7 @@ from boltzflow.cli import main
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows import make_flow
 from boltzflow.flows.paths import backward_log_q
+from boltzflow.molecules.reference import QUANTUM, builtin_reference, load_reference
 from boltzflow.settings import parse
 from boltzflow.snf import SNFSettings, make_snf
 from boltzflow.targets import make_target
@@ -36,6 +37,17 @@ def test_load_data_formats_and_errors(tmp_path):
                           ("flat.npy", "shape (n, 2)"), ("a.npy", "shape (n, 3)")):
         with pytest.raises(BoltzflowError, match=message.replace("(", r"\(").replace(")", r"\)")):
             load_data(tmp_path / name, 3 if message == "shape (n, 3)" else 2)
+
+
+def test_load_data_reads_the_shipped_compact_molecular_reference():
+    """The reference files the package ships (int16 positions) are training data as they are (--data FILE)."""
+    path = builtin_reference("aldp_vacuum", 1000.0)
+    got = load_data(path, 66)
+    assert got.shape == (80_000, 66) and got.dtype == np.float32
+    assert np.array_equal(got, load_reference(path)["x"])
+    with np.load(path) as f:  # the expansion, by hand, of the first conformation
+        q, c = f["x_int16"][0].astype(np.float64), f["centroid"][0]
+    np.testing.assert_allclose(got[0], (q.reshape(-1, 3) * QUANTUM + c).ravel(), atol=1e-6)
 
 
 def test_resampler_draws_rows_uniformly_with_replacement():

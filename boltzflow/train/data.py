@@ -6,8 +6,9 @@ MD-like samples), the method option ``data`` names a file of samples, e.g. from 
 
     method: {name: kl_ml, data: md_samples.npy}   # or: boltzflow train CONFIG --data md_samples.npy
 
-The file is ``.npy`` (an ``(n, dim)`` array) or ``.npz`` (array ``x``, or its only array); every step draws a
-minibatch with replacement from it. The samples should be (close to) equilibrium samples of p: ML fits q to them,
+The file is ``.npy`` (an ``(n, dim)`` array), ``.npz`` (array ``x``, or its only array) or a molecular reference in
+the compact form the package ships and writes (``boltzflow/molecules/data/*.npz``, ``boltzflow reference``); every
+step draws a minibatch with replacement from it. The samples should be (close to) equilibrium samples of p: ML fits q to them,
 and any bias in them is learned; the importance weights w = p / q still correct estimates as long as q covers p.
 """
 
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from boltzflow.errors import BoltzflowError
+from boltzflow.molecules.reference import load_reference
 from boltzflow.sharding import shard_batch
 
 Sampler = Callable[[jax.Array, int], jax.Array]
@@ -38,10 +40,13 @@ def load_data(path, dim: int) -> np.ndarray:
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
             names = list(loaded.files)
-            if "x" not in names and len(names) != 1:
+            if "x_int16" in names:  # a molecular reference in its compact form
+                loaded = load_reference(str(p))["x"]
+            elif "x" not in names and len(names) != 1:
                 raise BoltzflowError(f"data file {str(path)!r}: expected an array named 'x' or a single array, "
                                      f"found {names}")
-            loaded = loaded["x" if "x" in names else names[0]]
+            else:
+                loaded = loaded["x" if "x" in names else names[0]]
     if not np.issubdtype(loaded.dtype, np.number):
         raise BoltzflowError(f"data file {str(path)!r}: samples must be numbers, got {loaded.dtype}")
     return _checked(loaded.astype(np.float32), dim, f"data file {str(path)!r}: samples")
