@@ -21,6 +21,7 @@ from boltzflow.molecules.metrics import (
     named_torsions,
     ramachandran_kl,
     ramachandran_pairs,
+    torsion_angles,
     torsion_kl,
 )
 from boltzflow.molecules.system import load_system, openmmtools_data_dir
@@ -260,6 +261,13 @@ def test_molecular_metrics_of_alanine_dipeptide():
     assert np.isnan(m3["kl_ramachandran_reweighted"]) and np.isfinite(m3["kl_ramachandran"])
     with pytest.raises(BoltzflowError):
         molecular_metrics(mol, ref, model[:, :60])
+    # the same metrics from the torsion angles alone (what an evaluation of millions of samples keeps)
+    torsions = named_torsions(mol)
+    angles = torsion_angles(far.reshape(4000, -1), torsions)
+    assert molecular_metrics(mol, torsion_angles(ref, torsions), angles, log_w) == m2
+    for bad in ({k: v for k, v in angles.items() if k != "phi"}, {**angles, "phi": angles["phi"][:10]}):
+        with pytest.raises(BoltzflowError, match="torsion angles must be"):
+            molecular_metrics(mol, ref, bad)
 
 
 # ------------------------------------------------------------------------------------------- basins, blocks

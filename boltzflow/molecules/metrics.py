@@ -114,6 +114,20 @@ def torsion_angles(x, torsions: dict) -> dict:
     return {name: dihedral(x, *atoms) for name, atoms in torsions.items()}
 
 
+def _angles_of(x, torsions: dict, dim: int, what: str) -> dict:
+    """Conformations ``(n, dim)`` as their torsion angles; a dict of angles (one array per torsion) checked."""
+    if isinstance(x, dict):
+        shapes = {k: np.shape(a) for k, a in x.items()}
+        if set(x) != set(torsions) or len(set(shapes.values())) > 1 or any(len(v) != 1 for v in shapes.values()):
+            raise BoltzflowError(f"{what}: torsion angles must be one (n,) array for each of {sorted(torsions)}, got "
+                                 f"{shapes}")
+        return x
+    shape = np.shape(x)
+    if len(shape) != 2 or shape[1] != dim:
+        raise BoltzflowError(f"{what} must have shape (n, {dim}), got {shape}")
+    return torsion_angles(x, torsions)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # named torsions from the topology
 
@@ -286,16 +300,14 @@ def molecular_metrics(molecule: MolecularSystem, ref_x, model_x, model_log_w=Non
     """KLs (K1) of every named torsion's marginal (``kl_<name>``) and of each Ramachandran plot
     (``kl_ramachandran``, or ``kl_ramachandran_1``, ... for several residues) between reference conformations
     ``ref_x`` ``(n, 3N)`` and model conformations ``model_x`` ``(m, 3N)``; with ``model_log_w`` ``(m,)`` also the
-    reweighted ones (``..._reweighted``). Floats, NaN where undefined."""
+    reweighted ones (``..._reweighted``). Floats, NaN where undefined. Either set may instead be given as its
+    torsion angles, the dict :func:`torsion_angles` returns for :func:`named_torsions` (how an evaluation keeps
+    millions of samples: 7 angles each instead of 3N coordinates)."""
     torsions = named_torsions(molecule)
-    dim = 3 * len(molecule.atom_names)
-    for what, x in (("ref_x", ref_x), ("model_x", model_x)):
-        shape = np.shape(x)
-        if len(shape) != 2 or shape[1] != dim:
-            raise BoltzflowError(f"{what} must have shape (n, {dim}), got {shape}")
-    ref, model = torsion_angles(ref_x, torsions), torsion_angles(model_x, torsions)
-    if model_log_w is not None:
-        normalised_weights(model_log_w, np.shape(model_x)[0])  # shape check
+    ref, model = (_angles_of(x, torsions, 3 * len(molecule.atom_names), what)
+                  for what, x in (("ref_x", ref_x), ("model_x", model_x)))
+    if model_log_w is not None and model:
+        normalised_weights(model_log_w, len(next(iter(model.values()))))  # shape check
     variants = [("", None)] + ([("_reweighted", model_log_w)] if model_log_w is not None else [])
     out = {}
     for name in torsions:
