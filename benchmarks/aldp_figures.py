@@ -29,8 +29,7 @@ from boltzflow.plot import plot_ramachandran, plot_torsion_marginals
 def run_torsions(run_dir: str, n: int, seed: int):
     """(target, torsion angles of n model samples of the right chirality, their log weights)."""
     exp, _ = load_run(run_dir)
-    x, log_w, _ = exp.weighted_samples(jax.random.key(seed), n)
-    x, log_w = np.asarray(x), np.asarray(log_w, np.float64)
+    x, log_w = exp.weighted_samples(jax.random.key(seed), n)
     keep = np.asarray(exp.target.chirality.mask(x))
     return exp.target, torsion_angles(x[keep], named_torsions(exp.target.molecule)), log_w[keep]
 

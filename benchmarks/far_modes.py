@@ -49,7 +49,7 @@ def one_run(out: Path, target_seed: int, seed: int, seed_buffer: bool, steps: in
     t_train = time.time() - t0
     rep = finish_run(out, summary, n_eval=100_000)
     exp, _ = load_run(out)
-    x, log_w, _ = exp.weighted_samples(jax.random.key(seed + 99), 100_000)
+    x, log_w = exp.weighted_samples(jax.random.key(seed + 99), 100_000)
     t = far_modes(target_seed)
     truth = t.region_mass(np.asarray(t.sample(jax.random.key(7), 400_000)))
     found = t.region_mass(np.asarray(x), np.asarray(log_w))

@@ -75,7 +75,7 @@ def _plot_model_samples(exp, path: Path) -> None:
         _plot_vae(exp, path.parent, key)
         return
     if isinstance(exp.target, MoleculeTarget):  # torsions, not coordinates
-        x, log_w, _ = exp.weighted_samples(key, 10_000)
+        x, log_w = exp.weighted_samples(key, 10_000)
         ref = exp.target.reference_path and load_reference(exp.target.reference_path)["x"]
         plot_molecule_samples(exp.target, x, log_w, path.parent, reference_x=ref)
         return
@@ -112,10 +112,10 @@ def _evaluate(args) -> None:
 def _sample(args) -> None:
     exp, _ = load_run(args.run)
     with use_devices(args.devices):
-        x, log_w, _ = exp.weighted_samples(jax.random.key(args.seed), args.n)
+        x, log_w = exp.weighted_samples(jax.random.key(args.seed), args.n)
     if not writes_files():
         return
-    np.savez(args.out, x=np.asarray(x), log_w=np.asarray(log_w))
+    np.savez(args.out, x=x, log_w=log_w)
     print(f"wrote {args.n} samples and log weights to {args.out}")
 
 

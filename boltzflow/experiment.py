@@ -22,7 +22,9 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import yaml
+from jax.experimental import multihost_utils
 
 from boltzflow.autoflow import resolve
 from boltzflow.config import Config, config_from_dict
@@ -31,7 +33,7 @@ from boltzflow.errors import BoltzflowError
 from boltzflow.flows.builders import make_flow
 from boltzflow.flows.paths import Space, model_space, path_weights
 from boltzflow.settings import to_dict
-from boltzflow.sharding import hosts_meet, writes_files
+from boltzflow.sharding import batch_devices, hosts_meet, writes_files
 from boltzflow.snf.builder import make_snf
 from boltzflow.snf.paths import path_space
 from boltzflow.targets import make_target
@@ -62,11 +64,21 @@ class Experiment:
             raise BoltzflowError(f"{purpose} needs a model with a tractable density (a flow, or an SNF with "
                                  f"unadjusted Langevin blocks through its path space): {e}") from None
 
-    def weighted_samples(self, key: jax.Array, n: int):
-        """n model samples x with their path log weights log w and the stochastic layers' diagnostics
-        (boltzflow.flows.paths.path_weights), in one jitted call."""
+    def weighted_samples(self, key: jax.Array, n: int, chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+        """n model samples x with their path log weights log w (boltzflow.flows.paths.path_weights), as host
+        (numpy) arrays: drawn ``chunk`` at a time (rounded up to a multiple of the devices in use) by one jitted
+        program, chunk i from ``jax.random.fold_in(key, i)``, so memory is bounded by the chunk, not by n, and of two
+        draws of at least one chunk with the same key the shorter is the start of the longer."""
         self._require_sampler("weighted samples")
-        return jax.jit(lambda k: path_weights(self.model, self.target, k, n))(key)
+        if n < 1 or chunk < 1:
+            raise BoltzflowError(f"weighted samples: n and chunk must be positive, got n={n}, chunk={chunk}")
+        d = batch_devices()
+        chunk = -(-min(chunk, n) // d) * d
+        draw = jax.jit(lambda k: path_weights(self.model, self.target, k, chunk)[:2])
+        gather = ((lambda r: multihost_utils.process_allgather(r, tiled=True)) if jax.process_count() > 1 else
+                  jax.device_get)  # several hosts: every host's rows
+        parts = [gather(draw(jax.random.fold_in(key, i))) for i in range(-(-n // chunk))]
+        return tuple(np.concatenate(c)[:n] for c in zip(*parts))
 
     def _require_sampler(self, purpose: str) -> None:
         if isinstance(self.model, VAE):

@@ -99,6 +99,13 @@ def test_train_evaluate_and_resume_on_a_user_target(tmp_path, capsys):
     x = jax.numpy.asarray(data["x"])
     np.testing.assert_allclose(data["log_w"], exp.target.log_prob(x) - exp.model.log_prob(x), atol=1e-3)
     assert np.std(data["x"][:, 0]) > 0.1  # distinct samples, not one point repeated
+    # drawn a chunk at a time: a longer draw starts with the shorter one, every chunk's samples distinct
+    x1, lw1 = exp.weighted_samples(jax.random.key(3), 700, chunk=256)
+    x2, lw2 = exp.weighted_samples(jax.random.key(3), 300, chunk=256)
+    assert x1.shape == (700, exp.target.dim) and lw1.shape == (700,) and isinstance(x1, np.ndarray)
+    np.testing.assert_array_equal(x1[:300], x2)
+    assert len(np.unique(x1[:, 0])) == 700
+    np.testing.assert_allclose(lw1, exp.target.log_prob(x1) - exp.model.log_prob(x1), atol=1e-3)
 
 
 # presets whose training step is another preset's at a larger size: built, not traced again (tracing aldp_fab's
