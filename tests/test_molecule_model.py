@@ -65,6 +65,18 @@ def test_a_realnvp_on_internal_coordinates_models_the_torsions_on_the_real_line(
     np.testing.assert_allclose(np.asarray(flow.log_prob(x)), np.asarray(log_q), rtol=1e-5, atol=2e-3)
 
 
+def test_snf_blocks_on_internal_coordinates_take_their_own_step_on_the_torsions(aldp):
+    """blocks.torsion_step_size: every block's step is per dimension, that value on the rotatable torsions (the
+    internal-coordinate layer's circular dims) and step_size on the rest."""
+    settings = parse(SNFSettings, {"flow": {**FLOW, "type": "realnvp", "n_layers": 2},
+                                   "blocks": {"step_size": 0.05, "torsion_step_size": 0.7}}, "flow")
+    snf = make_snf(settings, jax.random.key(0), aldp)
+    mask = snf.layers[-1].circular_mask
+    assert 0 < mask.sum() < 60  # phi, psi, the methyls, ...
+    for block in (layer for layer in snf.layers if isinstance(layer, StochasticBlock)):
+        np.testing.assert_allclose(np.asarray(block.step_size), np.where(mask, 0.7, 0.05), rtol=1e-6)
+
+
 @pytest.mark.slow  # 17 s in CI; the same layout for AIS (test_internal_coordinate_flow_and_its_ais_space) stays
 def test_snf_blocks_run_below_the_internal_coordinate_layer(aldp):
     """An SNF on internal coordinates: the layer stays last, its blocks sample the pulled-back target, and the

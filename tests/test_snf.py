@@ -71,19 +71,30 @@ def test_metropolis_dS_at_equilibrium_averages_to_zero():
     target = Gaussian(mu=mu, s=s)
     prec = (1 - lam) + lam / s**2
     m = lam * mu / s**2 / prec
-    block = StochasticBlock("metropolis", StandardBase(2), target, lam, 0.8, n_steps=1)
     x = m + jax.random.normal(jax.random.key(0), (40_000, 2)) / math.sqrt(prec)
-    y, ds = eqx.filter_jit(lambda b, x, k: b.forward(x, k))(block, x, jax.random.key(1))
-    assert float(jnp.mean(jnp.any(y != x, -1))) > 0.2  # moves happen
-    se = jnp.std(ds) / math.sqrt(ds.shape[0])
-    within(jnp.mean(ds), se, 0.0)
+    for step in (0.8, (0.3, 1.5)):  # one step, and one per dimension
+        block = StochasticBlock("metropolis", StandardBase(2), target, lam, step, n_steps=1)
+        y, ds = eqx.filter_jit(lambda b, x, k: b.forward(x, k))(block, x, jax.random.key(1))
+        assert float(jnp.mean(jnp.any(y != x, -1))) > 0.2  # moves happen
+        se = jnp.std(ds) / math.sqrt(ds.shape[0])
+        within(jnp.mean(ds), se, 0.0)
+    # per dimension, each dimension moves by its own scale
+    block = StochasticBlock("metropolis", StandardBase(2), target, lam, (0.01, 1.0), n_steps=1)
+    y = eqx.filter_jit(lambda b, x, k: b.forward(x, k))(block, x[:4000], jax.random.key(2))[0]
+    moved = np.abs(np.asarray(y - x[:4000]))
+    assert moved[:, 0].max() < 0.1 < moved[:, 1].max()
+    with pytest.raises(BoltzflowError, match="needs 2 values"):
+        StochasticBlock("metropolis", StandardBase(2), target, lam, (0.1, 0.2, 0.3))
 
 
-@pytest.mark.parametrize("kernel", ["ula", "underdamped"])
-def test_langevin_snf_log_z(kernel):
-    """N(0, 1) prior -> e^c N(1, 0.6^2): logmeanexp(log w) = log Z = c within 3 s.e."""
+@pytest.mark.parametrize("kernel, step_size", [("ula", 0.2), ("underdamped", 0.2), ("ula", (0.1, 0.3)),
+                                               ("metropolis", (0.3, 1.0))])
+def test_snf_log_z(kernel, step_size):
+    """N(0, 1) prior -> e^c N(1, 0.6^2): logmeanexp(log w) = log Z = c within 3 s.e., with a step size per
+    dimension too."""
     target = Gaussian(mu=1.0, s=0.6, c=2.5)
-    snf = blocks_only_snf(StandardBase(2), target, n_blocks=4, kernel=kernel, step_size=0.2, n_steps=5)
+    snf = blocks_only_snf(StandardBase(2), target, n_blocks=4, kernel=kernel, step_size=step_size, n_steps=5)
+    assert snf.layers[0].step_size.shape == np.shape(step_size)
     _, log_w, _ = jax.jit(lambda k: path_weights(snf, target, k, 20_000))(jax.random.key(0))
     log_z, se = log_z_estimate(log_w)
     assert float(se) < 0.05  # precise enough for the comparison to have power (and Jensen's se^2 / 2 negligible)
@@ -143,7 +154,10 @@ def test_make_snf_layout_and_errors():
     with pytest.raises(TypeError):
         snf.log_prob(jnp.zeros((3, 2)))
     for bad in ({"blocks": {"kernel": "nope"}}, {"blocks": {"kernel": "hmc", "n_leapfrog": 0}},
-                {"blocks": {"n_blocks": 0}}, {"foo": 1}, {"blocks": {"step_size": -1.0}}):
+                {"blocks": {"n_blocks": 0}}, {"foo": 1}, {"blocks": {"step_size": -1.0}},
+                {"blocks": {"torsion_step_size": 0.5}},  # no internal coordinates here
+                {"flow": {"type": "realnvp", "n_layers": 2}, "blocks": {"torsion_step_size": 0.5}},
+                {"blocks": {"torsion_step_size": 0.0}}):
         with pytest.raises(BoltzflowError):
             make_snf({"type": "snf", **bad}, jax.random.key(0), target)
 

@@ -61,6 +61,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows.base import Base, Layer
@@ -71,12 +72,23 @@ from boltzflow.mcmc.registry import KERNELS, make_kernel
 _LAMBDA_CLIP = 1e-3
 
 
+def _positive_steps(step_size) -> bool:
+    """A positive finite number, or a non-empty vector of them."""
+    if isinstance(step_size, (bool, str)):
+        return False
+    try:
+        eps = np.asarray(step_size, np.float64)
+    except (TypeError, ValueError):
+        return False
+    return eps.ndim <= 1 and eps.size > 0 and bool(np.all(np.isfinite(eps) & (eps > 0)))
+
+
 def check_block(kernel: str, step_size, n_steps, settings: dict, where: str = "") -> None:
     """The one check of a block's kernel, step size, number of moves and kernel settings (one-line errors)."""
     if kernel not in KERNELS:
         raise BoltzflowError(f"unknown MCMC kernel {kernel!r}; known: {', '.join(KERNELS)}")
-    if isinstance(step_size, bool) or not (isinstance(step_size, (int, float)) and step_size > 0):
-        raise BoltzflowError(f"{where}step_size must be a positive number, got {step_size!r}")
+    if not _positive_steps(step_size):
+        raise BoltzflowError(f"{where}step_size must be a positive number (or one per dimension), got {step_size!r}")
     if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < 1:
         raise BoltzflowError(f"{where}n_steps must be a positive integer, got {n_steps!r}")
     if "n_steps" in settings:
@@ -92,10 +104,11 @@ class StochasticBlock(Layer):
         prior: the base distribution q0 (u_Z = -log q0).
         target: the target (u_X = -log p); a static field (hashed by identity).
         lam: interpolation parameter lambda in [0, 1].
-        step_size: kernel step size eps > 0 (scalar).
+        step_size: kernel step size eps > 0: a scalar, or one per dimension ``(d,)`` (a diagonal proposal scale, e.g.
+            larger on the torsions of internal coordinates, :mod:`boltzflow.snf.builder`).
         n_steps: kernel calls per block (underdamped: BAOAB steps within one call, one velocity refresh).
         learn_lambda: parameterise lambda = sigmoid(a) and train a (lambda clipped to [1e-3, 1 - 1e-3]).
-        learn_step_size: train b = log eps.
+        learn_step_size: train b = log eps (each dimension's, for a per-dimension step).
         settings: further kernel settings (``n_leapfrog``, ``friction``).
 
     ``forward`` and ``inverse`` both run the kernel (it is its own backward kernel); ``forward`` returns the
@@ -128,7 +141,10 @@ class StochasticBlock(Layer):
             self.raw_lambda = jnp.asarray(math.log(lam / (1 - lam)), dtype)
         else:
             self.raw_lambda = jnp.asarray(lam, dtype)
-        self.log_step = jnp.asarray(math.log(step_size), dtype)
+        if np.ndim(step_size) == 1 and np.size(step_size) != prior.dim:
+            raise BoltzflowError(f"a per-dimension step size needs {prior.dim} values (the prior's dimension), got "
+                                 f"{np.size(step_size)}")
+        self.log_step = jnp.log(jnp.asarray(step_size, dtype))
 
     def retarget(self, target) -> "StochasticBlock":
         """The same block (kernel, prior, lambda and step-size parameters) moving under another target: how a

@@ -9,6 +9,8 @@
         kernel: metropolis | hmc | mala | ula | underdamped
         n_steps: 10          # kernel steps per block (underdamped: BAOAB steps in one velocity refresh)
         step_size: 0.1       # initial step size (scalar)
+        torsion_step_size: null  # below an internal-coordinate layer: the step on the torsions of rotatable bonds
+                                 # (radians; null: step_size), the other coordinates keep step_size
         every: 1             # a block after every `every` flow layers (an LU map goes with the layer before it)
         n_blocks: null       # blocks-only SNF (no flow): number of blocks (default 1)
         at_start: false      # also put a block before the first flow layer
@@ -24,7 +26,11 @@ T has lambda_t = t / T (SNF sec. 4).
 A flow whose last layer is a fixed map into the target's coordinates (``coordinates: internal``: internal
 coordinates -> Cartesian; ``loc`` / ``scale``: a standardization) keeps that layer last and outside the count: the blocks run below it, in internal coordinates, on the target pulled back
 through it (:class:`boltzflow.flows.paths.PulledBack`), as the SNF paper's alanine dipeptide SNF moves its
-Metropolis steps in the flow's internal coordinates.
+Metropolis steps in the flow's internal coordinates. There the coordinates differ in scale: bonds and angles are
+normalised by their typical fluctuation, while a rotatable torsion spans [-pi, pi) with wells a third of a turn apart
+(methyl rotations), which a step sized for the bonds hardly moves. ``torsion_step_size`` gives those torsions (the
+internal-coordinate layer's circular dims) their own step: every block's step is then one per dimension (and
+learned per dimension with ``learn_step_size``).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows.base import Base, Flow, Layer
@@ -52,6 +59,7 @@ class BlockSettings:
     kernel: str = "metropolis"
     n_steps: int = 10
     step_size: float = 0.1
+    torsion_step_size: float | None = None
     every: int = 1
     n_blocks: int | None = None
     at_start: bool = False
@@ -62,6 +70,8 @@ class BlockSettings:
 
     def __post_init__(self):
         check_block(self.kernel, self.step_size, self.n_steps, self.kernel_options, "blocks.")
+        if self.torsion_step_size is not None:
+            check_block(self.kernel, self.torsion_step_size, self.n_steps, self.kernel_options, "blocks.torsion_")
         for name in ("every",) + (("n_blocks",) if self.n_blocks is not None else ()):
             if getattr(self, name) < 1:
                 raise BoltzflowError(f"blocks.{name} must be a positive integer, got {getattr(self, name)!r}")
@@ -75,6 +85,9 @@ class SNFSettings:
     blocks: BlockSettings = field(default_factory=BlockSettings)
 
     def __post_init__(self):
+        if self.flow is None and self.blocks.torsion_step_size is not None:
+            raise BoltzflowError("blocks.torsion_step_size is for an SNF on internal coordinates (flow: "
+                                 "{coordinates: internal}); elsewhere use step_size")
         if self.flow is not None and self.blocks.n_blocks is not None:
             raise BoltzflowError("blocks.n_blocks is for blocks-only SNFs; with a flow use blocks.every")
 
@@ -105,6 +118,12 @@ def make_snf(s: SNFSettings, key: jax.Array, target, dtype=jnp.float32) -> Flow:
         if det and det[-1].coordinate_map:  # a fixed map into x's coordinates: blocks run below it (docstring)
             tail, det = (det[-1],), det[:-1]
             target = PulledBack(target, tail[0])
+        step = b.step_size
+        if b.torsion_step_size is not None:
+            if not (tail and hasattr(tail[0], "circular_mask")):
+                raise BoltzflowError("blocks.torsion_step_size is for an SNF on internal coordinates (flow: "
+                                     "{coordinates: internal}); elsewhere use step_size")
+            step = np.where(tail[0].circular_mask, b.torsion_step_size, b.step_size)
         units = []  # each coupling with the LU map that follows it, so a block never splits the two
         for layer in det:
             if isinstance(layer, LULinear) and units:
@@ -121,12 +140,12 @@ def make_snf(s: SNFSettings, key: jax.Array, target, dtype=jnp.float32) -> Flow:
         return blocks_only_snf(StandardBase(target.dim, dtype=dtype), target, b.n_blocks or 1, b.kernel,
                                b.step_size, b.n_steps, learn_lambda=b.learn_lambda,
                                learn_step_size=b.learn_step_size, settings=b.kernel_options, dtype=dtype)
-    return Flow(base, tuple(_block(b, base, target, slot, dtype) if isinstance(slot, float) else slot
+    return Flow(base, tuple(_block(b, base, target, slot, step, dtype) if isinstance(slot, float) else slot
                             for slot in slots) + tail)
 
 
-def _block(b: BlockSettings, base: Base, target, lam: float, dtype) -> StochasticBlock:
-    return StochasticBlock(b.kernel, base, target, lam, b.step_size, b.n_steps, b.learn_lambda, b.learn_step_size,
+def _block(b: BlockSettings, base: Base, target, lam: float, step, dtype) -> StochasticBlock:
+    return StochasticBlock(b.kernel, base, target, lam, step, b.n_steps, b.learn_lambda, b.learn_step_size,
                            b.kernel_options, dtype=dtype)
 
 
@@ -134,5 +153,5 @@ def blocks_only_snf(prior: Base, target, n_blocks: int, kernel: str = "metropoli
                     n_steps: int = 10, lambdas=None, **kw) -> Flow:
     """An SNF of stochastic blocks only from ``prior`` (lambda_t = t / T unless ``lambdas`` is given)."""
     lambdas = [(t + 1) / n_blocks for t in range(n_blocks)] if lambdas is None else list(lambdas)
-    return Flow(prior, tuple(StochasticBlock(kernel, prior, target, float(lam), float(step_size), n_steps, **kw)
+    return Flow(prior, tuple(StochasticBlock(kernel, prior, target, float(lam), step_size, n_steps, **kw)
                              for lam in lambdas))
