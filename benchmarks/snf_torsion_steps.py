@@ -9,7 +9,8 @@ RUN is a trained flow on internal coordinates (e.g. ``boltzflow train snf_aldp_v
 Metropolis moves of the target pulled back through the internal-coordinate layer (boltzflow.flows.paths.PulledBack,
 the density the SNF's last block samples) by :func:`boltzflow.mcmc.metropolis.metropolis_step`; printed: the mean
 acceptance and the KL (boltzflow.molecules.metrics, 100 bins) of each named torsion's marginal against the target's
-reference samples, before and after the moves. The KL's floor at n model samples is about (bins - 1) / (2 n)
+reference samples, before and after the moves, and the fraction of the flow's samples whose torsion lies outside
+[-pi, pi) in its internal coordinate (a flow on the real line; the angle wraps when the molecule is built). The KL's floor at n model samples is about (bins - 1) / (2 n)
 (0.012 at 4,000).
 """
 
@@ -56,6 +57,16 @@ def main():
         angles = torsion_angles(np.asarray(layer.forward(y)[0]), torsions)
         return {name: round(torsion_kl(ref[name], angles[name]), 4) for name in torsions}
 
+    def outside(y):  # each named torsion's internal coordinate (the column equal to it up to a constant)
+        y = np.asarray(y)
+        angles = torsion_angles(np.asarray(layer.forward(jnp.asarray(y))[0]), torsions)
+        q = np.asarray(layer.reference_ic) + np.asarray(layer.scales) * y
+        out = {}
+        for name, a in angles.items():
+            c = int(np.argmax([abs(np.mean(np.exp(1j * (q[:, j] - a)))) for j in range(y.shape[1])]))
+            out[name] = round(float(np.mean(np.abs(y[:, c]) * layer.scales[c] > np.pi)), 4)
+        return out
+
     @jax.jit
     def moves(k, y, eps):
         def body(carry, kk):
@@ -66,7 +77,7 @@ def main():
                                        jax.random.split(k, args.moves))
         return point.x, acc / args.moves
 
-    rows = [{"steps": "flow samples", **kls(z)}]
+    rows = [{"steps": "flow samples", **kls(z)}, {"steps": "flow samples outside [-pi, pi)", **outside(z)}]
     mask = jnp.asarray(layer.circular_mask)
     for spec in args.steps:
         step, _, torsion = spec.partition(":")
