@@ -10,8 +10,8 @@ Metropolis moves of the target pulled back through the internal-coordinate layer
 the density the SNF's last block samples) by :func:`boltzflow.mcmc.metropolis.metropolis_step`; printed: the mean
 acceptance and the KL (boltzflow.molecules.metrics, 100 bins) of each named torsion's marginal against the target's
 reference samples, before and after the moves, and the fraction of the flow's samples whose torsion lies outside
-[-pi, pi) in its internal coordinate (a flow on the real line; the angle wraps when the molecule is built). The KL's floor at n model samples is about (bins - 1) / (2 n)
-(0.012 at 4,000).
+[-pi, pi) in its internal coordinate (a flow on the real line; the angle wraps when the molecule is built). The
+KL's floor at n model samples is about (bins - 1) / (2 n) (0.012 at 4,000).
 """
 
 from __future__ import annotations
@@ -53,13 +53,14 @@ def main():
     ref = torsion_angles(load_reference(target.reference_path)["x"], torsions)
     zero = lambda v: jnp.zeros(v.shape[0], v.dtype)  # noqa: E731  (lambda = 1: the prior's weight is 0)
 
-    def kls(y):
-        angles = torsion_angles(np.asarray(layer.forward(y)[0]), torsions)
+    def angles_of(y):
+        return torsion_angles(np.asarray(layer.forward(y)[0]), torsions)
+
+    def kls(angles):
         return {name: round(torsion_kl(ref[name], angles[name]), 4) for name in torsions}
 
-    def outside(y):  # each named torsion's internal coordinate (the column equal to it up to a constant)
+    def outside(y, angles):  # each named torsion's internal coordinate (the column equal to it up to a constant)
         y = np.asarray(y)
-        angles = torsion_angles(np.asarray(layer.forward(jnp.asarray(y))[0]), torsions)
         q = np.asarray(layer.reference_ic) + np.asarray(layer.scales) * y
         out = {}
         for name, a in angles.items():
@@ -77,13 +78,15 @@ def main():
                                        jax.random.split(k, args.moves))
         return point.x, acc / args.moves
 
-    rows = [{"steps": "flow samples", **kls(z)}, {"steps": "flow samples outside [-pi, pi)", **outside(z)}]
+    flow_angles = angles_of(z)
+    rows = [{"steps": "flow samples", **kls(flow_angles)},
+            {"steps": "flow samples outside [-pi, pi)", **outside(z, flow_angles)}]
     mask = jnp.asarray(layer.circular_mask)
     for spec in args.steps:
         step, _, torsion = spec.partition(":")
         eps = jnp.where(mask, float(torsion or step), float(step)).astype(z.dtype)
         y, acc = moves(jax.random.fold_in(key, 99), z, eps)
-        rows.append({"steps": spec, "accept": round(float(acc), 3), **kls(y)})
+        rows.append({"steps": spec, "accept": round(float(acc), 3), **kls(angles_of(y))})
     for row in rows:
         print(json.dumps(row))
 

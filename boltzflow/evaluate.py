@@ -47,7 +47,6 @@ from __future__ import annotations
 import numpy as np
 import jax
 import jax.numpy as jnp
-from jax.experimental import multihost_utils
 
 from boltzflow.ais import ais_from_settings
 from boltzflow.data import Dataset
@@ -57,7 +56,7 @@ from boltzflow.explore import check_flow
 from boltzflow.flows.paths import backward_log_q, block_metrics, path_weights
 from boltzflow.molecules.metrics import basin_populations, molecular_metrics, named_torsions, torsion_angles
 from boltzflow.molecules.reference import load_reference
-from boltzflow.sharding import batch_devices, shard_batch
+from boltzflow.sharding import device_chunk, shard_batch, to_host
 from boltzflow.vae.bound import log_likelihood, path_bound
 from boltzflow.vae.model import VAE
 
@@ -97,9 +96,8 @@ def _stream(fn, key, n: int, chunk: int, keep=None):
         # devices of two chunks' programs at once and deadlock in an all-reduce (seen on 4 forced host devices)
         sums, rows = jax.block_until_ready(fn(k, jnp.asarray(count, jnp.int32)))
         total = sums if total is None else _merge(total, sums)
-        if keep is not None:  # several hosts: every host's rows
-            rows = multihost_utils.process_allgather(rows, tiled=True) if jax.process_count() > 1 else rows
-            kept.append(keep(*(np.asarray(r)[:count] for r in rows)))
+        if keep is not None:
+            kept.append(keep(*(np.asarray(r)[:count] for r in to_host(rows))))
     return total, [np.concatenate(c) for c in zip(*kept)] if keep is not None else None
 
 
@@ -127,16 +125,15 @@ def evaluate(exp: Experiment, key, n_samples: int = 10_000, ais_state=None, with
     boltzflow.sharding, over which each chunk is split); only sums leave the devices, so n_samples is bounded by
     time, not memory. Targets whose metrics need every sample keep, chunk by chunk in host memory, what those
     metrics need: mode coverage the flow's samples, a molecule each sample's torsion angles, handedness and log
-    weight (9 numbers a sample for alanine dipeptide: 10^7 samples in 0.6 GB). ``check``: run the missing-mass check (None: as the
-    config's ``explore.check`` says, what the command line does)."""
+    weight (9 numbers a sample for alanine dipeptide: 10^7 samples in 0.6 GB). ``check``: run the missing-mass
+    check (None: as the config's ``explore.check`` says, what the command line does)."""
     target, model = exp.target, exp.model
     space = exp.space("evaluate --ais") if with_ais else None  # before any work: the error comes first
     if isinstance(model, VAE):
         return _flag_nonfinite(vae_evaluation(model, target, key, exp.config.method.settings.nll_samples))
     k_flow, k_exact, k_truth, k_ais = jax.random.split(key, 4)
     k_check = jax.random.fold_in(key, 5)  # a fifth stream, leaving the four above as they were
-    d = batch_devices()
-    chunk = -(-min(chunk, n_samples) // d) * d
+    chunk = device_chunk(chunk, n_samples)
     rows_of = lambda count: jnp.arange(chunk) < count  # noqa: E731
     f = quadratic_test_function(target.dim)
     molecule = hasattr(target, "molecule")
@@ -260,8 +257,8 @@ def molecular_rows(target):
 
     def rows(x, log_w, chiral):
         angles = torsion_angles(x, torsions)
-        return (np.stack([angles[name] for name in torsions], 1).astype(np.float32).reshape(len(x), len(torsions)),
-                chiral, np.asarray(log_w, np.float64))
+        columns = np.array([angles[name] for name in torsions], np.float32).reshape(len(torsions), len(x))
+        return columns.T, chiral, np.asarray(log_w, np.float64)
     return rows
 
 

@@ -24,7 +24,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import yaml
-from jax.experimental import multihost_utils
 
 from boltzflow.autoflow import resolve
 from boltzflow.config import Config, config_from_dict
@@ -33,7 +32,7 @@ from boltzflow.errors import BoltzflowError
 from boltzflow.flows.builders import make_flow
 from boltzflow.flows.paths import Space, model_space, path_weights
 from boltzflow.settings import to_dict
-from boltzflow.sharding import batch_devices, hosts_meet, writes_files
+from boltzflow.sharding import device_chunk, hosts_meet, to_host, writes_files
 from boltzflow.snf.builder import make_snf
 from boltzflow.snf.paths import path_space
 from boltzflow.targets import make_target
@@ -72,12 +71,9 @@ class Experiment:
         self._require_sampler("weighted samples")
         if n < 1 or chunk < 1:
             raise BoltzflowError(f"weighted samples: n and chunk must be positive, got n={n}, chunk={chunk}")
-        d = batch_devices()
-        chunk = -(-min(chunk, n) // d) * d
+        chunk = device_chunk(chunk, n)
         draw = jax.jit(lambda k: path_weights(self.model, self.target, k, chunk)[:2])
-        gather = ((lambda r: multihost_utils.process_allgather(r, tiled=True)) if jax.process_count() > 1 else
-                  jax.device_get)  # several hosts: every host's rows
-        parts = [gather(draw(jax.random.fold_in(key, i))) for i in range(-(-n // chunk))]
+        parts = [to_host(draw(jax.random.fold_in(key, i))) for i in range(-(-n // chunk))]
         return tuple(np.concatenate(c)[:n] for c in zip(*parts))
 
     def _require_sampler(self, purpose: str) -> None:

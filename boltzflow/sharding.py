@@ -55,6 +55,21 @@ def batch_devices() -> int:
     return jax.sharding.get_abstract_mesh().shape[AXIS] if _active() else 1
 
 
+def device_chunk(chunk: int, n: int) -> int:
+    """Samples drawn at a time to make n in chunks of at most ``chunk``: ``min(chunk, n)`` rounded up to a multiple
+    of :func:`batch_devices`, so that every chunk splits evenly over the mesh."""
+    d = batch_devices()
+    return -(-min(chunk, n) // d) * d
+
+
+def to_host(tree):
+    """The arrays of ``tree`` in this process's memory (numpy), with several processes every process's rows
+    (all-gathered along the leading axis): what a host keeps of a sharded batch."""
+    if jax.process_count() > 1:
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.device_get(tree)
+
+
 @contextmanager
 def use_devices(n: int | None = None):
     """Run the enclosed training / evaluation data-parallel on the first ``n`` visible devices (None: all of them);

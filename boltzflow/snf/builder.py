@@ -24,9 +24,10 @@ last layer samples the target (lambda = 1), one at the start the prior (lambda =
 T has lambda_t = t / T (SNF sec. 4).
 
 A flow whose last layer is a fixed map into the target's coordinates (``coordinates: internal``: internal
-coordinates -> Cartesian; ``loc`` / ``scale``: a standardization) keeps that layer last and outside the count: the blocks run below it, in internal coordinates, on the target pulled back
-through it (:class:`boltzflow.flows.paths.PulledBack`), as the SNF paper's alanine dipeptide SNF moves its
-Metropolis steps in the flow's internal coordinates. There the coordinates differ in scale: bonds and angles are
+coordinates -> Cartesian; ``loc`` / ``scale``: a standardization) keeps that layer last and outside the count:
+the blocks run below it, in internal coordinates, on the target pulled back through it
+(:class:`boltzflow.flows.paths.PulledBack`), as the SNF paper's alanine dipeptide SNF moves its Metropolis steps in
+the flow's internal coordinates. There the coordinates differ in scale: bonds and angles are
 normalised by their typical fluctuation, while a rotatable torsion spans [-pi, pi) with wells a third of a turn apart
 (methyl rotations), which a step sized for the bonds hardly moves. ``torsion_step_size`` gives those torsions (the
 internal-coordinate layer's circular dims) their own step: every block's step is then one per dimension (and
@@ -85,9 +86,6 @@ class SNFSettings:
     blocks: BlockSettings = field(default_factory=BlockSettings)
 
     def __post_init__(self):
-        if self.flow is None and self.blocks.torsion_step_size is not None:
-            raise BoltzflowError("blocks.torsion_step_size is for an SNF on internal coordinates (flow: "
-                                 "{coordinates: internal}); elsewhere use step_size")
         if self.flow is not None and self.blocks.n_blocks is not None:
             raise BoltzflowError("blocks.n_blocks is for blocks-only SNFs; with a flow use blocks.every")
 
@@ -118,12 +116,7 @@ def make_snf(s: SNFSettings, key: jax.Array, target, dtype=jnp.float32) -> Flow:
         if det and det[-1].coordinate_map:  # a fixed map into x's coordinates: blocks run below it (docstring)
             tail, det = (det[-1],), det[:-1]
             target = PulledBack(target, tail[0])
-        step = b.step_size
-        if b.torsion_step_size is not None:
-            if not (tail and hasattr(tail[0], "circular_mask")):
-                raise BoltzflowError("blocks.torsion_step_size is for an SNF on internal coordinates (flow: "
-                                     "{coordinates: internal}); elsewhere use step_size")
-            step = np.where(tail[0].circular_mask, b.torsion_step_size, b.step_size)
+        step = _step_size(b, tail)
         units = []  # each coupling with the LU map that follows it, so a block never splits the two
         for layer in det:
             if isinstance(layer, LULinear) and units:
@@ -138,10 +131,21 @@ def make_snf(s: SNFSettings, key: jax.Array, target, dtype=jnp.float32) -> Flow:
                 slots.append((i + 1) / n_f)
     else:
         return blocks_only_snf(StandardBase(target.dim, dtype=dtype), target, b.n_blocks or 1, b.kernel,
-                               b.step_size, b.n_steps, learn_lambda=b.learn_lambda,
+                               _step_size(b, ()), b.n_steps, learn_lambda=b.learn_lambda,
                                learn_step_size=b.learn_step_size, settings=b.kernel_options, dtype=dtype)
     return Flow(base, tuple(_block(b, base, target, slot, step, dtype) if isinstance(slot, float) else slot
                             for slot in slots) + tail)
+
+
+def _step_size(b: BlockSettings, tail: tuple):
+    """The blocks' step: ``step_size``, or per dimension with ``torsion_step_size`` on the circular dims of the
+    internal-coordinate layer the blocks run below (``tail``)."""
+    if b.torsion_step_size is None:
+        return b.step_size
+    if not (tail and hasattr(tail[0], "circular_mask")):
+        raise BoltzflowError("blocks.torsion_step_size is for an SNF on internal coordinates (flow: "
+                             "{coordinates: internal}); elsewhere use step_size")
+    return np.where(tail[0].circular_mask, b.torsion_step_size, b.step_size)
 
 
 def _block(b: BlockSettings, base: Base, target, lam: float, step, dtype) -> StochasticBlock:

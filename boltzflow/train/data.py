@@ -8,8 +8,9 @@ MD-like samples), the method option ``data`` names a file of samples, e.g. from 
 
 The file is ``.npy`` (an ``(n, dim)`` array), ``.npz`` (array ``x``, or its only array) or a molecular reference in
 the compact form the package ships and writes (``boltzflow/molecules/data/*.npz``, ``boltzflow reference``); every
-step draws a minibatch with replacement from it. The samples should be (close to) equilibrium samples of p: ML fits q to them,
-and any bias in them is learned; the importance weights w = p / q still correct estimates as long as q covers p.
+step draws a minibatch with replacement from it. The samples should be (close to) equilibrium samples of p: ML
+fits q to them, and any bias in them is learned; the importance weights w = p / q still correct estimates as long
+as q covers p.
 """
 
 from __future__ import annotations
