@@ -125,8 +125,8 @@ def evaluate(exp: Experiment, key, n_samples: int = 10_000, ais_state=None, with
     boltzflow.sharding, over which each chunk is split); only sums leave the devices, so n_samples is bounded by
     time, not memory. Targets whose metrics need every sample keep, chunk by chunk in host memory, what those
     metrics need: mode coverage the flow's samples, a molecule each sample's torsion angles, handedness and log
-    weight (37 bytes a sample for alanine dipeptide's 7 torsions: 0.37 GB for 10^7 samples). ``check``: run the missing-mass
-    check (None: as the config's ``explore.check`` says, what the command line does)."""
+    weight (37 bytes a sample for alanine dipeptide's 7 torsions: 0.37 GB for 10^7 samples). ``check``: run the
+    missing-mass check (None: as the config's ``explore.check`` says, what the command line does)."""
     target, model = exp.target, exp.model
     space = exp.space("evaluate --ais") if with_ais else None  # before any work: the error comes first
     if isinstance(model, VAE):
