@@ -26,8 +26,8 @@ rescaled by sqrt(T_new / T_old) so they stay Maxwell-Boltzmann at the new temper
 
 Everything is a pure function of an explicit state and key; :func:`run_replica_exchange` runs it in blocks of
 ``save_every`` steps (one ``lax.scan`` each), saves the T_0 replica of every chain after each block, and
-checkpoints to a directory so an interrupted run resumes where it stopped (same result as an uninterrupted run: the
-state, key and saved samples are all in the checkpoint).
+checkpoints to a directory (boltzflow.checkpoint) so an interrupted run resumes where it stopped (same result as
+an uninterrupted run: the state, key and saved samples are all in the checkpoint).
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ import numpy as np
 
 from tqdm import tqdm
 
+from boltzflow.checkpoint import read_checkpoint, write_atomic, write_json
 from boltzflow.errors import BoltzflowError
 
 #: kJ / (mol K)
@@ -164,10 +165,9 @@ SAMPLES = "samples.npz"
 REPORT = "md.json"
 
 
-def _save_atomic(path: str, **arrays) -> None:
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+def _load_npz(path) -> dict:
+    with np.load(path) as f:
+        return dict(f)
 
 
 def force_evaluations(steps: int, n_chains: int, n_temperatures: int) -> int:
@@ -223,22 +223,20 @@ def run_replica_exchange(out: str, energy_fn: Callable, masses: np.ndarray, x0: 
                     dtype=np.dtype(dtype).name, dim=int(x0.shape[0]))
     settings_path = os.path.join(out, "md_settings.json")
     ckpt_path = os.path.join(out, CHECKPOINT)
-    if os.path.exists(ckpt_path):
-        with open(settings_path) as f:
-            old = json.load(f)
+    resumed = read_checkpoint(ckpt_path, settings_path, _load_npz)
+    if resumed is not None:
+        ck, old = resumed
         if old != settings:
             changed = sorted(k for k in settings if old.get(k) != settings[k])
             raise BoltzflowError(f"{out} holds an MD run with other settings ({', '.join(changed)}); use another "
                                  "--out or the same settings to resume")
     else:
-        with open(settings_path, "w") as f:
-            json.dump(settings, f, indent=1)
+        write_json(settings_path, settings)
 
     dt = dt_fs * 1e-3
     block, energy_force = make_block(energy_fn, masses, temperatures, dt, friction, save_every, exchange_every)
     total_blocks = (equilibration + n_steps) // save_every
-    if os.path.exists(ckpt_path):
-        ck = np.load(ckpt_path)
+    if resumed is not None:
         state = MDState(*(jnp.asarray(ck[k]) for k in MDState._fields))
         key = jnp.asarray(ck["key"])
         done, wall = int(ck["blocks_done"]), float(ck["wall_s"])
@@ -250,13 +248,14 @@ def run_replica_exchange(out: str, energy_fn: Callable, masses: np.ndarray, x0: 
         saved = {"x_saved": [], "e_saved": [], "chain_saved": [], "t_saved": []}
 
     def checkpoint():
-        arrays = {k: np.asarray(getattr(state, k)) for k in MDState._fields}
         stack = lambda v, shape, dt_: np.asarray(v, dt_).reshape(shape)  # noqa: E731
-        _save_atomic(ckpt_path, key=np.asarray(key), blocks_done=done, wall_s=wall,
-                     x_saved=stack(saved["x_saved"], (-1, x0.shape[0]), np.float32),
-                     e_saved=stack(saved["e_saved"], (-1,), np.float64),
-                     chain_saved=stack(saved["chain_saved"], (-1,), np.int32),
-                     t_saved=stack(saved["t_saved"], (-1,), np.float64), **arrays)
+        arrays = dict(key=np.asarray(key), blocks_done=done, wall_s=wall,
+                      x_saved=stack(saved["x_saved"], (-1, x0.shape[0]), np.float32),
+                      e_saved=stack(saved["e_saved"], (-1,), np.float64),
+                      chain_saved=stack(saved["chain_saved"], (-1,), np.int32),
+                      t_saved=stack(saved["t_saved"], (-1,), np.float64),
+                      **{k: np.asarray(getattr(state, k)) for k in MDState._fields})
+        write_atomic(ckpt_path, lambda f: np.savez(f, **arrays))
 
     bar = None
     if progress:
