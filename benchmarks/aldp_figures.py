@@ -8,7 +8,7 @@ paper's Figure 5.
 
 Writes OUT/ramachandran.png (reference | each run | each --reweight run reweighted; log-density colours) and
 OUT/torsions.png (the marginal of each named torsion in log scale: reference against every run). Samples come
-from each run's model with their path weights (Experiment.weighted_samples, as ``boltzflow sample``);
+from each run's model with their path weights (``Run.sample``, as ``boltzflow sample``);
 mirror images (wrong chirality) are dropped, as in evaluation. The reference is the first run's target's.
 """
 
@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from boltzflow.experiment import load_run
+import boltzflow as bf
 from boltzflow.molecules.metrics import named_torsions, ramachandran_pairs, torsion_angles
 from boltzflow.molecules.reference import load_reference
 from boltzflow.plot import plot_ramachandran, plot_torsion_marginals
@@ -28,10 +28,10 @@ from boltzflow.plot import plot_ramachandran, plot_torsion_marginals
 
 def run_torsions(run_dir: str, n: int, seed: int):
     """(target, torsion angles of n model samples of the right chirality, their log weights)."""
-    exp, _ = load_run(run_dir)
-    x, log_w = exp.weighted_samples(jax.random.key(seed), n)
-    keep = np.asarray(exp.target.chirality.mask(x))
-    return exp.target, torsion_angles(x[keep], named_torsions(exp.target.molecule)), log_w[keep]
+    run = bf.load(run_dir)
+    x, log_w = run.sample(jax.random.key(seed), n)
+    keep = np.asarray(run.target.chirality.mask(x))
+    return run.target, torsion_angles(x[keep], named_torsions(run.target.molecule)), log_w[keep]
 
 
 def main():

@@ -7,8 +7,8 @@ without the buffer, one gradient step on the AIS batch: all its work is split ov
 buffer each device also draws every minibatch's Gumbel top-k over the whole replicated buffer). For each device count
 (default 1, 2, 4) a fresh subprocess forces that many host devices (``XLA_FLAGS=--xla_force_host_platform_device_count``)
 or, with ``--real``, uses the first n real devices; it trains ``--steps`` steps through the one training loop
-(boltzflow.train.loop) and reads the loop's own clock from ``metrics.jsonl``: the time of steps 2..N (step 1
-includes compilation). Reported:
+(boltzflow.train.loop) and reads the loop's own clock from its logged metrics (``run.history``, as in
+``metrics.jsonl``): the time of steps 2..N (step 1 includes compilation). Reported:
 
     samples_per_s = batch * (N - 1) / t(steps 2..N),     efficiency(n) = samples_per_s(n) / (n * samples_per_s(1)).
 
@@ -39,13 +39,11 @@ CONFIG = {
 
 CHILD = """
 import json, sys
-from boltzflow.config import config_from_dict
-from boltzflow.experiment import train
+import boltzflow as bf
 from boltzflow.sharding import use_devices
-cfg, n, out = config_from_dict(json.loads(sys.argv[1])), int(sys.argv[2]), sys.argv[3]
+cfg, n, out = bf.load_config(json.loads(sys.argv[1])), int(sys.argv[2]), sys.argv[3]
 with use_devices(n):
-    train(cfg, out, progress=False, log_every=1)
-rows = [json.loads(line) for line in open(out + "/metrics.jsonl")]
+    rows = bf.fit(None, cfg, out=out, progress=False, log_every=1).history
 print(json.dumps({"t_first": rows[0]["time_s"], "t_rest": rows[-1]["time_s"] - rows[0]["time_s"],
                   "loss": rows[-1]["loss"]}))
 """

@@ -27,14 +27,13 @@ import jax
 import numpy as np
 import yaml
 
+import boltzflow as bf
 from boltzflow.config import config_from_dict, read_config
-from boltzflow.evaluate import evaluate
-from boltzflow.experiment import load_run, train
-from boltzflow.plot import read_metrics
+from boltzflow.train.loop import read_history
 
 KEYS = ["ess", "ais_ess", "mean_log_q_exact", "forward_kl", "expectation_rel_error_pct", "log_z_error",
         "z_rel_error_pct", "mean_log_q_modes", "min_log_q_modes", "modes_covered",
-        # molecules (boltzflow.evaluate.molecular_evaluation): torsion and Ramachandran KLs, raw and reweighted
+        # molecules (boltzflow.targets.molecule.MoleculeTarget.metrics): torsion and Ramachandran KLs, raw, reweighted
         "mean_log_q_reference", "chirality_fraction", "kl_ramachandran", "kl_ramachandran_reweighted",
         "phi_positive_reweighted", "phi_positive_reference",
         *(f"kl_{t}{w}" for t in ("phi", "psi", "gamma1", "gamma2", "gamma3") for w in ("", "_reweighted")),
@@ -47,7 +46,7 @@ def timing(run_dir: Path, levels=(0.5, 0.8)) -> dict:
     """Time per iteration after the first (which includes compilation), wall-clock to the first flow ESS >= each of
     ``levels`` (None if never), training time and the cost counters, from metrics.jsonl; for an auto flow the time
     its choice took (exploration and frame, auto.json), which the training clock does not include."""
-    rows = read_metrics(run_dir)
+    rows = read_history(Path(run_dir))
     first, last = rows[0], rows[-1]
     ms = 1e3 * (last["time_s"] - first["time_s"]) / max(last["step"] - first["step"], 1)
     hits = {f"time_to_ess_{level:g}_s": next((r["time_s"] for r in rows if r.get("flow_ess", 0.0) >= level), None)
@@ -101,10 +100,8 @@ def main():
                                                                 ("eval_every", args.eval_every)) if v is not None})
         run = out / f"seed{seed}"
         t0 = time.perf_counter()
-        train(cfg, run, progress=False)
-        exp, state = load_run(run)
-        ev = evaluate(exp, jax.random.key(1000 + seed), n_samples=args.samples,
-                      ais_state=getattr(state.method_state, "ais_state", None), with_ais=args.ais, check=args.check)
+        ev = bf.fit(None, cfg, out=run, progress=False).evaluate(jax.random.key(1000 + seed), n=args.samples,
+                                                                 ais=args.ais, check=args.check)
         res = {"seed": seed, **ev, **timing(run), "wall_s": time.perf_counter() - t0}
         (run / "eval.json").write_text(json.dumps(res, indent=1))
         results.append(res)

@@ -1,7 +1,7 @@
 """Missed modes (issue 17): FAB on generated far-mode targets with the exploration on and off.
 
 For each target seed (boltzflow.targets.far_modes) and training seed, the preset ``far_modes`` is trained twice
-through the same code path as ``boltzflow train`` (boltzflow.experiment.train, then the report's evaluation):
+through the same code path as ``boltzflow train`` (boltzflow.fit, then the report's evaluation):
 ``explore.seed_buffer`` true (the buffer starts with an exploration's samples) and false (the FAB of the papers). Both
 evaluations run the missing-mass check. Per run: the far modes' recovered mass (the flow's importance-weighted mass of
 each far mode's region on 100,000 samples, against the exact samples' mass), ESS, log Z error, the check's
@@ -20,36 +20,32 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from boltzflow.cli import finish_run  # noqa: E402
-from boltzflow.config import config_from_dict, read_config  # noqa: E402
-from boltzflow.experiment import load_run, train  # noqa: E402
-from boltzflow.explore import mass_missing  # noqa: E402
-from boltzflow.targets.far_modes import far_modes  # noqa: E402
+import boltzflow as bf
+from boltzflow.explore import mass_missing
+from boltzflow.targets.far_modes import far_modes
 
 
 def one_run(out: Path, target_seed: int, seed: int, seed_buffer: bool, steps: int | None) -> dict:
     report = out / "report.json"
     if report.exists():
         return json.loads(report.read_text())
-    raw, _ = read_config("far_modes")
-    raw["target"] = {"name": "far_modes", "seed": target_seed}
-    raw["explore"] = {"seed_buffer": seed_buffer, "check": True}
-    raw["train"] = {**raw["train"], "seed": seed, **({"steps": steps} if steps else {})}
+    cfg = bf.load_config("far_modes", target={"name": "far_modes", "seed": target_seed},
+                         explore={"seed_buffer": seed_buffer, "check": True},
+                         train={"seed": seed, **({"steps": steps} if steps else {})})
     t0 = time.time()
-    summary = train(config_from_dict(raw), out, progress=False)
+    run = bf.fit(None, cfg, out=out, progress=False)
     t_train = time.time() - t0
-    rep = finish_run(out, summary, n_eval=100_000)
-    exp, _ = load_run(out)
-    x, log_w = exp.weighted_samples(jax.random.key(seed + 99), 100_000)
+    # the report of `boltzflow train` (its evaluation and pictures), written below with the far modes' masses
+    rep = {"config": run.config.to_dict(), "training": run.summary,
+           "eval": run.evaluate(jax.random.key(run.config.train.seed + 1), n=100_000)}
+    run.plot()
+    x, log_w = run.sample(jax.random.key(seed + 99), 100_000)
     t = far_modes(target_seed)
     truth = t.region_mass(np.asarray(t.sample(jax.random.key(7), 400_000)))
     found = t.region_mass(np.asarray(x), np.asarray(log_w))

@@ -15,19 +15,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from boltzflow.explore import check_flow, explore  # noqa: E402
-from boltzflow.targets.far_modes import far_modes  # noqa: E402
-from boltzflow.targets.gmm import GaussianMixture  # noqa: E402
+from boltzflow.explore import check_flow, explore
+from boltzflow.targets.far_modes import far_modes
+from boltzflow.targets.gmm import GaussianMixture
 
 
 def check(t, q, key, n: int, explorations: dict, n_flow: int = 65_536) -> dict:

@@ -14,12 +14,12 @@ from pathlib import Path
 
 from fab_seeds import timing
 
-from boltzflow.plot import read_metrics
+from boltzflow.train.loop import read_history
 
 
 def summarise(run_dir: Path) -> dict:
     """What one run's files say (an ``error`` entry when it left no metrics)."""
-    rows = read_metrics(run_dir)
+    rows = read_history(Path(run_dir))
     if not rows:
         return {"error": f"no training steps in {run_dir}/metrics.jsonl"}
     ev = run_dir / "eval.json"

@@ -5,7 +5,7 @@
     python benchmarks/snf_double_well.py --paper --out runs/bench/snf_dw_paper.json  # the paper's training budget
 
 Protocol (Wu, Koehler & Noe 2020, sec. 5 / Table 1). Each model is trained ``--trainings`` times from different
-seeds (default KL + ML, SNF eqs. 13-14, ``--kl-weight`` / ``--ml-weight``) by ``boltzflow.experiment.train``, the
+seeds (default KL + ML, SNF eqs. 13-14, ``--kl-weight`` / ``--ml-weight``) by ``boltzflow.fit``, the
 loop ``boltzflow train`` runs (Adam at a constant learning rate: ``warmup_steps: 0``, ``final_lr_fraction: 1``;
 gradient-norm clip 10); the run directories are kept under ``--runs``. "+MC" puts a Metropolis block
 (``--mc-steps`` steps, lambda = i / n after layer i of n) after every flow layer; ``--no-mc-at-end`` drops the
@@ -53,10 +53,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from boltzflow.config import config_from_dict
-from boltzflow.experiment import load_run, train
+import boltzflow as bf
 from boltzflow.flows.paths import path_weights
-from boltzflow.plot import read_metrics
 from boltzflow.targets.wells import DoubleWell, free_energy_x1
 
 MODELS = ("RNVP", "RNVP+MC", "NSF", "NSF+MC")
@@ -79,7 +77,7 @@ def config(name, seed, args, method, steps, data=None, init_from=None):
     """The run's config: what `boltzflow train` would read from a YAML file."""
     if data is not None:
         method = {**method, "data": str(data)}
-    return config_from_dict({
+    return bf.load_config({
         "name": f"{name}-seed{seed}", "target": "double_well", "flow": flow_spec(name, args), "method": method,
         "train": {"steps": steps, "batch_size": args.batch, "lr": args.lr, "warmup_steps": 0,
                   "final_lr_fraction": 1.0, "clip_norm": 10.0, "eval_every": steps, "eval_samples": 4096,
@@ -130,13 +128,14 @@ def run_one(name, seed, target, args, edges, f_exact):
     init_from = None
     if args.ml_steps:  # ML alone first (the paper's first phase), then KL + ML from its model
         init_from = str(run / "ml")
-        train(config(name, seed, args, {"name": "forward_kl"}, args.ml_steps, data), init_from, progress=False)
-    train(config(name, seed, args, kl_ml, args.steps, data, init_from), run / "kl_ml", progress=False)
+        bf.fit(None, config(name, seed, args, {"name": "forward_kl"}, args.ml_steps, data), out=init_from,
+               progress=False)
+    trained = bf.fit(None, config(name, seed, args, kl_ml, args.steps, data, init_from), out=run / "kl_ml",
+                     progress=False)
     train_s = time.time() - t0
     jax.clear_caches()  # every training compiles its own steps: without this, 80 trainings fill the memory
-    exp, _ = load_run(run / "kl_ml")
-    model = exp.model
-    losses = [r["loss"] for r in read_metrics(run / "kl_ml")]
+    model = trained.model
+    losses = [r["loss"] for r in trained.history]
     blocks = [layer for layer in model.layers if layer.stochastic]
     learned = {"lambdas": [float(b.lam) for b in blocks], "step_sizes": [float(b.step_size) for b in blocks]}
     return {"model": name, "seed": seed, "train_s": train_s, "final_loss": float(np.mean(losses[-2:])), **learned,

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,8 +23,7 @@ import jax
 import numpy as np
 from snf_double_well import exact_free_energy, score, summarise, table
 
-from boltzflow.config import config_from_dict
-from boltzflow.experiment import load_run, train
+import boltzflow as bf
 from boltzflow.targets.wells import DoubleWell
 
 MODELS = ("RNVP (FAB)", "RNVP+ULA (FAB paths)")
@@ -36,7 +34,7 @@ def config(name, seed, args):
     if "ULA" in name:
         flow = {"type": "snf", "flow": flow, "blocks": {"kernel": "ula", "n_steps": args.ula_steps,
                                                         "step_size": args.ula_step_size, "every": args.every}}
-    return config_from_dict({
+    return bf.load_config({
         "target": "double_well", "flow": flow,
         "method": {"name": "fab", "buffer": True, "n_updates": 4},
         "ais": {"kernel": "hmc", "n_intermediate": args.ais_intermediate, "step_size": 0.05, "n_leapfrog": 3},
@@ -71,20 +69,16 @@ def main():
     edges = np.linspace(-2.5, 2.5, args.bins + 1)
     f_exact = exact_free_energy(edges)
     runs = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in args.models:
-            for seed in range(args.trainings):
-                run_dir = Path(tmp) / f"{len(runs)}"
-                t0 = time.time()
-                summary = train(config(name, seed, args), run_dir, progress=False)
-                exp, _ = load_run(run_dir)
-                r = {"model": name, "seed": seed, "train_s": summary["time_s"], "wall_s": time.time() - t0,
-                     **score(exp.model, target, jax.random.key(1000 + seed), args.samples, args.chunk, edges,
-                             f_exact)}
-                print(f"{name} seed {seed}: ess {r['ess']:.3f} log Z err {r['log_z_error']:+.4f} rew. total "
-                      f"{r['reweighted']['total']:.3f} unw. total {r['unweighted']['total']:.3f} "
-                      f"({r['train_s']:.0f}s)", flush=True)
-                runs.append(r)
+    for name in args.models:
+        for seed in range(args.trainings):
+            t0 = time.time()
+            run = bf.fit(None, config(name, seed, args), progress=False)  # in memory: no run directory
+            r = {"model": name, "seed": seed, "train_s": run.summary["time_s"], "wall_s": time.time() - t0,
+                 **score(run.model, target, jax.random.key(1000 + seed), args.samples, args.chunk, edges, f_exact)}
+            print(f"{name} seed {seed}: ess {r['ess']:.3f} log Z err {r['log_z_error']:+.4f} rew. total "
+                  f"{r['reweighted']['total']:.3f} unw. total {r['unweighted']['total']:.3f} "
+                  f"({r['train_s']:.0f}s)", flush=True)
+            runs.append(r)
     summary = summarise(runs, args.models)
     print(table(summary))
     out = Path(args.out)

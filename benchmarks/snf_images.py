@@ -7,7 +7,7 @@ Models (depth 5 by default, SNF paper sec. 5): "flow" = RealNVP with ``--layers`
 number of Metropolis blocks with ``--mc-steps`` (10) steps each, lambda_t = t / T, from the N(0, I) prior (no
 training); "SNF" = the RealNVP with a Metropolis block after every layer. Flow and SNF are trained by path KL
 (SNF eq. 13, method ``reverse_kl``; ``--ml-weight`` > 0 adds ML on exact samples, eq. 14, method ``kl_ml``) by
-``boltzflow.experiment.train``, the loop ``boltzflow train`` runs (constant learning rate, gradient-norm clip 10;
+``boltzflow.fit``, the loop ``boltzflow train`` runs (constant learning rate, gradient-norm clip 10;
 run directories under OUT/runs). Metric: the KL divergence between the 50 x 50
 histogram of ``--samples`` unweighted samples h and the exact bin probabilities p on the image box (both
 normalised on the box; p by a 4 x 4 midpoint rule per bin of the exact normalised density):
@@ -29,9 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from boltzflow.config import config_from_dict
-from boltzflow.experiment import build_experiment, load_run, train
-from boltzflow.targets import make_target
+import boltzflow as bf
+from boltzflow.experiment import build_experiment  # MC's untrained model: the public API only trains
 
 BINS = 50
 
@@ -76,7 +75,7 @@ def config(kind, image, layers, mc_steps, seed, args):
     elif kind == "SNF":
         flow = {"type": "snf", "flow": flow, "blocks": blocks}
     method = {"name": "kl_ml", "kl_weight": 1.0, "ml_weight": args.ml_weight} if args.ml_weight else "reverse_kl"
-    return config_from_dict({
+    return bf.load_config({
         "name": f"{image}-{kind}-L{layers}-mc{mc_steps}", "target": image, "flow": flow, "method": method,
         "train": {"steps": args.steps, "batch_size": args.batch, "lr": args.lr, "warmup_steps": 0,
                   "final_lr_fraction": 1.0, "clip_norm": 10.0, "eval_every": args.steps, "eval_samples": 4096,
@@ -90,8 +89,7 @@ def evaluate_one(kind, image, target, p, seed, layers, mc_steps, args):
         model = build_experiment(cfg).model
     else:
         run = Path(args.out) / "runs" / f"{cfg.name}-seed{seed}"
-        train(cfg, run, progress=False)
-        model = load_run(run)[0].model
+        model = bf.fit(None, cfg, out=run, progress=False).model
     x = draw(model, jax.random.key(10_000 + seed), args.samples)
     h = sample_hist(target, x)
     kl, kl_pq = kls(h, p)
@@ -162,7 +160,7 @@ def main():
     base = 1000 * args.seed
     results = {"args": vars(args), "device": str(jax.devices()[0]), "images": {}, "sweeps": {}}
     for name in args.images:
-        target = make_target(name)
+        target = bf.make_target(name)
         p = exact_hist(target)
         rows, hists = [], []
         for kind in ("flow", "MC", "SNF"):
@@ -171,7 +169,7 @@ def main():
             rows.append(r), hists.append(h)
         results["images"][name] = rows
         picture(out / f"{name}.png", target, p, hists, [f"{r['model']} KL={r['kl']:.2f}" for r in rows])
-    target = make_target(args.sweep_image)
+    target = bf.make_target(args.sweep_image)
     p = exact_hist(target)
     sw_layers, sw_steps = [], []
     for n in args.sweep_layers:

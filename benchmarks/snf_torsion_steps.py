@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from boltzflow.experiment import load_run
+import boltzflow as bf
 from boltzflow.flows.paths import PulledBack
 from boltzflow.mcmc.metropolis import metropolis_step
 from boltzflow.mcmc.point import make_point
@@ -39,8 +39,10 @@ def main():
     p.add_argument("--samples", type=int, default=4000)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
-    exp, _ = load_run(args.run)
-    model, target = exp.model, exp.target
+    run = bf.load(args.run)
+    if run.config.train.dtype == "float64":  # the work below in the run's precision (bf.load's own ends with it)
+        jax.config.update("jax_enable_x64", True)
+    model, target = run.model, run.target
     layer = model.layers[-1]
     if not hasattr(layer, "circular_mask") or model.stochastic:
         raise SystemExit(f"{args.run}: needs a flow (no stochastic blocks) on internal coordinates")

@@ -5,7 +5,7 @@
 
 Each run is `boltzflow train PRESET --seed S --out OUT/PRESET-seedS` in a subprocess (the command a user runs;
 an existing run there is resumed, a finished one only re-evaluated), whose report.json holds the test metrics
-(boltzflow.evaluate.vae_evaluation). Writes OUT/summary.json and prints a markdown table of J_KL and the test NLL
+(boltzflow.vae.report.vae_evaluation). Writes OUT/summary.json and prints a markdown table of J_KL and the test NLL
 (nats per image), mean ± standard deviation over the seeds, with the training time.
 """
 

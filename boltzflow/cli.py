@@ -4,115 +4,72 @@
 boltzflow.sharding); on several hosts every host runs the same command with ``--coordinator HOST:PORT --num-hosts N
 --host-id I`` (jax.distributed.initialize), the run directory on a shared file system, written by host 0 only.
 
-User mistakes (BoltzflowError) print one line ``boltzflow: error: ...`` and exit with status 2; anything else is a
-bug and keeps its traceback.
+User mistakes (BoltzflowError) print one line ``boltzflow: error: ...`` and exit with status 2; when an exception in
+the user's own code caused it (their module, target function or log density: the error's ``__cause__``), the user's
+frames (file:line) and that exception follow. Another exception raised through user code (e.g. a log density failing
+while JAX traces it in training) prints ``boltzflow: error: TYPE: MESSAGE`` with the user's frames and exits with
+status 1; anything else is a bug and keeps its traceback. ``--debug`` prints the full traceback of any error. The
+command adds its working directory to ``sys.path`` (``--target my_module:make``); the library never edits it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import json
+import os
 import sys
+import sysconfig
+import traceback
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from boltzflow.allocator import retain_freed_memory
-from boltzflow.config import config_from_dict, presets, read_config
+from boltzflow.config import load_config, presets
 from boltzflow.errors import BoltzflowError
-from boltzflow.evaluate import evaluate
-from boltzflow.experiment import load_run, train
 from boltzflow.molecules.md import geometric_temperatures, run_replica_exchange
 from boltzflow.molecules.reference import load_reference, write_compact, write_reference
 from boltzflow.molecules.system import minimize
-from boltzflow.plot import plot_image_grid, plot_molecule_samples, plot_samples, plot_training
+from boltzflow.run import fit, load
 from boltzflow.sharding import use_devices, writes_files
 from boltzflow.targets import make_target, targets_table
 from boltzflow.targets.molecule import MoleculeTarget
-from boltzflow.vae import VAE, generate, reconstruct
 
 
 def _train(args) -> None:
-    raw, source = read_config(args.config)
-    if not isinstance(raw, dict):
-        raise BoltzflowError(f"{source}: expected a mapping of config sections, got {type(raw).__name__}")
-    if args.target:
-        raw["target"] = args.target
-    if args.data:  # a method without a data option says so when the config is parsed
-        method = raw.get("method") or {}
-        raw["method"] = {**({"name": method} if isinstance(method, str) else method),
-                         "data": str(Path(args.data).resolve())}
-    overrides = {k: v for k, v in (("seed", args.seed), ("steps", args.steps), ("time_limit_s", args.time_limit),
-                                   ("init_from", args.init_from and str(Path(args.init_from).resolve())))
-                 if v is not None}
-    if overrides:
-        raw["train"] = {**(raw.get("train") or {}), **overrides}
-    cfg = config_from_dict(raw, source)
+    data = args.data and {"data": str(Path(args.data).resolve())}  # a method without a data option says so
+    train = {k: v for k, v in (("seed", args.seed), ("steps", args.steps), ("time_limit_s", args.time_limit),
+                                ("init_from", args.init_from and str(Path(args.init_from).resolve())))
+             if v is not None}
+    overrides = {k: v for k, v in (("target", args.target), ("method", data), ("train", train)) if v}
+    cfg = load_config(args.config, **overrides)
     out = Path(args.out or f"runs/{cfg.name}-seed{cfg.train.seed}")
     with use_devices(args.devices):
-        summary = train(cfg, out, progress=not args.no_progress)
-    report = finish_run(out, summary, n_eval=args.eval_samples, devices=args.devices)
-    print(_table(report["eval"], f"{cfg.name}: {summary['steps']} steps in {summary['time_s']:.1f} s -> {out}"))
-
-
-def finish_run(out: Path, summary: dict, n_eval: int, devices: int | None = None) -> dict:
-    """After training: evaluate (on ``devices``), plot samples and curves, write report.json."""
-    exp, _ = load_run(out)
-    with use_devices(devices):
-        metrics = evaluate(exp, jax.random.key(exp.config.train.seed + 1), n_samples=n_eval, check=None)
-    report = {"config": exp.config.to_dict(), "training": summary, "eval": metrics}
+        run = fit(None, cfg, out=out, progress=not args.no_progress)
+        metrics = run.evaluate(jax.random.key(run.config.train.seed + 1), n=args.eval_samples)
     if writes_files():
-        _plot_model_samples(exp, out / "samples.png")
-        plot_training(out)
+        run.plot()
+        report = {"config": run.config.to_dict(), "training": run.summary, "eval": metrics}
         (out / "report.json").write_text(json.dumps(report, indent=1))
-    return report
-
-
-def _plot_model_samples(exp, path: Path) -> None:
-    key = jax.random.key(123)
-    if isinstance(exp.model, VAE):  # images: reconstructions of test images, and samples of the decoder
-        _plot_vae(exp, path.parent, key)
-        return
-    if isinstance(exp.target, MoleculeTarget):  # torsions, not coordinates
-        x, log_w = exp.weighted_samples(key, 10_000)
-        ref = exp.target.reference_path and load_reference(exp.target.reference_path)["x"]
-        plot_molecule_samples(exp.target, x, log_w, path.parent, reference_x=ref)
-        return
-    x = exp.model.sample(key, 3000)
-    exact = exp.target.sample(key, 3000) if exp.target.can_sample else None
-    plot_samples(exp.target, x, path, title=f"{exp.config.name}: model samples", exact=exact)
-
-
-def _plot_vae(exp, out: Path, key, n: int = 12) -> None:
-    """``reconstructions.png`` (test images over their posterior reconstructions E[x | z], z ~ q(z | x)) and
-    ``samples.png`` (E[x | z] for z ~ p(z), four rows)."""
-    data, model = exp.target, exp.model
-    k_rec, k_gen = jax.random.split(key)
-    x = data.test[:: max(data.test.shape[0] // n, 1)][:n]
-    rec = jax.jit(lambda x: reconstruct(model, x, k_rec))(x)
-    plot_image_grid([("test", x), ("reconstructed", rec)], data.shape, out / "reconstructions.png",
-                    title=f"{exp.config.name}: reconstructions")
-    samples = np.asarray(jax.jit(lambda k: generate(model, k, 4 * n))(k_gen))
-    plot_image_grid([("", samples[i * n:(i + 1) * n]) for i in range(4)], data.shape, out / "samples.png",
-                    title=f"{exp.config.name}: samples of the decoder")
+    print(_table(metrics, f"{cfg.name}: {run.summary['steps']} steps in {run.summary['time_s']:.1f} s -> {out}"))
 
 
 def _evaluate(args) -> None:
-    exp, state = load_run(args.run)
-    ais_state = getattr(state.method_state, "ais_state", None)
+    run = load(args.run)
     with use_devices(args.devices):
-        metrics = evaluate(exp, jax.random.key(args.seed), n_samples=args.samples, ais_state=ais_state,
-                           with_ais=args.ais, chunk=args.chunk, check=None)
+        metrics = run.evaluate(jax.random.key(args.seed), n=args.samples, ais=args.ais, chunk=args.chunk)
     if writes_files():
         (Path(args.run) / "eval.json").write_text(json.dumps(metrics, indent=1))
     print(_table(metrics, f"evaluation of {args.run} ({args.samples} samples)"))
 
 
 def _sample(args) -> None:
-    exp, _ = load_run(args.run)
+    run = load(args.run)
     with use_devices(args.devices):
-        x, log_w = exp.weighted_samples(jax.random.key(args.seed), args.n)
+        x, log_w = run.sample(jax.random.key(args.seed), args.n)
     if not writes_files():
         return
     np.savez(args.out, x=x, log_w=log_w)
@@ -120,11 +77,8 @@ def _sample(args) -> None:
 
 
 def _plot(args) -> None:
-    exp, _ = load_run(args.run)
-    run = Path(args.run)
-    _plot_model_samples(exp, run / "samples.png")
-    plot_training(run)
-    print(f"wrote the plots of {run}")
+    load(args.run).plot()
+    print(f"wrote the plots of {args.run}")
 
 
 def _md(args) -> None:
@@ -134,8 +88,6 @@ def _md(args) -> None:
     target = make_target(spec)
     if not isinstance(target, MoleculeTarget):
         raise BoltzflowError(f"md needs a molecular target (aldp_implicit, aldp_vacuum, molecule), got {args.target!r}")
-    if args.float64:
-        jax.config.update("jax_enable_x64", True)
     t0 = target.temperature
     temps = geometric_temperatures(t0, args.t_max or t0, args.replicas if args.t_max else 1)
     dt_ps = args.dt_fs * 1e-3
@@ -144,12 +96,13 @@ def _md(args) -> None:
     n_steps = int(round(args.ns * 1000 / args.save_ps)) * save_every
     equilibration = int(round(args.equilibration_ps / args.save_ps)) * save_every
     out = Path(args.out or f"runs/md-{target.name}")
-    report = run_replica_exchange(
-        str(out), target.energy_kj, np.repeat(target.molecule.masses, 3), minimize(target.molecule).reshape(-1),
-        temps, n_chains=args.chains, n_steps=n_steps, equilibration=equilibration, dt_fs=args.dt_fs,
-        friction=args.friction, save_every=save_every, exchange_every=exchange_every, seed=args.seed,
-        dtype=np.float64 if args.float64 else np.float32, time_limit_s=args.time_limit,
-        progress=not args.no_progress)
+    with jax.enable_x64(True) if args.float64 else contextlib.nullcontext():  # this command's work only
+        report = run_replica_exchange(
+            str(out), target.energy_kj, np.repeat(target.molecule.masses, 3), minimize(target.molecule).reshape(-1),
+            temps, n_chains=args.chains, n_steps=n_steps, equilibration=equilibration, dt_fs=args.dt_fs,
+            friction=args.friction, save_every=save_every, exchange_every=exchange_every, seed=args.seed,
+            dtype=np.float64 if args.float64 else np.float32, time_limit_s=args.time_limit,
+            progress=not args.no_progress)
     if not report["finished"]:
         print(f"stopped after {report['wall_s']:.0f} s with a checkpoint in {out}; run the same command to continue")
         return
@@ -269,6 +222,10 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("targets", help="list built-in targets").set_defaults(func=_targets)
     sub.add_parser("presets", help="list preset configs").set_defaults(func=_presets)
+    debug = "print the full traceback of any error"
+    p.add_argument("--debug", action="store_true", help=debug)
+    for command in sub.choices.values():  # also after the command; SUPPRESS: absent there keeps the top-level value
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug)
     return p
 
 
@@ -290,18 +247,94 @@ def _start_hosts(args) -> None:
                                shutdown_timeout_seconds=SHUTDOWN_TIMEOUT_S)
 
 
+@functools.cache
+def _library_dirs() -> tuple[str, ...]:
+    """Directories of code that is not the user's: boltzflow, the standard library, JAX (also when not installed in
+    site-packages)."""
+    dirs = {Path(__file__).parent, Path(jax.__file__).parent,
+            *(Path(sysconfig.get_paths()[k]) for k in ("stdlib", "platstdlib"))}
+    return tuple(os.path.realpath(d) + os.sep for d in dirs)
+
+
+def _is_user_file(filename: str) -> bool:
+    if filename.startswith("<"):  # <frozen importlib._bootstrap>, <string>, ...
+        return False
+    path = os.path.realpath(filename)
+    return not ({"site-packages", "dist-packages"} & set(Path(path).parts) or path.startswith(_library_dirs()))
+
+
+def user_frames(exc: BaseException) -> list[traceback.FrameSummary]:
+    """The frames of ``exc``'s own traceback in the user's code, innermost last: files outside the boltzflow package,
+    site-packages / dist-packages, the standard library, JAX and ``<frozen ...>``."""
+    return [f for f in traceback.extract_tb(exc.__traceback__) if _is_user_file(f.filename)]
+
+
+def _raised_in_user_code(exc: BaseException, skip_first: bool) -> BaseException | None:
+    """The first exception of ``exc``'s chain (``exc``, its ``__cause__`` or unsuppressed ``__context__``, and so on;
+    without ``exc`` itself if ``skip_first``) with frames of user code; None if there is none."""
+    seen = set()
+    e = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if not (skip_first and e is exc) and user_frames(e):
+            return e
+        e = e.__cause__ or (None if e.__suppress_context__ else e.__context__)
+    return None
+
+
+def _describe_exception(exc: BaseException) -> str:
+    """``TYPE: MESSAGE`` as the last line of a traceback, without notes (JAX's note about its removed frames)."""
+    kind = type(exc)
+    module = kind.__module__
+    name = kind.__qualname__ if module in ("builtins", "__main__") else f"{module}.{kind.__qualname__}"
+    return f"{name}: {exc}" if str(exc) else name
+
+
+def _print_user_frames(exc: BaseException, show_exception: bool) -> None:
+    """The user's frames of ``exc`` (file:line in function, and the line), ``exc`` itself if ``show_exception``, and
+    where the rest is."""
+    cwd = os.getcwd()
+    lines = []
+    for f in user_frames(exc):
+        rel = os.path.relpath(f.filename, cwd)
+        lines.append(f"  {f.filename if rel.startswith('..') else rel}:{f.lineno} in {f.name}")
+        if f.line:
+            lines.append(f"      {f.line}")
+    if show_exception:
+        lines.append(_describe_exception(exc))
+    lines.append("(--debug for the full traceback)")
+    print("\n".join(lines), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     retain_freed_memory()
+    if "" not in sys.path and os.getcwd() not in sys.path:  # `--target my_module:make` from the working directory
+        sys.path.append(os.getcwd())
     try:
         _start_hosts(args)
         args.func(args)
     except BoltzflowError as e:
+        cause = None if args.debug else _raised_in_user_code(e, skip_first=True)
+        if args.debug:
+            traceback.print_exc()
         print(f"boltzflow: error: {e}", file=sys.stderr)
+        if cause is not None:
+            _print_user_frames(cause, show_exception=True)
         return 2
     except KeyboardInterrupt:
         print("boltzflow: interrupted (the last checkpoint is kept; run the same command to resume)", file=sys.stderr)
         return 130
+    except Exception as e:  # noqa: BLE001 -- raised through the user's code (else re-raised: a bug in boltzflow)
+        culprit = _raised_in_user_code(e, skip_first=False)
+        if culprit is None:
+            raise
+        if args.debug:
+            traceback.print_exc()
+        else:
+            print(f"boltzflow: error: {_describe_exception(e)}", file=sys.stderr)
+            _print_user_frames(culprit, show_exception=culprit is not e)
+        return 1
     return 0
 
 

@@ -39,6 +39,7 @@ from boltzflow.explore import ExploreSettings
 from boltzflow.flows.builders import FLOW_SETTINGS
 from boltzflow.settings import Tagged, parse, parse_tagged, to_dict
 from boltzflow.snf.builder import SNFSettings
+from boltzflow.targets import Target
 from boltzflow.train.registry import DEFAULT_METHOD, METHOD_SETTINGS
 from boltzflow.train.state import TrainSettings
 
@@ -52,6 +53,9 @@ DEFAULT_FLOW = "realnvp"
 
 @dataclass(frozen=True)
 class Config:
+    """A validated experiment configuration, one typed settings object per section (module docstring); build one
+    with :func:`load_config`. ``to_dict()`` gives the plain data a run's config.yaml holds."""
+
     target: Any
     name: str = "run"
     flow: Tagged = field(default_factory=lambda: parse_tagged(None, MODEL_SETTINGS, "type", "flow", DEFAULT_FLOW))
@@ -62,8 +66,10 @@ class Config:
     explore: ExploreSettings = field(default_factory=ExploreSettings)
 
     def to_dict(self) -> dict:
-        """Plain data with every value (defaults included), as written to a run's config.yaml."""
-        return {"name": self.name, "target": to_dict(self.target), "flow": to_dict(self.flow, "type"),
+        """Plain data with every value (defaults included), as written to a run's config.yaml; a target given as a
+        Python object is written as ``{python: its repr}``, which a later run must be given again."""
+        target = {"python": repr(self.target)} if isinstance(self.target, Target) else to_dict(self.target)
+        return {"name": self.name, "target": target, "flow": to_dict(self.flow, "type"),
                 "method": to_dict(self.method, "name"), "ais": to_dict(self.ais), "train": to_dict(self.train),
                 "explore": to_dict(self.explore)}
 
@@ -75,6 +81,11 @@ class Config:
 
 
 def presets() -> list[str]:
+    """The names of the preset configs shipped with boltzflow (``boltzflow presets``), for :func:`load_config`.
+
+    Returns:
+        The sorted preset names, e.g. ``["aldp_fab", ..., "gmm40", ..., "quick_gmm", ...]``.
+    """
     return sorted(p.name[:-5] for p in resources.files("boltzflow.configs").iterdir() if p.name.endswith(".yaml"))
 
 
@@ -136,7 +147,54 @@ def read_config(spec: str | Path) -> tuple[dict, str]:
     return d, source
 
 
-def load_config(spec: str | Path) -> Config:
-    """A YAML file path or a preset name -> Config."""
-    d, source = read_config(spec)
-    return config_from_dict(d, source)
+def load_config(spec: "str | Path | dict | Config", **overrides: Any) -> Config:
+    """A config from a preset name, a YAML file, a mapping of sections or a :class:`Config`, with overrides.
+
+    Args:
+        spec: a preset name (``boltzflow presets``), a path to a YAML file, a mapping of config sections, or a
+            Config.
+        **overrides: sections to change, by name (``target``, ``name``, ``flow``, ``method``, ``ais``, ``train``,
+            ``explore``): a mapping is merged into the section key by key (nested mappings too), anything else
+            replaces it.
+
+    Returns:
+        The validated, frozen Config (an unknown key or a value of the wrong type is a BoltzflowError).
+
+    Example:
+        >>> cfg = load_config("quick_gmm", train={"steps": 100, "seed": 1}, method={"alpha": 1.0})
+        >>> cfg.train.steps, cfg.method.settings.alpha
+        (100, 1.0)
+    """
+    if isinstance(spec, Config):
+        if not overrides:
+            return spec
+        raw, source = spec.to_dict(), "config"
+        if isinstance(spec.target, Target):  # as the object, not its written form
+            raw["target"] = spec.target
+    elif isinstance(spec, dict):
+        raw, source = dict(spec), "config"
+    else:
+        raw, source = read_config(spec)
+        if not isinstance(raw, dict):
+            raise BoltzflowError(f"{source}: expected a mapping of config sections, got {type(raw).__name__}")
+    unknown = set(overrides) - set(SECTIONS)
+    if unknown:
+        raise BoltzflowError(f"unknown section(s) {sorted(unknown)} to override; known: {list(SECTIONS)}")
+    for section, value in overrides.items():
+        raw[section] = _merge(raw.get(section), value, _TAGS.get(section))
+    return config_from_dict(raw, source)
+
+
+#: the key that names a section's choice where the section may be written as just that name
+_TAGS = {"target": "name", "flow": "type", "method": "name"}
+
+
+def _merge(old, new, tag: str | None = None):
+    """``new`` merged into ``old`` key by key where both are mappings (a section written as a name, ``fab``, is the
+    mapping ``{tag: name}``; a mapping naming another choice, ``{type: nsf}`` over a realnvp, replaces it); else
+    ``new``."""
+    if isinstance(new, dict) and isinstance(old, str) and tag is not None:
+        old = {tag: old}
+    if not (isinstance(new, dict) and isinstance(old, dict)) or (tag in new and new[tag] != old.get(tag)):
+        return new
+    return {**old, **{k: _merge(old.get(k), v) for k, v in new.items()}}

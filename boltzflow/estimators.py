@@ -25,14 +25,18 @@ sample with weight 0: it still counts in n, so invalid samples lower the ESS and
   by rescaling to the larger shift, so (E1), (E2) and E^[f] of (E3) come from any number of samples, chunk by
   chunk, without holding them: ESS = s1^2 / (n s2), log Z^ = m + log(s1 / n), se from the sample variance
   (s2 - s1^2 / n) / (n - 1) of w e^(-m), E^[f] = sf / s1. They equal the functions above up to rounding.
+  :func:`stream_sums` draws and merges such sums chunk by chunk.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from boltzflow.sharding import to_host
 
 
 def _clean(log_w: jax.Array) -> jax.Array:
@@ -136,3 +140,37 @@ class WeightSums(NamedTuple):
     def expectation(self) -> jax.Array:
         """E^[f] of (E3); NaN when no weight is finite."""
         return jnp.where(jnp.isfinite(self.m), self.sf / self.s1, jnp.nan)
+
+
+def _merge(a, b):
+    """Chunk results merged: :class:`WeightSums` by their rule, every other leaf summed."""
+    return jax.tree_util.tree_map(lambda u, v: u.merge(v) if isinstance(u, WeightSums) else u + v, a, b,
+                                  is_leaf=lambda t: isinstance(t, WeightSums))
+
+
+def stream_sums(fn: Callable, key: jax.Array, n: int, chunk: int,
+                keep: Callable[[dict], dict] | None = None) -> tuple[Any, dict[str, np.ndarray]]:
+    """Sums of ``fn(key_i, valid_i) -> (sums, rows)`` over ceil(n / chunk) chunks of ``chunk`` samples, merged
+    (:class:`WeightSums` by their rule, other leaves added), and the chunks' rows kept in host memory.
+
+    Args:
+        fn: one chunk, jitted once: ``valid_i`` (chunk,) masks the last chunk's rows past n; ``rows`` is a dict of
+            per-sample arrays (chunk, ...).
+        key: split into one key per chunk.
+        n, chunk: samples in all and per chunk.
+        keep: what is kept of a chunk's rows (host arrays cut to its valid rows); default: the rows as they are.
+
+    Returns:
+        (the merged sums, each kept row array concatenated over the chunks).
+    """
+    step = jax.jit(lambda k, count: fn(k, jnp.arange(chunk) < count))
+    total, kept = None, []
+    for i, k in enumerate(jax.random.split(key, -(-n // chunk))):
+        count = min(chunk, n - i * chunk)
+        # one chunk's program finishes before the next starts: with more devices than cores, XLA:CPU could run
+        # devices of two chunks' programs at once and deadlock in an all-reduce (seen on 4 forced host devices)
+        sums, rows = jax.block_until_ready(step(k, jnp.asarray(count, jnp.int32)))
+        total = sums if total is None else _merge(total, sums)
+        rows = {name: np.asarray(r)[:count] for name, r in to_host(rows).items()}
+        kept.append(keep(rows) if keep is not None else rows)
+    return total, {name: np.concatenate([rows[name] for rows in kept]) for name in kept[0]}

@@ -6,13 +6,16 @@
   config.yaml then records; for method ``vae`` the data set and a VAE whose posterior is the config's flow or SNF
   (boltzflow.vae);
 - :func:`build_method`: the config's method for that experiment;
-- :func:`train`: what ``boltzflow train`` and the benchmark scripts run, the one trainer (boltzflow.train.loop);
-- :func:`load_run`: the same objects with the trained state restored from a run's checkpoint, so ``evaluate``,
-  ``sample`` and ``plot`` work on any run directory without retraining.
+- :func:`precision`: the context a run's JAX work runs in (64-bit JAX for ``train.dtype: float64``, switched on
+  for the run's calls only, never for the caller's process);
+- :func:`prepare_run_dir`, :func:`write_run_files`: a run directory checked against the config, and the config
+  (with what an auto flow chose and a seed exploration found) written into it;
+- :func:`load_run`: the same objects with the trained state restored from a run's checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 from dataclasses import dataclass
@@ -27,7 +30,6 @@ import yaml
 
 from boltzflow.autoflow import resolve
 from boltzflow.config import Config, config_from_dict
-from boltzflow.data import load_dataset
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows.builders import make_flow
 from boltzflow.flows.paths import Space, model_space, path_weights
@@ -37,10 +39,10 @@ from boltzflow.snf.builder import make_snf
 from boltzflow.snf.paths import path_space
 from boltzflow.targets import make_target
 from boltzflow.train.api import Method, Problem
-from boltzflow.train.loop import train as train_loop
 from boltzflow.train.registry import METHODS
-from boltzflow.train.state import TrainState, make_optimizer, state_like
+from boltzflow.train.state import TrainState, make_optimizer, seed_key, state_like
 from boltzflow.vae.model import VAE, make_vae
+from boltzflow.vae.report import VAEData
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Experiment:
     target: Any
     model: Any
     auto: dict | None = None  # how a flow: {type: auto} was resolved (boltzflow.autoflow.resolve); None otherwise
+    explore: dict | None = None  # the summary of the exploration that seeded the method (build_method), if any
 
     def space(self, purpose: str) -> Space:
         """Where AIS runs for this model: x-space for a flow (or the internal coordinates below its last layer,
@@ -82,28 +85,27 @@ class Experiment:
                                  "boltzflow plot, its metrics: boltzflow evaluate without --ais)")
 
 
-def model_dtype(config: Config):
-    """The run's floating dtype; float64 switches JAX to 64 bits first."""
-    if config.train.dtype == "float64":
-        jax.config.update("jax_enable_x64", True)
-        return jnp.float64
-    return jnp.float32
+def precision(config: Config) -> contextlib.AbstractContextManager:
+    """The context in which a run's JAX work is done: 64-bit JAX for ``train.dtype: float64`` (for this context
+    only: the caller's ``jax_enable_x64`` is as it was afterwards), else the caller's setting."""
+    return jax.enable_x64(True) if config.train.dtype == "float64" else contextlib.nullcontext()
 
 
 def build_experiment(config: Config) -> Experiment:
     """The target and the model at step 0: freshly initialised from the seed, or, with ``train.init_from``, the
-    trained model of that run directory (e.g. maximum likelihood first, then KL + ML or FAB)."""
-    dtype = model_dtype(config)
+    trained model of that run directory (e.g. maximum likelihood first, then KL + ML or FAB). Call it inside
+    :func:`precision` of the config."""
+    dtype = jnp.float64 if config.train.dtype == "float64" else jnp.float32
     auto = None
-    key = jax.random.fold_in(jax.random.key(config.train.seed), 1)
+    key = jax.random.fold_in(seed_key(config.train.seed), 1)
     if config.method.name == "vae":
-        target = load_dataset(config.target)
+        target = VAEData.load(config.target, config.method.settings)
         model = make_vae(config.method.settings, config.flow, key, target.dim, dtype)
     else:
         target = make_target(config.target)
         if config.flow.name == "auto":
             chosen, auto = resolve(config.flow.settings, target,
-                                   jax.random.fold_in(jax.random.key(config.train.seed), 2), dtype)
+                                   jax.random.fold_in(seed_key(config.train.seed), 2), dtype)
             auto["settings"] = to_dict(config.flow, "type")
             config = dataclasses.replace(config, flow=chosen)
         model = (make_snf(config.flow.settings, key, target, dtype) if config.flow.name == "snf" else
@@ -127,36 +129,48 @@ def _trained_model_like(run_dir: Path, model):
     return eqx.combine(arrays, fresh[1])
 
 
-def build_method(exp: Experiment, optimizer, out: Path | None = None) -> Method:
-    """The training method of ``exp``; a new run in ``out`` gets the seed samples its method can start from (an
-    exploration, run here and recorded in explore.json)."""
+def build_method(exp: Experiment, optimizer, fresh: bool = False) -> Method:
+    """The training method of ``exp``; for a run that starts afresh (``fresh``), the seed samples its method can
+    start from (an exploration, run here, its summary kept in ``exp.explore``)."""
     entry = METHODS[exp.config.method.name]
     problem = Problem(exp.target, exp.config.train.batch_size, optimizer)
     if entry.uses_ais:
         problem = problem._replace(space=exp.space(f"method {exp.config.method.name}"), ais=exp.config.ais)
-        if out is not None and problem.space.from_x is not None and exp.config.explore.wants("seed_buffer",
-                                                                                             exp.target):
-            problem = problem._replace(seed=_explore_seed(exp, out))
+        if fresh and problem.space.from_x is not None and exp.config.explore.wants("seed_buffer", exp.target):
+            e = exp.config.explore.run(jax.random.fold_in(seed_key(exp.config.train.seed), 7), exp.target)
+            exp.explore = e.summary()
+            problem = problem._replace(seed=(e.x, e.log_w))
     return entry.build(exp.config.method.settings, problem)
 
 
-def _explore_seed(exp: Experiment, out: Path) -> tuple:
-    """An exploration of the target (boltzflow.explore) for a method's start: (x, log w), summary in explore.json."""
-    e = exp.config.explore.run(jax.random.fold_in(jax.random.key(exp.config.train.seed), 7), exp.target)
-    if writes_files():
-        (out / "explore.json").write_text(json.dumps(e.summary(), indent=1))
-    return e.x, e.log_w
+def _comparable(config: Config) -> dict:
+    """What must agree between a run directory's config and a config that continues it (not its length)."""
+    return config.with_train(steps=1, time_limit_s=None).to_dict()
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The dotted keys at which two nested mappings differ."""
+    out = []
+    for k in dict.fromkeys([*a, *b]):
+        u, v = a.get(k), b.get(k)
+        if isinstance(u, dict) and isinstance(v, dict):
+            out += _differences(u, v, f"{prefix}{k}.")
+        elif u != v:
+            out.append(f"{prefix}{k}")
+    return out
 
 
 def _check_run_dir(out: Path, config: Config) -> None:
-    """A directory holding a run of another config is an error; a run may be extended (more steps, a longer time
-    limit)."""
+    """A directory holding a run of another config is an error naming the settings that differ; a run may be
+    extended (more steps, a longer time limit)."""
     path = out / "config.yaml"
     if not path.exists():
         return
     old = config_from_dict(yaml.safe_load(path.read_text()), str(path))
-    if old.with_train(steps=1, time_limit_s=None) != config.with_train(steps=1, time_limit_s=None):
-        raise BoltzflowError(f"{out} holds a run with a different config; choose another --out")
+    diff = _differences(_comparable(old), _comparable(config))
+    if diff:
+        raise BoltzflowError(f"{out} holds a run with a different config ({', '.join(diff)} differ); choose "
+                             f"another --out")
 
 
 def _auto_choice(out: Path, config: Config) -> Config:
@@ -179,38 +193,53 @@ def _auto_header(auto: dict) -> str:
             f"hidden {c['hidden']},\n# loc / scale from {how}; details in auto.json\n")
 
 
-def train(config: Config, out: str | Path, *, progress: bool = True, log_every: int = 10) -> dict:
-    """Train ``config`` into the run directory ``out`` (resuming if it holds a checkpoint); returns a summary."""
-    out = Path(out)
+def prepare_run_dir(out: Path, config: Config) -> Config:
+    """Make ``out`` ready for ``config``: created if missing; if it holds a run, the config must continue it (an
+    auto flow keeps the flow it chose). Returns the config to run."""
     out.mkdir(parents=True, exist_ok=True)
     config = _auto_choice(out, config)
     _check_run_dir(out, config)
     hosts_meet("run directory read")  # before process 0 writes into it
-    exp = build_experiment(config)
-    config = exp.config
-    optimizer = make_optimizer(config.train)
-    method = build_method(exp, optimizer, None if (out / "checkpoint.eqx").exists() else out)
-    if writes_files():
-        header = ""
-        if exp.auto is not None:
-            (out / "auto.json").write_text(json.dumps(exp.auto, indent=1))
-            header = _auto_header(exp.auto)
-        (out / "config.yaml").write_text(header + yaml.safe_dump(config.to_dict(), sort_keys=False))
-    return train_loop(out, config.train, exp.model, optimizer, method, exp.target, progress=progress,
-                      log_every=log_every)
+    return config
 
 
-def load_run(run_dir: str | Path) -> tuple[Experiment, TrainState]:
-    """(experiment with the trained model, full TrainState) of a run directory."""
+def write_run_files(out: Path, exp: Experiment) -> None:
+    """``config.yaml`` (headed by how an auto flow was chosen), ``auto.json`` and ``explore.json`` where the run has
+    them; process 0 only."""
+    if not writes_files():
+        return
+    header = ""
+    if exp.auto is not None:
+        (out / "auto.json").write_text(json.dumps(exp.auto, indent=1))
+        header = _auto_header(exp.auto)
+    if exp.explore is not None:
+        (out / "explore.json").write_text(json.dumps(exp.explore, indent=1))
+    (out / "config.yaml").write_text(header + yaml.safe_dump(exp.config.to_dict(), sort_keys=False))
+
+
+def load_run(run_dir: str | Path, target=None) -> tuple[Experiment, TrainState]:
+    """(experiment with the trained model, full TrainState) of a run directory; ``target`` replaces the config's
+    (needed for a run trained on a Python object). Call it inside :func:`precision` of the run's config."""
     run_dir = Path(run_dir)
-    cfg_path, ckpt = run_dir / "config.yaml", run_dir / "checkpoint.eqx"
-    if not cfg_path.is_file() or not ckpt.is_file():
-        raise BoltzflowError(f"{run_dir} is not a run directory (needs config.yaml and checkpoint.eqx)")
-    config = config_from_dict(yaml.safe_load(cfg_path.read_text()), str(cfg_path))
+    config = run_config(run_dir, target)
     exp = build_experiment(config)
     optimizer = make_optimizer(config.train)
     method = build_method(exp, optimizer)
-    like = state_like(exp.model, optimizer, method, jax.random.key(0), config.train.ema_decay)
-    state = eqx.tree_deserialise_leaves(ckpt, like)
+    like = state_like(exp.model, optimizer, method, seed_key(config.train.seed), config.train.ema_decay)
+    state = eqx.tree_deserialise_leaves(run_dir / "checkpoint.eqx", like)
     exp.model = state.final_model
     return exp, state
+
+
+def run_config(run_dir: Path, target=None) -> Config:
+    """The config of a run directory (``target``, if given, in place of its target)."""
+    cfg_path, ckpt = run_dir / "config.yaml", run_dir / "checkpoint.eqx"
+    if not cfg_path.is_file() or not ckpt.is_file():
+        raise BoltzflowError(f"{run_dir} is not a run directory (needs config.yaml and checkpoint.eqx)")
+    raw = yaml.safe_load(cfg_path.read_text())
+    if target is not None and isinstance(raw, dict):
+        raw["target"] = target
+    elif isinstance(raw, dict) and isinstance(raw.get("target"), dict) and "python" in raw["target"]:
+        raise BoltzflowError(f"{run_dir} was trained on a Python object, {raw['target']['python']}; give it again "
+                             f"(boltzflow.load(run_dir, target=...))")
+    return config_from_dict(raw, str(cfg_path))

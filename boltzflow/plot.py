@@ -14,6 +14,7 @@ import numpy as np  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from boltzflow.molecules.metrics import angle_density, named_torsions, ramachandran_pairs, torsion_angles  # noqa: E402
+from boltzflow.train.loop import read_history  # noqa: E402
 
 
 def _save(fig, path) -> Path:
@@ -73,15 +74,9 @@ def plot_image_grid(rows, shape, path, title: str = "") -> Path:
     return _save(fig, path)
 
 
-def read_metrics(run_dir) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
-
-def plot_training(run_dir, path=None) -> Path:
-    """Loss against step, and flow ESS against training wall-clock."""
-    rows = read_metrics(run_dir)
-    path = Path(path or Path(run_dir) / "training.png")
+def plot_training(rows: list[dict], path) -> Path:
+    """Loss against step, and flow ESS against training wall-clock, from a run's logged metrics (its history)."""
+    path = Path(path)
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     steps = [r["step"] for r in rows]
     a.plot(steps, [r.get("loss", np.nan) for r in rows], lw=0.8)
@@ -113,7 +108,7 @@ def plot_ess_curves(runs: dict, path, title: str | None = None, x: str = "time")
     fig, ax = plt.subplots(figsize=(6.4, 3.8))
     colours = {}
     for label, run_dir in runs.items():
-        pts = [(r[key] * scale, r["flow_ess"]) for r in read_metrics(run_dir) if "flow_ess" in r and key in r]
+        pts = [(r[key] * scale, r["flow_ess"]) for r in read_history(Path(run_dir)) if "flow_ess" in r and key in r]
         if not pts:
             raise ValueError(f"no flow ESS evaluations with {key} in {run_dir}/metrics.jsonl")
         group = label.split(" seed")[0]

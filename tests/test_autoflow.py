@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import yaml
 
+import boltzflow as bf
 from boltzflow.autoflow import AutoSettings, resolve
 from boltzflow.config import config_from_dict
 from boltzflow.errors import BoltzflowError
-from boltzflow.experiment import load_run, train
 from boltzflow.targets import FunctionTarget
 
 LOC, STD = np.array([10.0, -5.0]), np.array([3.0, 0.5])
@@ -53,17 +53,20 @@ def test_an_auto_run_records_its_choice_and_resumes_with_it(tmp_path):
            "method": {"name": "reverse_kl"},
            "train": {"steps": 4, "batch_size": 32, "eval_every": 4, "eval_samples": 64, "checkpoint_every": 4}}
     out = tmp_path / "run"
-    train(config_from_dict(raw), out, progress=False)
+    bf.fit(None, config_from_dict(raw), out=out, progress=False)
     text = (out / "config.yaml").read_text()
     assert text.startswith("# flow: {'type': 'auto'")  # what was chosen, and how, at the top of config.yaml
     stored = yaml.safe_load(text)["flow"]
     assert stored["type"] == "realnvp" and stored["loc"] == [1.0, 1.0] and stored["lu"] is True
     assert json.loads((out / "auto.json").read_text())["settings"]["bounds"] == [-4.0, 6.0]
-    train(config_from_dict({**raw, "train": {**raw["train"], "steps": 8}}), out, progress=False)  # resumes
-    exp, state = load_run(out)
+    resumed = config_from_dict({**raw, "train": {**raw["train"], "steps": 8}})
+    bf.fit(None, resumed, out=out, progress=False)  # resumes
+    run = bf.load(out)
+    exp, state = run.experiment, run.state
     assert int(state.step) == 8 and exp.config.flow.name == "realnvp"
     with pytest.raises(BoltzflowError, match="different config"):  # other auto settings: another run
-        train(config_from_dict({**raw, "flow": {**raw["flow"], "bounds": [-5.0, 5.0]}}), out, progress=False)
+        bf.fit(None, config_from_dict({**raw, "flow": {**raw["flow"], "bounds": [-5.0, 5.0]}}), out=out,
+               progress=False)
 
 
 def test_exploration_settings_are_checked():

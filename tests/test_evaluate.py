@@ -1,11 +1,15 @@
 """Evaluation: metrics of a known flow, and no silent NaN in a report."""
 
+import dataclasses
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from boltzflow.config import config_from_dict
-from boltzflow.evaluate import _flag_nonfinite, evaluate
+from boltzflow.evaluate import _flag_nonfinite, draw_pictures, evaluate
 from boltzflow.experiment import build_experiment
+from boltzflow.targets import Target
 
 
 def test_nonfinite_metrics_are_named_not_silent():
@@ -38,3 +42,32 @@ def test_mode_set_metrics_of_the_identity_flow_on_many_well():
     assert m["n_modes"] == 4 == len(pts)
     np.testing.assert_allclose(m["mean_log_q_modes"], log_q.mean(), rtol=1e-5)
     np.testing.assert_allclose(m["min_log_q_modes"], log_q.min(), rtol=1e-5)
+
+
+class Origin(Target):
+    """A new kind of target: N(0, I) in 2-D that reports log q at the origin and draws a text file."""
+
+    name, dim = "origin", 2
+
+    def _log_prob(self, x):
+        return -0.5 * jnp.sum(x**2, axis=1)
+
+    def metrics(self, s):
+        return super().metrics(s) | {"log_q_origin": float(s.log_q(jnp.zeros((1, 2)))[0])}
+
+    def draw(self, pictures):
+        path = pictures.out_dir / "origin.txt"
+        path.write_text(pictures.name)
+        return [path]
+
+
+def test_a_new_kind_of_target_adds_its_entry_and_its_picture(tmp_path):
+    """Identity flow = N(0, I): log q(0) = -log 2 pi, after the importance-sampling metrics."""
+    cfg = config_from_dict({"name": "origin", "target": {"name": "many_well", "dim": 2},
+                            "flow": {"type": "realnvp", "n_layers": 2, "hidden": 8, "depth": 1}})
+    exp = dataclasses.replace(build_experiment(cfg), target=Origin())
+    m = evaluate(exp, jax.random.key(0), n_samples=500)
+    assert list(m) == ["n_samples", "ess", "log_z", "log_z_stderr", "n_nonfinite", "log_q_origin"]
+    np.testing.assert_allclose(m["log_q_origin"], -np.log(2 * np.pi), rtol=1e-5)
+    assert draw_pictures(exp, tmp_path, jax.random.key(0)) == [tmp_path / "origin.txt"]
+    assert (tmp_path / "origin.txt").read_text() == "origin"

@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import boltzflow as bf
 from boltzflow.ais import build_ais
 from boltzflow.config import config_from_dict
 from boltzflow.estimators import self_normalised_expectation
-from boltzflow.evaluate import evaluate
-from boltzflow.experiment import build_experiment, load_run, train
+from boltzflow.experiment import build_experiment
 from boltzflow.flows import make_realnvp
 from boltzflow.flows.base import Flow
 from boltzflow.flows.distributions import StandardBase
@@ -276,9 +276,9 @@ def _gmm_config(method: dict, steps: int, lr: float = 1e-3):
 def _train_and_evaluate(tmp_path, cfg, name):
     """The user's path: train into a run directory, load it back, evaluate."""
     out = tmp_path / name
-    train(cfg, out, progress=False)
-    exp, _ = load_run(out)
-    return evaluate(exp, jax.random.key(11), n_samples=4000), exp
+    bf.fit(None, cfg, out=out, progress=False)
+    run = bf.load(out)
+    return run.evaluate(jax.random.key(11), n=4000, check=False), run.experiment
 
 
 _log_prob = eqx.filter_jit(lambda model, x: model.log_prob(x))
@@ -333,7 +333,7 @@ def test_fab_with_buffer_finds_all_modes_of_a_small_mixture_and_beats_reverse_kl
 
 def test_fab_without_buffer_trains_on_a_small_mixture(tmp_path):
     """FAB without the buffer (eq. 8 on each AIS batch, no replay) trains a flow through the user's path (config,
-    train, load_run, evaluate): from N(0, I) (forward KL 14.5 nats) to a flow that beats every Gaussian.
+    bf.fit, bf.load, evaluate): from N(0, I) (forward KL 14.5 nats) to a flow that beats every Gaussian.
 
     - the trained forward KL plus 4 s.e. is below log(17 / 4) = 1.447 nats, the best any Gaussian can do (above;
       measured 0.60 .. 0.74 over 6 training seeds, s.e. 0.011);

@@ -8,7 +8,8 @@ ROOT = Path(__file__).resolve().parents[1] / "boltzflow"
 
 #: Layers from the bottom up; a module may import only modules of its own layer or below.
 LAYERS = [
-    ["boltzflow.errors", "boltzflow.settings", "boltzflow.estimators", "boltzflow.allocator", "boltzflow.sharding"],
+    ["boltzflow.errors", "boltzflow.settings", "boltzflow.estimators", "boltzflow.allocator", "boltzflow.sharding",
+     "boltzflow.checkpoint"],
     ["boltzflow.data"],
     ["boltzflow.molecules"],
     ["boltzflow.targets"],
@@ -23,6 +24,7 @@ LAYERS = [
     ["boltzflow.config", "boltzflow.configs"],
     ["boltzflow.experiment"],
     ["boltzflow.evaluate", "boltzflow.plot"],
+    ["boltzflow.run"],
     ["boltzflow.cli"],
 ]
 

@@ -35,20 +35,20 @@ def test_steps_between_logged_ones_run_as_one_call_with_the_same_result(tmp_path
     import equinox as eqx
     import jax
 
+    import boltzflow as bf
     from boltzflow.config import config_from_dict
-    from boltzflow.experiment import load_run, train
 
     cfg = config_from_dict({
         "target": "double_well", "flow": {"type": "realnvp", "n_layers": 2, "hidden": 8, "depth": 1},
         "method": {"name": "reverse_kl"},
         "train": {"steps": 25, "batch_size": 32, "lr": 1e-2, "warmup_steps": 2, "eval_every": 7,
                   "eval_samples": 64, "checkpoint_every": 500, "ema_decay": 0.9}})
-    train(cfg, tmp_path / "chunked", progress=False, log_every=10)
-    train(cfg, tmp_path / "stepwise", progress=False, log_every=1)
+    bf.fit(None, cfg, out=tmp_path / "chunked", progress=False, log_every=10)
+    bf.fit(None, cfg, out=tmp_path / "stepwise", progress=False, log_every=1)
     rows = [json.loads(line) for line in (tmp_path / "chunked" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 7, 10, 14, 20, 21, 25]
     def params(run):
-        state = load_run(run)[1]
+        state = bf.load(run).state
         return [np.asarray(a) for m in (state.model, state.averaged)
                 for a in jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_inexact_array))]
 
@@ -70,8 +70,7 @@ train: {steps: 80, batch_size: 64, lr: 1.0e-3, warmup_steps: 5, eval_every: 40, 
         checkpoint_every: 10, ema_decay: 0.9}
 """
 
-TRAIN_SCRIPT = ("import sys; from boltzflow.config import load_config; from boltzflow.experiment import train; "
-                "train(load_config(sys.argv[1]), sys.argv[2], progress=False)")
+TRAIN_SCRIPT = "import sys, boltzflow as bf; bf.fit(None, bf.load_config(sys.argv[1]), out=sys.argv[2], progress=False)"
 
 
 def _train_subprocess(cfg, out):
@@ -107,7 +106,7 @@ def test_kill_9_then_rerun_ends_with_the_uninterrupted_parameters(tmp_path):
     import signal
     import time
 
-    from boltzflow.experiment import load_run
+    import boltzflow as bf
 
     cfg = tmp_path / "fab.yaml"
     cfg.write_text(FAB_SMALL)
@@ -131,7 +130,7 @@ def test_kill_9_then_rerun_ends_with_the_uninterrupted_parameters(tmp_path):
     proc = _train_subprocess(cfg, killed)
     assert proc.wait(timeout=600) == 0, proc.stderr.read()
 
-    a, b = _leaves(load_run(whole)[1]), _leaves(load_run(killed)[1])
+    a, b = _leaves(bf.load(whole).state), _leaves(bf.load(killed).state)
     assert len(a) == len(b) and all(np.array_equal(x, y) for x, y in zip(a, b))
     steps = [r["step"] for r in _rows(killed)]
     assert steps == [r["step"] for r in _rows(whole)] and len(steps) == len(set(steps))
@@ -140,19 +139,19 @@ def test_kill_9_then_rerun_ends_with_the_uninterrupted_parameters(tmp_path):
 
 
 def test_time_limit_stops_with_a_checkpoint_and_a_rerun_finishes(tmp_path):
+    import boltzflow as bf
     from boltzflow.config import config_from_dict
-    from boltzflow.experiment import load_run, train
 
     d = {"target": "double_well", "flow": {"type": "realnvp", "n_layers": 2, "hidden": 8, "depth": 1},
          "method": {"name": "reverse_kl"},
          "train": {"steps": 100_000, "batch_size": 32, "warmup_steps": 2, "eval_every": 1000, "eval_samples": 64,
                    "checkpoint_every": 50_000, "time_limit_s": 2.0}}
     out = tmp_path / "run"
-    summary = train(config_from_dict(d), out, progress=False)
+    summary = bf.fit(None, config_from_dict(d), out=out, progress=False).summary
     assert summary["stopped_by_time_limit"] and 0 < summary["steps"] < 100_000
-    assert int(load_run(out)[1].step) == summary["steps"]  # the checkpoint holds the last step done
+    assert int(bf.load(out).state.step) == summary["steps"]  # the checkpoint holds the last step done
     d["train"] |= {"steps": summary["steps"] + 20, "time_limit_s": None}
-    again = train(config_from_dict(d), out, progress=False)
+    again = bf.fit(None, config_from_dict(d), out=out, progress=False).summary
     assert again["steps"] == summary["steps"] + 20 and not again["stopped_by_time_limit"]
     steps = [r["step"] for r in _rows(out)]
     assert len(steps) == len(set(steps)) and steps[-1] == summary["steps"] + 20
@@ -164,8 +163,8 @@ def test_float64_trains_a_float64_model(tmp_path):
     import equinox as eqx
     import jax
 
+    import boltzflow as bf
     from boltzflow.config import config_from_dict
-    from boltzflow.experiment import load_run, train
     from boltzflow.flows.paths import path_weights
 
     cfg = config_from_dict({
@@ -175,12 +174,14 @@ def test_float64_trains_a_float64_model(tmp_path):
         "method": {"name": "kl_ml"},
         "train": {"steps": 5, "batch_size": 16, "eval_every": 5, "eval_samples": 64, "dtype": "float64"}})
     try:
-        train(cfg, tmp_path / "run", progress=False)
-        exp, state = load_run(tmp_path / "run")
+        bf.fit(None, cfg, out=tmp_path / "run", progress=False)
+        run = bf.load(tmp_path / "run")
+        exp, state = run.experiment, run.state
         for tree in (state.model, state.opt_state):
             dtypes = {a.dtype for a in jax.tree_util.tree_leaves(eqx.filter(tree, eqx.is_inexact_array))}
             assert dtypes == {np.dtype("float64")}, dtypes
-        x, log_w, infos = path_weights(exp.model, exp.target, jax.random.key(0), 8)
+        with jax.enable_x64(True):  # the run's precision: the library no longer switches it on for the process
+            x, log_w, infos = path_weights(exp.model, exp.target, jax.random.key(0), 8)
         assert x.dtype == log_w.dtype == infos[0].accept.dtype == np.float64
     finally:
         jax.config.update("jax_enable_x64", False)
@@ -189,17 +190,18 @@ def test_float64_trains_a_float64_model(tmp_path):
 def test_init_from_starts_at_another_runs_trained_model(tmp_path):
     """train.init_from: step 0 of the new run is the first run's final model (e.g. ML, then KL + ML); a run with
     another flow cannot start from it."""
+    import boltzflow as bf
     from boltzflow.config import config_from_dict
-    from boltzflow.experiment import build_experiment, load_run, train
+    from boltzflow.experiment import build_experiment
 
     d = {"target": "double_well",
          "flow": {"type": "snf", "flow": {"type": "realnvp", "n_layers": 2, "hidden": 8, "depth": 1},
                   "blocks": {"kernel": "metropolis", "n_steps": 2, "learn_step_size": True}},
          "method": {"name": "forward_kl"},
          "train": {"steps": 15, "batch_size": 32, "eval_every": 15, "eval_samples": 64}}
-    train(config_from_dict(d), tmp_path / "ml", progress=False)
+    bf.fit(None, config_from_dict(d), out=tmp_path / "ml", progress=False)
     d2 = {**d, "method": {"name": "kl_ml"}, "train": {**d["train"], "init_from": str(tmp_path / "ml")}}
-    start, trained = build_experiment(config_from_dict(d2)).model, load_run(tmp_path / "ml")[0].model
+    start, trained = build_experiment(config_from_dict(d2)).model, bf.load(tmp_path / "ml").model
     assert all(np.array_equal(a, b) for a, b in zip(_leaves(start), _leaves(trained)))
     fresh = build_experiment(config_from_dict(d)).model
     assert not all(np.array_equal(a, b) for a, b in zip(_leaves(start), _leaves(fresh)))
@@ -212,8 +214,9 @@ def test_flow_and_target_evaluations_are_counted_per_method(tmp_path):
     """metrics.jsonl counts what each method spends: FAB with buffer (the fill, then per step one AIS pass of
     1 + K * n_leapfrog evaluations per sample and n_updates loss batches), reverse KL on an SNF (its Metropolis
     moves are target evaluations), maximum likelihood (data through the flow, no target)."""
+    import boltzflow as bf
     from boltzflow.config import config_from_dict
-    from boltzflow.experiment import build_experiment, train
+    from boltzflow.experiment import build_experiment
 
     n, k, leap, updates = 16, 2, 3, 4
     base = {"target": "double_well", "train": {"steps": 3, "batch_size": n, "eval_every": 1000, "eval_samples": 32}}
@@ -221,7 +224,7 @@ def test_flow_and_target_evaluations_are_counted_per_method(tmp_path):
            "method": {"name": "fab", "n_updates": updates, "min_buffer_length": 3 * n, "buffer_size": 8 * n},
            "ais": {"kernel": "hmc", "n_intermediate": k, "n_leapfrog": leap}}
     per_sample = 1 + k * leap
-    s = train(config_from_dict(fab), tmp_path / "fab", progress=False)
+    s = bf.fit(None, config_from_dict(fab), out=tmp_path / "fab", progress=False).summary
     assert s["target_evals"] == 3 * n * per_sample + 3 * n * per_sample  # fill (3 passes) + 3 steps
     assert s["flow_evals"] == 3 * n * per_sample + 3 * (n * per_sample + updates * n)
     rows = _rows(tmp_path / "fab")
@@ -229,10 +232,10 @@ def test_flow_and_target_evaluations_are_counted_per_method(tmp_path):
     snf = {**base, "flow": {"type": "snf", "flow": {"type": "realnvp", "n_layers": 2, "hidden": 8},
                             "blocks": {"kernel": "metropolis", "n_steps": 5}},
            "method": {"name": "reverse_kl"}}
-    s = train(config_from_dict(snf), tmp_path / "snf", progress=False)
+    s = bf.fit(None, config_from_dict(snf), out=tmp_path / "snf", progress=False).summary
     n_blocks = sum(layer.stochastic for layer in build_experiment(config_from_dict(snf)).model.layers)
     assert n_blocks >= 1
     assert s["flow_evals"] == 3 * n and s["target_evals"] == 3 * n * (1 + 5 * n_blocks)
     ml = {**base, "flow": {"type": "realnvp", "n_layers": 2, "hidden": 8}, "method": {"name": "forward_kl"}}
-    s = train(config_from_dict(ml), tmp_path / "ml", progress=False)
+    s = bf.fit(None, config_from_dict(ml), out=tmp_path / "ml", progress=False).summary
     assert s["flow_evals"] == 3 * n and s["target_evals"] == 0

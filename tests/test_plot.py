@@ -1,4 +1,4 @@
-"""Plots from metrics files: the figure shows the data it was given (checked on the figure as it is saved and on
+"""Plots of a run's metrics: the figure shows the data it was given (checked on the figure as it is saved and on
 the written PNG), and a run without ESS evaluations is an error, not an empty plot."""
 
 import json
@@ -39,8 +39,8 @@ def _not_blank(img):
 
 def test_training_plot_shows_the_loss_and_the_ess_evaluations(tmp_path, saved):
     rows = _rows()
-    out = plot_training(_run(tmp_path, "a", rows))
-    assert out == tmp_path / "a" / "training.png"
+    out = plot_training(rows, tmp_path / "a.png")
+    assert out == tmp_path / "a.png"
     (fig,) = saved
     loss_ax, ess_ax = fig.axes[:2]
     (loss_line,) = loss_ax.get_lines()
@@ -54,7 +54,7 @@ def test_training_plot_shows_the_loss_and_the_ess_evaluations(tmp_path, saved):
     assert img.shape[:2] == (396, 1100)  # 10 x 3.6 inches at 110 dpi
     assert _not_blank(img)
     # different data, different picture
-    other = _image(plot_training(_run(tmp_path, "b", _rows(loss_power=0.3))))
+    other = _image(plot_training(_rows(loss_power=0.3), tmp_path / "b.png"))
     assert other.shape == img.shape and np.abs(other - img).max() > 0.5
 
 

@@ -28,27 +28,27 @@ FAB_TINY = {
 TRAIN = """
 import json, sys
 import equinox as eqx, jax, numpy as np
+import boltzflow as bf
 from boltzflow.config import config_from_dict
-from boltzflow.experiment import load_run, train
 from boltzflow.sharding import use_devices
 cfg, out = config_from_dict(json.loads(sys.argv[1])), sys.argv[2]
 result = {}
 for n in (1, 4):
     with use_devices(n):
-        train(cfg, f"{out}/d{n}", progress=False, log_every=1)
+        bf.fit(None, cfg, out=f"{out}/d{n}", progress=False, log_every=1)
     rows = [json.loads(line) for line in open(f"{out}/d{n}/metrics.jsonl")]
-    state = load_run(f"{out}/d{n}")[1]
+    state = bf.load(f"{out}/d{n}").state
     result[n] = {"loss": [r["loss"] for r in rows], "buffer_ess": [r["buffer_ess"] for r in rows],
                  "params": [np.asarray(a).ravel().tolist()
                             for a in jax.tree_util.tree_leaves(eqx.filter(state.model, eqx.is_inexact_array))]}
 # a checkpoint of the 4-device run resumes on one device (the device count is not part of the run)
-train(config_from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "steps": 6}}), f"{out}/d4",
-      progress=False)
+bf.fit(None, config_from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "steps": 6}}), out=f"{out}/d4",
+       progress=False)
 result["resumed_steps"] = [json.loads(line)["step"] for line in open(f"{out}/d4/metrics.jsonl")]
 try:
     with use_devices(4):
-        train(config_from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "batch_size": 66}}),
-              f"{out}/odd", progress=False)
+        bf.fit(None, config_from_dict({**cfg.to_dict(), "train": {**cfg.to_dict()["train"], "batch_size": 66}}),
+               out=f"{out}/odd", progress=False)
 except Exception as e:
     result["odd_batch"] = f"{type(e).__name__}: {e}"
 print(json.dumps(result))

@@ -4,12 +4,12 @@ import jax
 import numpy as np
 import pytest
 
+import boltzflow as bf
 from boltzflow.config import config_from_dict
 from boltzflow.estimators import effective_sample_size, log_z_estimate
 from boltzflow.evaluate import evaluate
-from boltzflow.experiment import build_experiment, load_run, train
+from boltzflow.experiment import build_experiment
 from boltzflow.flows.paths import path_weights
-from boltzflow.plot import read_metrics
 
 
 @pytest.mark.slow
@@ -28,16 +28,16 @@ def test_snf_kl_ml_training_on_the_double_well(tmp_path):
     untrained = build_experiment(cfg)
     _, log_w0, _ = jax.jit(lambda k: path_weights(untrained.model, untrained.target, k, 20_000))(jax.random.key(3))
     ess0 = float(effective_sample_size(log_w0))
-    train(cfg, tmp_path / "run", progress=False)
-    exp, _ = load_run(tmp_path / "run")
-    ev = evaluate(exp, jax.random.key(4), n_samples=20_000)
+    bf.fit(None, cfg, out=tmp_path / "run", progress=False)
+    run = bf.load(tmp_path / "run")
+    ev = run.evaluate(jax.random.key(4), n=20_000, check=False)
     assert ev["ess"] > 2 * ess0, (ess0, ev["ess"])
     assert abs(ev["log_z_error"]) < 4 * ev["log_z_stderr"], ev
     assert len(ev["block_accept"]) == 2 and all(0.05 < a <= 1 for a in ev["block_accept"])
-    rows = read_metrics(tmp_path / "run")
+    rows = run.history
     assert all(len(r["block_accept"]) == 2 and r["block_nonfinite"] == 0 for r in rows)
     log_z, se = log_z_estimate(log_w0)  # untrained weights are unbiased too, only noisier
-    assert abs(float(log_z) - exp.target.log_z) < 4 * float(se)
+    assert abs(float(log_z) - run.target.log_z) < 4 * float(se)
 
 
 def test_evaluate_ais_on_an_snf_with_metropolis_blocks_says_why_it_cannot():

@@ -14,14 +14,13 @@ from boltzflow.cli import main
 from boltzflow.config import config_from_dict
 from boltzflow.data import Dataset, DataSettings, load_dataset
 from boltzflow.errors import BoltzflowError
-from boltzflow.evaluate import vae_evaluation
 from boltzflow.experiment import build_experiment, build_method
 from boltzflow.flows.base import Flow
 from boltzflow.settings import Tagged, parse, parse_tagged
 from boltzflow.snf.block import StochasticBlock
 from boltzflow.snf.builder import BlockSettings, SNFSettings, make_snf
 from boltzflow.train.state import initial_state, make_optimizer
-from boltzflow.vae import VAE, VAESettings, log_likelihood, make_vae, path_bound, posterior_paths
+from boltzflow.vae import VAE, VAESettings, log_likelihood, make_vae, path_bound, posterior_paths, vae_evaluation
 from boltzflow.vae.model import Joint, Prior, ShiftScale
 
 D, LATENT, NOISE = 3, 2, 0.5

@@ -12,3 +12,20 @@ Nothing here knows about targets, flows or training (this layer sits below ``bol
 - :mod:`.reference`: reference sets (writing, loading, the shipped ones), basin populations with block errors.
 - :mod:`.metrics`: dihedrals, named torsions, histogram KL of torsion marginals and Ramachandran plots.
 """
+
+from boltzflow.molecules.chirality import Chirality, find_stereocentres
+from boltzflow.molecules.forcefield import ForceFieldParams, batched_energy, energy_terms, read_forcefield
+from boltzflow.molecules.md import geometric_temperatures, run_replica_exchange
+from boltzflow.molecules.metrics import (basin_populations, dihedral, histogram_kl, molecular_metrics, named_torsions,
+                                         ramachandran_kl, ramachandran_pairs, torsion_angles, torsion_kl)
+from boltzflow.molecules.openmm_engine import OpenMMEngine
+from boltzflow.molecules.reference import load_reference, write_compact, write_reference
+from boltzflow.molecules.system import MolecularSystem, load_system, minimize
+from boltzflow.molecules.zmatrix import ZMatrix, build_zmatrix, cartesian_to_internal, internal_to_cartesian
+
+__all__ = ["Chirality", "find_stereocentres", "ForceFieldParams", "batched_energy", "energy_terms",
+           "read_forcefield", "geometric_temperatures", "run_replica_exchange", "basin_populations", "dihedral",
+           "histogram_kl", "molecular_metrics", "named_torsions", "ramachandran_kl", "ramachandran_pairs",
+           "torsion_angles", "torsion_kl", "OpenMMEngine", "load_reference", "write_compact", "write_reference",
+           "MolecularSystem", "load_system", "minimize", "ZMatrix", "build_zmatrix", "cartesian_to_internal",
+           "internal_to_cartesian"]

@@ -7,6 +7,7 @@
 - :class:`FunctionTarget` (``function``): a user's ``log_prob`` function.
 - :class:`Rotated` (``rotated``): any of them seen through a fixed random rotation (``rotation: SEED`` in a spec).
 - :func:`make_target`, :func:`list_targets` (``registry``): build targets from presets and user specs.
+- ``report``: what a target's report and pictures get of a model's evaluation (``Target.report``, ``draw``).
 """
 
 from boltzflow.targets.base import Target, check_batch

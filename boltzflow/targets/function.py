@@ -2,7 +2,8 @@
 
 The function is validated once at construction on a probe batch of 8 standard-normal float32 points: it must
 return an array of shape ``(8,)`` with at least one finite value. Any problem is a :class:`BoltzflowError` with
-one line naming the function and the problem.
+one line naming the function and the problem; an exception raised by the function itself is its ``__cause__``, with
+the user's traceback.
 """
 
 from __future__ import annotations
@@ -64,10 +65,10 @@ class FunctionTarget(Target):
             raise
         except Exception as e:  # a user function failing on a probe batch is a user mistake
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            raise BoltzflowError(
+            raise BoltzflowError(  # chained: the user's frames stay in __cause__ (the CLI prints them)
                 f"target {self._label}: log_prob raised {type(e).__name__} on a ({PROBE_SIZE}, {self.dim}) "
                 f"float32 batch: {msg}"
-            ) from None
+            ) from e
         if not hasattr(out, "shape") or not hasattr(out, "dtype"):
             raise BoltzflowError(
                 f"target {self._label}: log_prob must return an array of shape (n,), got {type(out).__name__}"

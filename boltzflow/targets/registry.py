@@ -11,11 +11,14 @@ Accepted specs (:func:`make_target`):
   rotation (:class:`~boltzflow.targets.rotated.Rotated`: same log Z, modes off the axes);
 - ``"module:function"`` or ``{"function": "module:function", **kwargs}``: ``function(**kwargs)`` returns a
   :class:`Target` or a pair ``(log_prob, dim)`` with ``log_prob: (n, dim) -> (n,)``, wrapped in a validated
-  :class:`FunctionTarget`. ``module`` is a dotted module name importable from the current directory or a path to a
-  ``.py`` file (``path/to/my_target.py:make``);
+  :class:`FunctionTarget`. ``module`` is a dotted module name importable from ``sys.path`` (which this library
+  leaves alone; the ``boltzflow`` command adds its working directory) or a path to a ``.py`` file
+  (``path/to/my_target.py:make``);
 - a :class:`Target` instance, returned as is.
 
-Every user mistake raises :class:`BoltzflowError` with one line naming the problem.
+Every user mistake raises :class:`BoltzflowError` with one line naming the problem. Where the problem is an
+exception raised by the user's own code (importing their module, their function, their log density), that exception
+is the error's ``__cause__``, with its traceback; our own checks (arguments, return values) raise ``from None``.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import importlib.util
 import inspect
 import os
 import re
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -145,7 +147,7 @@ def _make_preset(name: str, kwargs: dict) -> Target:
     except BoltzflowError:
         raise
     except (TypeError, ValueError) as e:
-        raise BoltzflowError(f"target {key!r} with arguments {kwargs}: {e}") from None
+        raise BoltzflowError(f"target {key!r} with arguments {kwargs}: {e}") from e  # maybe a registered user factory
 
 
 def _import_module(mod_name: str, spec: str):
@@ -159,17 +161,25 @@ def _import_module(mod_name: str, spec: str):
         try:
             mspec.loader.exec_module(module)
         except Exception as e:
-            raise BoltzflowError(f"target {spec!r}: importing {mod_name!r} raised {type(e).__name__}: {e}") from None
+            raise BoltzflowError(f"target {spec!r}: importing {mod_name!r} raised {type(e).__name__}: {e}") from e
         return module
-    cwd = os.getcwd()
-    if cwd not in sys.path and "" not in sys.path:
-        sys.path.append(cwd)
     try:
         return importlib.import_module(mod_name)
     except ModuleNotFoundError as e:
-        raise BoltzflowError(f"target {spec!r}: cannot import module {mod_name!r} ({e})") from None
+        if e.name and (mod_name == e.name or mod_name.startswith(e.name + ".")):  # the module itself is not there
+            raise BoltzflowError(f"target {spec!r}: cannot import module {mod_name!r} ({e}){_path_hint(mod_name)}"
+                                 ) from None
+        raise BoltzflowError(f"target {spec!r}: importing {mod_name!r} raised ModuleNotFoundError: {e}") from e
     except Exception as e:
-        raise BoltzflowError(f"target {spec!r}: importing {mod_name!r} raised {type(e).__name__}: {e}") from None
+        raise BoltzflowError(f"target {spec!r}: importing {mod_name!r} raised {type(e).__name__}: {e}") from e
+
+
+def _path_hint(mod_name: str) -> str:
+    """Why a module in the working directory was not found: the library does not add that directory to sys.path."""
+    base = os.path.join(*mod_name.split("."))
+    if os.path.isfile(base + ".py"):
+        return f"; {base}.py is in the working directory, which is not on sys.path: add it or use '{base}.py:FUNCTION'"
+    return "; it is in the working directory, which is not on sys.path" if os.path.isdir(base) else ""
 
 
 def _make_from_function(spec: str, kwargs: dict) -> Target:
@@ -192,7 +202,7 @@ def _make_from_function(spec: str, kwargs: dict) -> Target:
     except BoltzflowError:
         raise
     except Exception as e:
-        raise BoltzflowError(f"target function {spec!r} raised {type(e).__name__}: {e}") from None
+        raise BoltzflowError(f"target function {spec!r} raised {type(e).__name__}: {e}") from e
     if isinstance(out, Target):
         return out
     if isinstance(out, (tuple, list)) and len(out) == 2 and callable(out[0]):
@@ -204,7 +214,23 @@ def _make_from_function(spec: str, kwargs: dict) -> Target:
 
 
 def make_target(spec: Any) -> Target:
-    """Build a target from a preset name, a dict, a ``module:function`` string or a Target (module docstring)."""
+    """A target from its spec (module docstring).
+
+    Args:
+        spec: a preset name (``boltzflow targets``: ``"gmm40"``, ``"many_well_32"``, ``"aldp_implicit"``, ...), a
+            mapping ``{"name": PRESET, **kwargs}`` (``rotation: SEED`` in any mapping rotates the target), a
+            ``"module:function"`` string or ``{"function": "module:function", **kwargs}``, or a Target (returned as
+            is).
+
+    Returns:
+        The Target: a batched log density ``log_prob((n, dim)) -> (n,)`` with ``dim``, and ``log_z`` and exact
+        samples where known.
+
+    Example:
+        >>> target = make_target({"name": "many_well", "dim": 8})
+        >>> target.dim, target.log_z is not None
+        (8, True)
+    """
     if isinstance(spec, Target):
         return spec
     if isinstance(spec, str):

@@ -38,7 +38,8 @@ def random_rotation(dim: int, seed: int) -> np.ndarray:
 
 
 class Rotated(Target):
-    """``inner`` rotated by :func:`random_rotation` (module docstring): log p_Q(x) = log p(x Q) for rows x."""
+    """``inner`` rotated by :func:`random_rotation` (module docstring): log p_Q(x) = log p(x Q) for rows x. Its
+    report and pictures (boltzflow.targets.base) come from what it forwards, exact samples and modes, in this frame."""
 
     def __init__(self, inner: Target, rotation: int):
         if getattr(inner, "molecule", None) is not None:

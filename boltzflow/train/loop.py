@@ -3,15 +3,16 @@
 A method (boltzflow.train.api) supplies ``init`` and a pure ``step``; this module runs it, once for all:
 
 - the whole step is compiled, and the steps between two logged ones run as one call (a ``fori_loop``);
-- ``metrics.jsonl``: one JSON object per logged step (step 1, multiples of ``log_every``, ``eval_every``,
-  ``checkpoint_every``, and the last), with the wall-clock ``time_s`` of training excluding evaluation and the
-  flow and target evaluations spent so far (``flow_evals``, ``target_evals``: the method's Cost); a progress
-  bar with loss, ESS and ETA; a flow-IS ESS every ``eval_every`` steps (or the method's own ESS, e.g. a VAE's
+- in memory (no run directory: nothing is written) or into a run directory;
+- ``metrics.jsonl`` (and the returned history, and a caller's callback): one JSON object per logged step (step 1,
+  multiples of ``log_every``, ``eval_every``, ``checkpoint_every``, and the last), with the wall-clock ``time_s``
+  of training excluding evaluation and the flow and target evaluations spent so far (``flow_evals``,
+  ``target_evals``: the method's Cost); a progress bar with loss, ESS and ETA; a flow-IS ESS every ``eval_every`` steps (or the method's own ESS, e.g. a VAE's
   posterior importance sampling: boltzflow.train.api.Method);
 - ``checkpoint.eqx`` (the whole TrainState: model, optimiser, method state such as FAB's buffer and AIS step sizes,
   parameter average, key) and ``checkpoint.json`` (step, time, evaluations) every ``checkpoint_every`` steps, at
-  the time limit and at the end, each written to a temporary file and renamed, so a kill at any moment leaves the
-  last complete checkpoint;
+  the time limit and at the end, each written to a temporary file and renamed (boltzflow.checkpoint), so a kill at
+  any moment leaves the last complete checkpoint;
 - resume: run again on the same directory and training continues from the checkpoint; the steps logged after it
   (done before an interruption, lost with it) are dropped from ``metrics.jsonl`` and run again, so the file
   holds each step once and the run ends with the parameters of an uninterrupted one (tested by killing a
@@ -24,7 +25,7 @@ be a multiple of the device count. The device count is not part of the run: a ru
 devices. With several hosts (``jax.distributed``) every process runs the same steps and only process 0 writes the
 run directory.
 
-Which run a directory holds (its config) is checked by the caller (boltzflow.experiment.train).
+Which run a directory holds (its config) is checked by the caller (boltzflow.run.fit).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Callable, NamedTuple
 
 import equinox as eqx
 import jax
@@ -41,12 +43,14 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
+from boltzflow.checkpoint import read_checkpoint, write_atomic, write_json
 from boltzflow.estimators import effective_sample_size
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows.paths import path_weights
 from boltzflow.sharding import batch_devices, hosts_meet, replicated, writes_files
 from boltzflow.train.api import Method
-from boltzflow.train.state import TrainSettings, TrainState, initial_state, state_like, update_average
+from boltzflow.train.state import (TrainSettings, TrainState, initial_state, seed_key, state_like,
+                                   update_average)
 
 
 def make_flow_ess_fn(target, n: int):
@@ -68,43 +72,46 @@ def _scalar_metrics(metrics: dict) -> dict:
     return out
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    tmp.replace(path)
-
-
-def _write_checkpoint(out: Path, state: TrainState, info: dict) -> None:
+def write_checkpoint(out: Path, state: TrainState, info: dict) -> None:
     """The state, then its info; a kill between the two leaves a newer state than info, which _resume handles."""
     if not writes_files():
         return
-    _write_atomic(out / "checkpoint.eqx", lambda p: eqx.tree_serialise_leaves(p, state))
-    _write_atomic(out / "checkpoint.json", lambda p: p.write_text(json.dumps(info, indent=1)))
+    write_atomic(out / "checkpoint.eqx", lambda f: eqx.tree_serialise_leaves(f, state))
+    write_json(out / "checkpoint.json", info)
 
 
-def _resume(out: Path, like: TrainState) -> tuple[TrainState, dict] | None:
-    """The checkpointed state and info, with ``metrics.jsonl`` cut back to the checkpoint's step; None if the
-    directory has no checkpoint."""
-    ckpt, info_path = out / "checkpoint.eqx", out / "checkpoint.json"
-    if not (ckpt.exists() and info_path.exists()):
+def _resume(out: Path, like: TrainState) -> tuple[TrainState, dict, list] | None:
+    """The checkpointed state and info, and the logged metrics up to the checkpoint's step (``metrics.jsonl`` cut
+    back to them); None if the directory has no checkpoint."""
+    resumed = read_checkpoint(out / "checkpoint.eqx", out / "checkpoint.json",
+                              lambda p: eqx.tree_deserialise_leaves(p, like))
+    if resumed is None:
         return None
-    state = eqx.tree_deserialise_leaves(ckpt, like)
-    info = json.loads(info_path.read_text())
+    state, info = resumed
     step = int(state.step)
     info["evals"] = [e for e in info["evals"] if e["step"] <= step]
-    metrics = out / "metrics.jsonl"
-    if metrics.exists() and writes_files():
-        rows = [line for line in metrics.read_text().splitlines() if line.strip()]
-        kept = []
-        for line in rows:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:  # a line cut short by a kill
-                continue
-            if row.get("step", 0) <= step:
-                kept.append(line)
-        _write_atomic(metrics, lambda p: p.write_text("".join(r + "\n" for r in kept)))
-    return state, info
+    history = read_history(out, step)
+    if (out / "metrics.jsonl").exists() and writes_files():
+        text = "".join(json.dumps(r) + "\n" for r in history)
+        write_atomic(out / "metrics.jsonl", lambda f: f.write(text.encode()))
+    return state, info, history
+
+
+def read_history(out: Path, last_step: int | None = None) -> list[dict]:
+    """The metrics logged in ``out/metrics.jsonl`` (steps up to ``last_step``), skipping a line cut short by a
+    kill; [] without the file."""
+    path = out / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by a kill
+            continue
+        if last_step is None or row.get("step", 0) <= last_step:
+            rows.append(row)
+    return rows
 
 
 class Progress:
@@ -134,27 +141,41 @@ def _steps_to_next_boundary(done: int, total: int, periods) -> int:
     return min([total - done] + [p - done % p for p in periods])
 
 
-def train(out: str | Path, settings: TrainSettings, model, optimizer, method: Method, target, *,
-          progress: bool = True, log_every: int = 10) -> dict:
-    """Train ``model`` by ``method`` into the run directory ``out`` (resuming from its checkpoint if it has one);
-    returns a summary. The optimiser must be the one ``method`` was built with."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+class Trained(NamedTuple):
+    """What :func:`train` returns: the final state, a summary, and the logged metrics (one dict per logged step,
+    as in ``metrics.jsonl``, those of earlier sessions of a resumed run included)."""
+
+    state: TrainState
+    summary: dict
+    history: list
+
+
+def train(out: str | Path | None, settings: TrainSettings, model, optimizer, method: Method, target, *,
+          progress: bool = True, log_every: int = 10, callback: Callable[[int, dict], None] | None = None
+          ) -> Trained:
+    """Train ``model`` by ``method``, in memory (``out`` None: nothing is written) or into the run directory
+    ``out`` (resuming from its checkpoint if it has one). ``callback(step, metrics)`` is called at every logged
+    step. The optimiser must be the one ``method`` was built with."""
     ts = settings
     if ts.batch_size % batch_devices():
         raise BoltzflowError(f"train.batch_size ({ts.batch_size}) must be a multiple of the {batch_devices()} "
                              f"devices it is split over (--devices)")
-    key = jax.random.key(ts.seed)
+    files = out is not None and writes_files()
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+    key = seed_key(ts.seed)
     info = {"time_s": 0.0, "evals": []}
-    resumed = _resume(out, state_like(model, optimizer, method, key, ts.ema_decay))
+    resumed = None if out is None else _resume(out, state_like(model, optimizer, method, key, ts.ema_decay))
+    history = []
     if resumed is None:
         t_init = time.perf_counter()
         state = initial_state(model, optimizer, method, key, ts.ema_decay)  # FAB fills its buffer: training time
         info["time_s"] = time.perf_counter() - t_init
-        if writes_files():
+        if files:
             (out / "metrics.jsonl").write_text("")
     else:
-        state, info = resumed
+        state, info, history = resumed
     state = replicated(state)
 
     def one_step(state: TrainState):
@@ -197,7 +218,7 @@ def train(out: str | Path, settings: TrainSettings, model, optimizer, method: Me
     last_ess = info["evals"][-1]["ess"] if info["evals"] else float("nan")
     stopped_by_time = False
     bar_at = start_step
-    with open(out / "metrics.jsonl" if writes_files() else os.devnull, "a") as log:
+    with open(out / "metrics.jsonl" if files else os.devnull, "a") as log:
         done = start_step
         while done < ts.steps:
             n = _steps_to_next_boundary(done, ts.steps, (log_every, ts.eval_every, ts.checkpoint_every))
@@ -217,18 +238,21 @@ def train(out: str | Path, settings: TrainSettings, model, optimizer, method: Me
                 t0 = time.perf_counter()  # evaluation does not count as training time
             log.write(json.dumps(m) + "\n")
             log.flush()
+            history.append(m)
+            if callback is not None:
+                callback(done, m)
             bar.update(done - bar_at, loss=m.get("loss", float("nan")), ess=last_ess)
             bar_at = done
             stopped_by_time = ts.time_limit_s is not None and t_train >= ts.time_limit_s and done < ts.steps
             if jax.process_count() > 1:  # every host stops at the same step: process 0's clock decides
                 stopped_by_time = bool(multihost_utils.broadcast_one_to_all(np.asarray(stopped_by_time)))
-            if stopped_by_time or checkpoint_now:
+            if (stopped_by_time or checkpoint_now) and files:
                 info["time_s"] = t_train
-                _write_checkpoint(out, state, info | {"step": done})
+                write_checkpoint(out, state, info | {"step": done})
             if stopped_by_time:
                 break
     bar.close()
     hosts_meet("checkpoint written")  # the others may read the run directory next (the report)
     summary = {"steps": int(state.step), "time_s": t_train, "stopped_by_time_limit": stopped_by_time,
                "flow_ess": last_ess, "evals": info["evals"], **evaluations(int(state.step))}
-    return summary
+    return Trained(state, summary, history)

@@ -56,6 +56,25 @@ class TrainSettings:
             raise BoltzflowError(f"train.time_limit_s must be positive, got {self.time_limit_s!r}")
 
 
+def seed_key(seed: int) -> jax.Array:
+    """The key of a run's seed: ``jax.random.key(seed)`` for 0 <= seed < 2^32, and for larger seeds (up to 2^64) the
+    key whose two words are the seed's high and low 32 bits, so every threefry key is some seed's
+    (:func:`key_seed` is the inverse)."""
+    if not 0 <= seed < 2**64:
+        raise BoltzflowError(f"train.seed must be in [0, 2^64), got {seed}")
+    return jax.random.wrap_key_data(jnp.asarray([seed >> 32, seed & 0xFFFFFFFF], jnp.uint32))
+
+
+def key_seed(key: jax.Array) -> int:
+    """The seed whose :func:`seed_key` is ``key`` (a typed threefry key, or a raw ``(2,)`` uint32 one)."""
+    data = key if jnp.issubdtype(key.dtype, jnp.unsignedinteger) else jax.random.key_data(key)
+    if data.shape != (2,) or (not jnp.issubdtype(key.dtype, jnp.unsignedinteger)
+                              and str(jax.random.key_impl(key)) != "threefry2x32"):
+        raise BoltzflowError(f"key: expected one threefry key (jax.random.key(seed)), got shape {key.shape}")
+    hi, lo = (int(v) for v in jax.device_get(data))
+    return (hi << 32) | lo
+
+
 class TrainState(NamedTuple):
     model: Any
     opt_state: Any
