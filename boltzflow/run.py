@@ -44,6 +44,9 @@ class Run:
         history: the logged metrics, one dict per logged step (loss, ESS, time, evaluations), as metrics.jsonl.
         summary: steps, training time, flow and target evaluations, the periodic ESS evaluations.
         out: the run directory it was trained in or loaded from, or None (trained in memory).
+
+    A float64 run (``train.dtype: float64``) does its own work in 64-bit JAX without switching the process to it;
+    to compute with ``run.model`` yourself, do it inside ``with jax.enable_x64(True):``.
     """
 
     experiment: Experiment
@@ -148,7 +151,7 @@ class Run:
         return path
 
 
-def fit(target: Target | Callable | str | dict | None, config: Config | str | Path | dict, *,
+def fit(target: Target | str | dict | None, config: Config | str | Path | dict, *,
         key: jax.Array | None = None, out: str | Path | None = None, progress: bool = True,
         callback: Callable[[int, dict], None] | None = None, time_limit_s: float | None = None,
         log_every: int = 10) -> Run:
@@ -197,7 +200,7 @@ def fit(target: Target | Callable | str | dict | None, config: Config | str | Pa
     return Run(exp, trained.state, trained.history, trained.summary, out)
 
 
-def load(path: str | Path, target: Target | Callable | str | dict | None = None) -> Run:
+def load(path: str | Path, target: Target | str | dict | None = None) -> Run:
     """The run in a run directory (written by ``boltzflow train``, ``fit(out=...)`` or :meth:`Run.save`).
 
     Args:
