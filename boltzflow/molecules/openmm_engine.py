@@ -6,7 +6,7 @@ Design
 wrapper runs; a batch of conformations is embarrassingly parallel, so the batch is split across worker processes,
 each holding its own Context (CPU platform, 1 thread by default, or the Reference platform). Processes also keep
 OpenMM's threads, its memory and any crash inside its C++ away from the process that runs JAX: a worker that dies
-is reported as an error (and the pool restarted on the next call), the training process lives on.
+is restarted and its part of the batch sent again (below: failures), the training process lives on.
 
 **Why not fork.** By the time a target is evaluated JAX has started its thread pools; ``fork`` copies only the
 calling thread, and a child that touches a lock another thread held at the fork deadlocks. Workers are therefore
@@ -38,6 +38,20 @@ the batch: a training step or one AIS pass), and the workers are closed at exit 
 from OpenMM, or a non-finite energy or force -- gets energy ``+inf`` and zero forces; the rest of the batch is
 unaffected. A target turns the non-finite energy into ``log p = -inf``.
 
+A worker that dies (killed, out of memory, a crash in OpenMM's C++) is noticed when sending it its part of a batch
+fails (a broken pipe) or when its reply cannot be read (end-of-file): it is restarted -- a fresh process with the
+same System and platform -- and sent its part again, while the replies of the other workers are kept. Each restart
+is one line on stderr (``boltzflow: OpenMM worker 1 (pid 1234) died (exit code -9, SIGKILL); restarted it (restart
+1 of 3 in this batch, 1 of 10 in all)``). Restarts are bounded, :data:`MAX_RESTARTS_PER_BATCH` in one batch and
+:data:`MAX_RESTARTS` over a pool's life, so a worker that dies on every batch (or on every try of one) does not loop
+forever: beyond them, or when a restarted worker does not start, the pool is killed and dropped (the next evaluation
+starts a fresh one) and a one-line :class:`~boltzflow.errors.BoltzflowError` names the worker, its exit code and the
+way to resume. Raised inside a jitted function, the error reaches the caller wrapped by JAX: a ``JaxRuntimeError``
+(or, from a call that took JAX's C++ fast path, a plain ``ValueError``) whose message is ``INTERNAL: CpuCallback
+error calling callback:`` and the callback's traceback, last line ``BoltzflowError: MESSAGE``. JAX's own log of that
+traceback (``jax.pure_callback failed``, logger ``jax._src.callback``) is left out for a
+:class:`~boltzflow.errors.BoltzflowError`, whose message says it all.
+
 **Units.** Positions in nm, energies in kJ/mol, forces in kJ/mol/nm (OpenMM's own units). A System's
 ``CMMotionRemover`` acts only when an integrator steps and adds no energy or force; the workers drop it anyway,
 and ``groups`` (a bit mask of force groups, default all) selects which force groups are summed.
@@ -59,6 +73,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import logging
 import os
 import signal
 import subprocess
@@ -81,6 +96,13 @@ START_TIMEOUT = 120.0
 
 #: Seconds a closing pool waits for its workers to exit after the stop message, before it kills them.
 CLOSE_TIMEOUT = 2.0
+
+#: Restarts of dead workers within one batch, and over a pool's life, before the engine gives up (module docstring).
+MAX_RESTARTS_PER_BATCH = 3
+MAX_RESTARTS = 10
+
+#: What the one-line error of a worker that could not be brought back tells the user.
+RESUME_HINT = "the last checkpoint is kept; run the same command to resume"
 
 ALL_GROUPS = 0xFFFFFFFF
 
@@ -176,26 +198,14 @@ class _Pool:
         self.procs: list[subprocess.Popen] = []
         self.conns: list[Connection] = []
         self.closed = False
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        self.restarts = 0  # over the pool's life
+        self._init = ("init", system_xml, platform, dict(properties))
         try:
             for _ in range(n_workers):
-                parent_end, child_end = Pipe(duplex=True)
-                fd = child_end.fileno()
-                proc = subprocess.Popen([sys.executable, "-c", _BOOTSTRAP.format(root=root, fd=fd)], pass_fds=(fd,),
-                                        stdin=subprocess.DEVNULL, env=env)
-                child_end.close()
+                proc, conn = self._spawn()
                 self.procs.append(proc)
-                self.conns.append(parent_end)
-            for conn in self.conns:
-                conn.send(("init", system_xml, platform, dict(properties)))
-            deadline = time.monotonic() + START_TIMEOUT
-            for k, conn in enumerate(self.conns):
-                if not conn.poll(max(0.0, deadline - time.monotonic())):
-                    raise RuntimeError(f"OpenMM worker {k} did not start within {START_TIMEOUT:.0f} s")
-                reply = self._recv(k)
-                if reply[0] == "error":
-                    raise BoltzflowError(f"OpenMM engine could not start: {reply[1]}")
+                self.conns.append(conn)
+            self._await_ready(range(n_workers))
         except BaseException:
             self.kill()
             raise
@@ -204,28 +214,74 @@ class _Pool:
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs]
 
+    def _spawn(self) -> tuple[subprocess.Popen, Connection]:
+        """A fresh worker process, sent its init message (its reply is read by :meth:`_await_ready`)."""
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
+        parent_end, child_end = Pipe(duplex=True)
+        fd = child_end.fileno()
+        try:
+            proc = subprocess.Popen([sys.executable, "-c", _BOOTSTRAP.format(root=root, fd=fd)], pass_fds=(fd,),
+                                    stdin=subprocess.DEVNULL, env=env)
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        try:
+            parent_end.send(self._init)
+        except OSError:
+            pass  # it died at once: its reply reads end-of-file
+        return proc, parent_end
+
+    def _await_ready(self, workers) -> None:
+        """Wait for the init replies of ``workers`` (indices), started together."""
+        deadline = time.monotonic() + START_TIMEOUT
+        for k in workers:
+            if not self.conns[k].poll(max(0.0, deadline - time.monotonic())):
+                raise RuntimeError(f"OpenMM worker {k} did not start within {START_TIMEOUT:.0f} s")
+            reply = self._recv(k)
+            if reply[0] == "error":
+                raise BoltzflowError(f"OpenMM engine could not start: {reply[1]}")
+
     def _recv(self, k: int):
         try:
             return self.conns[k].recv()
         except (EOFError, OSError):
-            code = self.procs[k].poll()
-            raise RuntimeError(f"OpenMM worker process {self.procs[k].pid} died (exit code {code})") from None
+            raise RuntimeError(f"OpenMM worker process {self.procs[k].pid} died ({self._exit(k)})") from None
+
+    def _exit(self, k: int) -> str:
+        """How worker ``k``, whose connection broke, ended: ``exit code -9, SIGKILL``; it is killed if it still runs
+        (a second later), and reaped."""
+        proc = self.procs[k]
+        try:
+            proc.wait(1.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return "its connection broke; killed it"
+        code = proc.returncode
+        if code < 0:
+            try:
+                return f"exit code {code}, {signal.Signals(-code).name}"
+            except ValueError:
+                pass
+        return f"exit code {code}"
 
     def evaluate(self, positions: np.ndarray, groups: int):
         n = positions.shape[0]
-        chunks = np.array_split(positions, min(n, self.n_workers)) if n else []
+        chunks = [np.ascontiguousarray(c) for c in np.array_split(positions, min(n, self.n_workers))] if n else []
         with self.lock:
             if self.closed:
                 raise RuntimeError("this OpenMM pool was closed")
             try:
-                for conn, chunk in zip(self.conns, chunks):
-                    conn.send(("eval", np.ascontiguousarray(chunk), groups))
                 replies = [None] * len(chunks)
-                pending = {self.conns[k]: k for k in range(len(chunks))}
-                while pending:  # wait() rather than a recv in order: a dead worker is noticed at once
-                    for conn in wait(list(pending)):
-                        k = pending.pop(conn)
-                        replies[k] = self._recv(k)
+                todo, restarts = list(range(len(chunks))), 0
+                while todo:
+                    dead = self._scatter_gather(todo, chunks, groups, replies)
+                    restarts += len(dead)
+                    self._restart(dead, restarts)
+                    todo = dead
                 errors = [r[1] for r in replies if r[0] == "error"]
                 if errors:
                     raise RuntimeError(f"OpenMM worker failed:\n{errors[0]}")
@@ -236,6 +292,49 @@ class _Pool:
         if not chunks:
             return np.zeros(0), np.zeros((0,) + positions.shape[1:])
         return (np.concatenate([r[1] for r in replies]), np.concatenate([r[2] for r in replies]))
+
+    def _scatter_gather(self, workers: list[int], chunks, groups: int, replies: list) -> list[int]:
+        """Send each of ``workers`` its chunk and put its reply in ``replies``; the workers found dead, in order."""
+        dead, pending = [], {}
+        for k in workers:
+            try:
+                self.conns[k].send(("eval", chunks[k], groups))
+                pending[self.conns[k]] = k
+            except OSError:  # BrokenPipeError, ConnectionResetError: it is gone
+                dead.append(k)
+        while pending:  # wait() rather than a recv in order: a dead worker is noticed at once
+            for conn in wait(list(pending)):
+                k = pending.pop(conn)
+                try:
+                    replies[k] = conn.recv()
+                except (EOFError, OSError):
+                    dead.append(k)
+        return sorted(dead)
+
+    def _restart(self, dead: list[int], restarts: int) -> None:
+        """Replace the ``dead`` workers (``restarts``: this batch's count, them included) with fresh ones, one line
+        on stderr each; a one-line BoltzflowError when the restarts are used up or a fresh worker does not start."""
+        if not dead:
+            return
+        died = {k: f"OpenMM worker {k} (pid {self.procs[k].pid}) died ({self._exit(k)})" for k in dead}
+        first = died[dead[0]]
+        if restarts > MAX_RESTARTS_PER_BATCH:
+            raise BoltzflowError(f"{first} and was not restarted ({restarts} restarts in one batch would exceed "
+                                 f"{MAX_RESTARTS_PER_BATCH}); {RESUME_HINT}")
+        if self.restarts + len(dead) > MAX_RESTARTS:
+            raise BoltzflowError(f"{first} and was not restarted ({self.restarts + len(dead)} restarts would exceed "
+                                 f"{MAX_RESTARTS} in all); {RESUME_HINT}")
+        try:
+            for k in dead:
+                self.conns[k].close()
+                self.procs[k], self.conns[k] = self._spawn()
+            self._await_ready(dead)
+        except (RuntimeError, BoltzflowError, OSError) as e:
+            raise BoltzflowError(f"{first} and could not be restarted ({e}); {RESUME_HINT}") from None
+        for i, k in enumerate(dead, restarts - len(dead) + 1):
+            self.restarts += 1
+            print(f"boltzflow: {died[k]}; restarted it (restart {i} of {MAX_RESTARTS_PER_BATCH} in this batch, "
+                  f"{self.restarts} of {MAX_RESTARTS} in all)", file=sys.stderr, flush=True)
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """Ask the workers to stop, wait up to ``timeout`` seconds, kill what is left."""
@@ -450,10 +549,26 @@ def _count_particles(system_xml: str) -> int:
         raise BoltzflowError(f"not a serialised OpenMM System: {str(e).strip()[:200]}") from None
 
 
+class _NoTracebackOfBoltzflowErrors(logging.Filter):
+    """Drops JAX's log of an exception raised in a host callback (``jax.pure_callback failed`` and its traceback,
+    logger ``jax._src.callback``) when it is a BoltzflowError: its one line reaches the caller in the error JAX
+    raises."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], BoltzflowError))
+
+
+def _quiet_jax_callback_log() -> None:
+    log = logging.getLogger("jax._src.callback")
+    if not any(isinstance(f, _NoTracebackOfBoltzflowErrors) for f in log.filters):
+        log.addFilter(_NoTracebackOfBoltzflowErrors())
+
+
 def _make_energy_fn(engine: OpenMMEngine):
     import jax
     import jax.numpy as jnp
 
+    _quiet_jax_callback_log()
     dim = engine.dim
 
     def host(x):
