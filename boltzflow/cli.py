@@ -10,6 +10,13 @@ frames (file:line) and that exception follow. Another exception raised through u
 while JAX traces it in training) prints ``boltzflow: error: TYPE: MESSAGE`` with the user's frames and exits with
 status 1; anything else is a bug and keeps its traceback. ``--debug`` prints the full traceback of any error. The
 command adds its working directory to ``sys.path`` (``--target my_module:make``); the library never edits it.
+
+Interruptions: Ctrl-C (SIGINT) ends any command with ``boltzflow: interrupted (...)`` and status 130, a training
+keeping its last checkpoint. SIGTERM (what batch schedulers send before SIGKILL) during ``train`` finishes the
+compiled call in progress (at most ``log_every`` = 10 steps), writes a checkpoint at the step reached and ends with
+``boltzflow: terminated at step N (...)`` and status 143; after training (evaluation, report) it ends the command at
+once, also with 143. The library installs no signal handlers; the command does, as the owner of its process
+(:func:`entry`).
 """
 
 from __future__ import annotations
@@ -17,10 +24,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import json
 import os
+import re
+import signal
 import sys
 import sysconfig
+import threading
 import traceback
 from pathlib import Path
 
@@ -28,9 +37,11 @@ import jax
 import numpy as np
 
 from boltzflow.allocator import retain_freed_memory
+from boltzflow.checkpoint import check_writable, write_atomic, write_json
 from boltzflow.config import load_config, presets
 from boltzflow.errors import BoltzflowError
 from boltzflow.molecules.md import geometric_temperatures, run_replica_exchange
+from boltzflow.molecules.openmm_engine import close_all
 from boltzflow.molecules.reference import load_reference, write_compact, write_reference
 from boltzflow.molecules.system import minimize
 from boltzflow.run import fit, load
@@ -47,33 +58,106 @@ def _train(args) -> None:
     overrides = {k: v for k, v in (("target", args.target), ("method", data), ("train", train)) if v}
     cfg = load_config(args.config, **overrides)
     out = Path(args.out or f"runs/{cfg.name}-seed{cfg.train.seed}")
-    with use_devices(args.devices):
-        run = fit(None, cfg, out=out, progress=not args.no_progress)
-        metrics = run.evaluate(jax.random.key(run.config.train.seed + 1), n=args.eval_samples)
-    if writes_files():
-        run.plot()
-        report = {"config": run.config.to_dict(), "training": run.summary, "eval": metrics}
-        (out / "report.json").write_text(json.dumps(report, indent=1))
-    print(_table(metrics, f"{cfg.name}: {run.summary['steps']} steps in {run.summary['time_s']:.1f} s -> {out}"))
+    with _Sigterm() as sigterm:
+        with use_devices(args.devices):
+            run = fit(None, cfg, out=out, progress=not args.no_progress, restart=args.restart,
+                      stop=sigterm.requested.is_set)
+            sigterm.trained(run.summary["steps"])
+            metrics = run.evaluate(jax.random.key(run.config.train.seed + 1), n=args.eval_samples)
+        print(_table(metrics, f"{cfg.name}: {run.summary['steps']} steps in {run.summary['time_s']:.1f} s -> {out}"))
+        if writes_files():
+            with _keeping(f"the report and plots to {out}", "the results are printed above; the run's checkpoint "
+                                                            "is complete"):
+                write_json(out / "report.json", {"config": run.config.to_dict(), "training": run.summary,
+                                                 "eval": metrics})
+                run.plot()
+
+
+class Terminated(BaseException):
+    """SIGTERM ended ``train`` at ``step`` (its checkpoint written): status 143. A BaseException, as
+    KeyboardInterrupt, which no ``except Exception`` stops."""
+
+    def __init__(self, step: int):
+        super().__init__(step)
+        self.step = step
+
+
+class _Sigterm:
+    """The SIGTERM handler for the duration of ``train``: while it trains, a stop request (:attr:`requested`, which
+    training asks after each compiled call, then checkpoints at the step reached and stops); once training is over
+    (:meth:`trained`), :class:`Terminated` at once. Installed from the main thread only (elsewhere nothing changes)."""
+
+    def __init__(self):
+        self.requested = threading.Event()
+        self.step: int | None = None  # where training ended, once it has
+        self.installed = False
+        self.previous = None
+
+    def __call__(self, signum, frame) -> None:
+        self.requested.set()
+        if self.step is not None:
+            raise Terminated(self.step)
+
+    def trained(self, step: int) -> None:
+        """Training ended at ``step``: :class:`Terminated` if a SIGTERM stopped it, and from now on at any SIGTERM."""
+        self.step = step
+        if self.requested.is_set():
+            raise Terminated(step)
+
+    def __enter__(self) -> _Sigterm:
+        if threading.current_thread() is threading.main_thread():
+            self.previous, self.installed = signal.signal(signal.SIGTERM, self), True
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if self.installed:  # None: a handler not installed from Python, which cannot be put back
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self.previous is None else self.previous)
+        if kind is None and self.requested.is_set():  # its Terminated was dropped (see _raise_dropped_interrupt)
+            raise Terminated(self.step)
 
 
 def _evaluate(args) -> None:
     run = load(args.run)
+    path = Path(args.run) / "eval.json"
+    _check_writable(path)
     with use_devices(args.devices):
         metrics = run.evaluate(jax.random.key(args.seed), n=args.samples, ais=args.ais, chunk=args.chunk)
-    if writes_files():
-        (Path(args.run) / "eval.json").write_text(json.dumps(metrics, indent=1))
     print(_table(metrics, f"evaluation of {args.run} ({args.samples} samples)"))
+    if writes_files():
+        with _keeping(path, "the results are printed above"):
+            write_json(path, metrics)
 
 
 def _sample(args) -> None:
+    out = Path(args.out if args.out.endswith(".npz") else args.out + ".npz")  # the name np.savez gives it
     run = load(args.run)
+    _check_writable(out)
     with use_devices(args.devices):
         x, log_w = run.sample(jax.random.key(args.seed), args.n)
     if not writes_files():
         return
-    np.savez(args.out, x=x, log_w=log_w)
-    print(f"wrote {args.n} samples and log weights to {args.out}")
+    with _keeping(out, "the samples are not kept"):
+        write_atomic(out, lambda f: np.savez(f, x=x, log_w=log_w))
+    print(f"wrote {args.n} samples and log weights to {out}")
+
+
+def _check_writable(path: Path) -> None:
+    """One line, before any work, if the file a command writes at its end cannot be written."""
+    if writes_files():  # process 0 writes it
+        try:
+            check_writable(path)
+        except OSError as e:
+            raise BoltzflowError(f"cannot write {path}: {e}") from e
+
+
+@contextlib.contextmanager
+def _keeping(what, kept: str):
+    """An OSError while writing a command's results (a full disk) as one line saying what could not be written
+    and what is ``kept``."""
+    try:
+        yield
+    except OSError as e:
+        raise BoltzflowError(f"could not write {what}: {e} ({kept})") from e
 
 
 def _plot(args) -> None:
@@ -166,6 +250,8 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a sampler from a config file or preset", parents=[scale])
     t.add_argument("config", help="YAML file or preset name (see `boltzflow presets`)")
     t.add_argument("--out", help="run directory (default runs/NAME-seedN); an existing run there is resumed")
+    t.add_argument("--restart", action="store_true",
+                   help="start over in --out, deleting the run there (its config, checkpoint, metrics, reports)")
     t.add_argument("--seed", type=int)
     t.add_argument("--steps", type=int)
     t.add_argument("--time-limit", type=float, help="seconds of training before stopping with a checkpoint")
@@ -306,6 +392,14 @@ def _print_user_frames(exc: BaseException, show_exception: bool) -> None:
     print("\n".join(lines), file=sys.stderr)
 
 
+def _callback_error(exc: BaseException) -> str | None:
+    """The message of a BoltzflowError raised inside a JAX host callback: JAX raises a JaxRuntimeError (or, from a
+    compiled call's fast path, a ValueError) whose message ends with the callback's traceback, last line
+    ``BoltzflowError: MESSAGE``; None for any other exception."""
+    m = re.search(r"\nBoltzflowError: ([^\n]*)\s*\Z", str(exc))
+    return m.group(1) if m else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     retain_freed_memory()
@@ -325,7 +419,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("boltzflow: interrupted (the last checkpoint is kept; run the same command to resume)", file=sys.stderr)
         return 130
+    except Terminated as e:
+        print(f"boltzflow: terminated at step {e.step} (checkpoint written; run the same command to resume)",
+              file=sys.stderr)
+        return 143
     except Exception as e:  # noqa: BLE001 -- raised through the user's code (else re-raised: a bug in boltzflow)
+        message = _callback_error(e)
+        if message is not None:  # a BoltzflowError in a JAX host callback (the OpenMM engine), wrapped by JAX
+            if args.debug:
+                traceback.print_exc()
+            print(f"boltzflow: error: {message}", file=sys.stderr)
+            return 2
         culprit = _raised_in_user_code(e, skip_first=False)
         if culprit is None:
             raise
@@ -338,5 +442,40 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """The ``boltzflow`` console script: :func:`main` in a process of its own, which it ends.
+
+    An interrupted command (130, 143) ends without the interpreter's teardown (``os._exit``, once its output is
+    flushed and the OpenMM engine's worker processes are closed): XLA's compiler threads may still be at work, and
+    tearing the interpreter down under them crashed the process (exit 139). No checkpoint is at risk: each of its files
+    is written to a temporary one and renamed (boltzflow.checkpoint). An interrupt that Python would drop because it
+    came while a garbage-collection callback ran (JAX has one) is raised again (:func:`_raise_dropped_interrupt`).
+    """
+    sys.unraisablehook = functools.partial(_raise_dropped_interrupt, sys.unraisablehook)
+    code = main()
+    if code in (130, 143):
+        for signum in (signal.SIGINT, signal.SIGTERM):  # a second one does not interrupt the exit
+            signal.signal(signum, signal.SIG_IGN)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        close_all()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _raise_dropped_interrupt(hook, unraisable) -> None:
+    """``sys.unraisablehook`` of :func:`entry`: an interrupt (KeyboardInterrupt, :class:`Terminated`) raised where
+    Python drops exceptions ("Exception ignored in ...": a garbage-collection callback, a ``__del__``) is raised again
+    in the main thread; anything else goes to ``hook``. The signal is sent to the main thread again from another
+    thread, a moment later: sent from here, its handler would raise inside this hook, and be dropped again."""
+    kind = unraisable.exc_type
+    signum = (signal.SIGINT if issubclass(kind, KeyboardInterrupt) else
+              signal.SIGTERM if issubclass(kind, Terminated) else None)
+    if signum is None:
+        hook(unraisable)
+        return
+    threading.Timer(0.01, signal.pthread_kill, (threading.main_thread().ident, signum)).start()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -8,8 +8,9 @@
 - :func:`build_method`: the config's method for that experiment;
 - :func:`precision`: the context a run's JAX work runs in (64-bit JAX for ``train.dtype: float64``, switched on
   for the run's calls only, never for the caller's process);
-- :func:`prepare_run_dir`, :func:`write_run_files`: a run directory checked against the config, and the config
-  (with what an auto flow chose and a seed exploration found) written into it;
+- :func:`prepare_run_dir`, :func:`write_run_files`: a run directory checked against the config (and that it can be
+  written, and that a run there can be resumed: never trained over), and the config (with what an auto flow chose
+  and a seed exploration found) written into it; :func:`clear_run_dir` deletes a run to start over;
 - :func:`load_run`: the same objects with the trained state restored from a run's checkpoint.
 """
 
@@ -29,6 +30,7 @@ import numpy as np
 import yaml
 
 from boltzflow.autoflow import resolve
+from boltzflow.checkpoint import check_writable
 from boltzflow.config import Config, config_from_dict
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows.builders import make_flow
@@ -39,8 +41,9 @@ from boltzflow.snf.builder import make_snf
 from boltzflow.snf.paths import path_space
 from boltzflow.targets import make_target
 from boltzflow.train.api import Method, Problem
+from boltzflow.train.loop import RESUME_HINT, check_checkpoint
 from boltzflow.train.registry import METHODS
-from boltzflow.train.state import TrainState, make_optimizer, seed_key, state_like
+from boltzflow.train.state import TrainState, check_state_file, make_optimizer, read_state, seed_key, state_like
 from boltzflow.vae.model import VAE, make_vae
 from boltzflow.vae.report import VAEData
 
@@ -169,8 +172,10 @@ def _check_run_dir(out: Path, config: Config) -> None:
     old = config_from_dict(yaml.safe_load(path.read_text()), str(path))
     diff = _differences(_comparable(old), _comparable(config))
     if diff:
-        raise BoltzflowError(f"{out} holds a run with a different config ({', '.join(diff)} differ); choose "
-                             f"another --out")
+        raise BoltzflowError(f"{out} holds a run with a different config ({', '.join(diff)} "
+                             f"{'differs' if len(diff) == 1 else 'differ'}); choose "
+                             f"another --out, or start over there with --restart (fit(..., restart=True)), which "
+                             f"deletes that run")
 
 
 def _auto_choice(out: Path, config: Config) -> Config:
@@ -193,14 +198,47 @@ def _auto_header(auto: dict) -> str:
             f"hidden {c['hidden']},\n# loc / scale from {how}; details in auto.json\n")
 
 
-def prepare_run_dir(out: Path, config: Config) -> Config:
-    """Make ``out`` ready for ``config``: created if missing; if it holds a run, the config must continue it (an
-    auto flow keeps the flow it chose). Returns the config to run."""
-    out.mkdir(parents=True, exist_ok=True)
-    config = _auto_choice(out, config)
-    _check_run_dir(out, config)
+#: the files of a run that --restart deletes (the pictures are drawn again)
+RUN_FILES = ("config.yaml", "auto.json", "explore.json", "checkpoint.eqx", "checkpoint.json", "metrics.jsonl",
+             "report.json", "eval.json")
+
+
+def prepare_run_dir(out: Path, config: Config, restart: bool = False) -> Config:
+    """Make ``out`` ready for ``config``: created if missing, and writable (else one line, before any work); if it
+    holds a run, the config must continue it (an auto flow keeps the flow it chose) and its checkpoint must be
+    complete and readable (boltzflow.train.loop.check_checkpoint), unless ``restart``: then that run is deleted by
+    :func:`clear_run_dir` once the new one is built. Returns the config to run."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if writes_files():
+            check_writable(out / "config.yaml")
+    except OSError as e:
+        raise BoltzflowError(f"cannot write the run directory {out}: {e}") from e
+    if not restart:
+        check_checkpoint(out, ("config.yaml", "checkpoint.eqx", "checkpoint.json"))
+        config = _auto_choice(out, config)
+        _check_run_dir(out, config)
     hosts_meet("run directory read")  # before process 0 writes into it
     return config
+
+
+def check_resumable(out: Path, exp: Experiment, optimizer, method: Method) -> None:
+    """Before anything is written into ``out``: its checkpoint holds a state of this experiment's shapes (one line
+    naming it and what is wrong otherwise: cut short, corrupt, another model)."""
+    check_state_file(out / "checkpoint.eqx", _state_like(exp, optimizer, method), RESUME_HINT)
+
+
+def _state_like(exp: Experiment, optimizer, method: Method) -> TrainState:
+    train = exp.config.train
+    return state_like(exp.model, optimizer, method, seed_key(train.seed), train.ema_decay)
+
+
+def clear_run_dir(out: Path) -> None:
+    """Delete the run in ``out`` (:data:`RUN_FILES`) to start over in it; process 0 only, the others wait."""
+    if writes_files():
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+    hosts_meet("run directory cleared")
 
 
 def write_run_files(out: Path, exp: Experiment) -> None:
@@ -225,8 +263,7 @@ def load_run(run_dir: str | Path, target=None) -> tuple[Experiment, TrainState]:
     exp = build_experiment(config)
     optimizer = make_optimizer(config.train)
     method = build_method(exp, optimizer)
-    like = state_like(exp.model, optimizer, method, seed_key(config.train.seed), config.train.ema_decay)
-    state = eqx.tree_deserialise_leaves(run_dir / "checkpoint.eqx", like)
+    state = read_state(run_dir / "checkpoint.eqx", _state_like(exp, optimizer, method))
     exp.model = state.final_model
     return exp, state
 

@@ -26,11 +26,11 @@ import numpy as np
 from boltzflow.config import Config, load_config
 from boltzflow.errors import BoltzflowError
 from boltzflow.evaluate import draw_pictures, evaluate
-from boltzflow.experiment import (Experiment, build_experiment, build_method, load_run, precision, prepare_run_dir,
-                                  run_config, write_run_files)
+from boltzflow.experiment import (Experiment, build_experiment, build_method, check_resumable, clear_run_dir, load_run,
+                                  precision, prepare_run_dir, run_config, write_run_files)
 from boltzflow.plot import plot_training
 from boltzflow.targets import FunctionTarget, Target
-from boltzflow.train.loop import read_history, train, write_checkpoint
+from boltzflow.train.loop import read_checkpoint_info, read_history, train, write_checkpoint
 from boltzflow.train.state import TrainState, key_seed, make_optimizer
 
 
@@ -154,7 +154,7 @@ class Run:
 def fit(target: Target | str | dict | None, config: Config | str | Path | dict, *,
         key: jax.Array | None = None, out: str | Path | None = None, progress: bool = True,
         callback: Callable[[int, dict], None] | None = None, time_limit_s: float | None = None,
-        log_every: int = 10) -> Run:
+        log_every: int = 10, restart: bool = False, stop: Callable[[], bool] | None = None) -> Run:
     """Train a sampler of ``target`` as ``config`` says, in memory or into a run directory.
 
     Args:
@@ -163,12 +163,21 @@ def fit(target: Target | str | dict | None, config: Config | str | Path | dict, 
         config: a Config, a preset name, a YAML path or a mapping of config sections (:func:`load_config`).
         key: a JAX key; sets the config's ``train.seed`` (None: the config's seed).
         out: a run directory: checkpoints are written there and an interrupted run there resumes; None: nothing is
-            written to disk.
+            written to disk. A run there that cannot be resumed (another config, a checkpoint incomplete, cut short
+            or of another model) is an error and left as it is; one that cannot be written is an error before any
+            work; a directory this call created is removed again if building the target or model fails.
         progress: show a progress bar.
         callback: ``callback(step, metrics)`` at every logged step (metrics as in metrics.jsonl).
         time_limit_s: stop (with a checkpoint, where ``out`` is given) after this much training wall-clock; as
             ``train.time_limit_s``.
-        log_every: steps between logged metrics.
+        log_every: steps between logged metrics; also the most steps run as one compiled call, between two
+            questions to ``stop``.
+        restart: start over in ``out``, deleting the run there (its config, checkpoint, metrics and reports) once
+            the new one is built (``boltzflow train --restart``).
+        stop: a stop request, asked after each compiled call (``threading.Event().is_set``, set e.g. by a signal
+            handler the caller installs: ``boltzflow train`` stops so on SIGTERM; the library installs none): once it
+            returns True, training stops at the step reached, with a checkpoint where ``out`` is given (running
+            again continues), and the run is returned with ``summary["stopped_by_request"]`` True.
 
     Returns:
         The trained :class:`Run`.
@@ -186,18 +195,36 @@ def fit(target: Target | str | dict | None, config: Config | str | Path | dict, 
     out = None if out is None else Path(out)
     with precision(config):
         resume = False
+        created = [] if out is None else [d for d in (out, *out.parents) if not d.exists()]  # innermost first
+        try:
+            if out is not None:
+                config = prepare_run_dir(out, config, restart)
+                resume = not restart and (out / "checkpoint.eqx").exists()
+            exp = build_experiment(config)
+            optimizer = make_optimizer(exp.config.train)
+            method = build_method(exp, optimizer, fresh=not resume)
+        except BaseException:  # leave no empty run directory behind
+            _remove_empty(created)
+            raise
         if out is not None:
-            config = prepare_run_dir(out, config)
-            resume = (out / "checkpoint.eqx").exists()
-        exp = build_experiment(config)
-        optimizer = make_optimizer(exp.config.train)
-        method = build_method(exp, optimizer, fresh=not resume)
-        if out is not None:
+            if resume:
+                check_resumable(out, exp, optimizer, method)
+            elif restart:
+                clear_run_dir(out)
             write_run_files(out, exp)
         trained = train(out, exp.config.train, exp.model, optimizer, method, exp.target, progress=progress,
-                        log_every=log_every, callback=callback)
+                        log_every=log_every, callback=callback, should_stop=stop)
     exp.model = trained.state.final_model
     return Run(exp, trained.state, trained.history, trained.summary, out)
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    """Remove the directories ``dirs`` (innermost first) while they are empty."""
+    for d in dirs:
+        try:
+            d.rmdir()
+        except OSError:  # not empty, or not there
+            return
 
 
 def load(path: str | Path, target: Target | str | dict | None = None) -> Run:
@@ -218,7 +245,7 @@ def load(path: str | Path, target: Target | str | dict | None = None) -> Run:
     path = Path(path)
     with precision(run_config(path, target)):
         exp, state = load_run(path, target)
-    info = json.loads((path / "checkpoint.json").read_text()) if (path / "checkpoint.json").is_file() else {}
+    info = read_checkpoint_info(path / "checkpoint.json") if (path / "checkpoint.json").is_file() else {}
     summary = {"steps": int(state.step), "time_s": info.get("time_s", 0.0), "evals": info.get("evals", [])}
     return Run(exp, state, read_history(path, int(state.step)), summary, path)
 

@@ -9,7 +9,10 @@
 - ``{"prmtop": PATH, "inpcrd": PATH, "implicit_solvent": None | "OBC1" | "OBC2" | "GBn" | "GBn2" | "HCT"}``;
 - ``{"pdb": PATH, "forcefield": [XML, ...]}`` (``openmm.app.ForceField`` files, e.g. ``amber99sb.xml``);
 - ``{"openmmtools": "ClassName", **kwargs}``: an openmmtools test system (``constraints=None`` is passed unless
-  given; the JAX float mode is restored after the import).
+  given; the JAX float mode is restored after the import; a keyword the class does not take is refused, not
+  ignored).
+
+A file that is not what it should be (a PDB without atoms, one OpenMM cannot read) is one line naming it.
 
 Every system is made without constraints, without a periodic box and without virtual sites (boltzflow moves every
 atom; a bond constraint is a delta function no flow has): such a system is refused with one line saying why.
@@ -19,6 +22,7 @@ The System travels as its XML serialisation (picklable, so worker processes can 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 from dataclasses import dataclass, field
 
@@ -122,7 +126,7 @@ def _from_prmtop(prmtop_path: str, inpcrd_path: str, implicit_solvent, name: str
 def _from_pdb(pdb_path: str, forcefield, name: str):
     openmm = _openmm()
     app = openmm.app
-    pdb = app.PDBFile(_check_file(pdb_path, "pdb"))
+    pdb = _read_pdb(app, _check_file(pdb_path, "pdb"))
     files = [forcefield] if isinstance(forcefield, str) else list(forcefield or [])
     if not files:
         raise BoltzflowError("a pdb molecule needs 'forcefield': a list of OpenMM force-field XML files")
@@ -132,6 +136,29 @@ def _from_pdb(pdb_path: str, forcefield, name: str):
     except (ValueError, OSError, Exception) as e:  # OpenMM raises plain Exceptions for template mismatches
         raise BoltzflowError(f"OpenMM could not build {pdb_path!r} with {files}: {e}") from None
     return system, pdb.topology, pdb.getPositions(asNumpy=True), name
+
+
+def _read_pdb(app, path: str):
+    """``openmm.app.PDBFile(path)``; a file that is not a PDB is one line naming it (OpenMM's error chained)."""
+    with open(path, errors="replace") as f:
+        if not any(line.startswith(("ATOM", "HETATM")) for line in f):
+            raise BoltzflowError(f"{path} is not a PDB file: it has no ATOM or HETATM records")
+    try:
+        return app.PDBFile(path)
+    except Exception as e:  # noqa: BLE001 -- OpenMM's errors for a malformed file: IndexError, ValueError, ...
+        why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        raise BoltzflowError(f"{path} is not a PDB file OpenMM can read ({why})") from e
+
+
+def _keywords(cls: type) -> set[str]:
+    """The keywords ``cls(...)`` takes: the named parameters of its ``__init__`` and those of its bases (an openmmtools
+    test system passes ``**kwargs`` on to its base, whose ``TestSystem.__init__`` ignores what is left)."""
+    names = set()
+    for c in cls.__mro__[:-1]:  # not object
+        if "__init__" in vars(c):
+            names |= {p.name for p in list(inspect.signature(c.__init__).parameters.values())[1:]
+                      if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return names
 
 
 def _from_openmmtools(class_name: str, kwargs: dict, name: str):
@@ -148,6 +175,10 @@ def _from_openmmtools(class_name: str, kwargs: dict, name: str):
     cls = getattr(ts, class_name, None)
     if cls is None or not isinstance(cls, type):
         raise BoltzflowError(f"openmmtools.testsystems has no test system {class_name!r}")
+    unknown = sorted(set(kwargs) - _keywords(cls))
+    if unknown:
+        raise BoltzflowError(f"openmmtools {class_name}: unknown keyword(s) {unknown}; it takes "
+                             f"{sorted(_keywords(cls))}")
     kwargs = {"constraints": None, **kwargs}
     try:
         t = cls(**kwargs)

@@ -18,6 +18,10 @@ A method (boltzflow.train.api) supplies ``init`` and a pure ``step``; this modul
   holds each step once and the run ends with the parameters of an uninterrupted one (tested by killing a
   subprocess);
 - ``time_limit_s``: stop cleanly with a checkpoint once training has taken that long; running again continues.
+- ``should_stop``: the caller's stop request (e.g. the command's SIGTERM handler; the library installs no signal
+  handlers), asked after each compiled call: once it says True, training checkpoints at the step reached and stops,
+  as at the time limit. A call runs at most ``log_every`` steps (up to the next logged step), which bounds the work
+  done between a request and its checkpoint; nothing done is lost.
 
 Several devices (boltzflow.sharding): run inside ``use_devices(n)`` and each step is data-parallel, the state
 replicated on every device (constrained so after every step) and the batch split over them; the batch size must
@@ -43,14 +47,18 @@ import numpy as np
 from jax.experimental import multihost_utils
 from tqdm.auto import tqdm
 
-from boltzflow.checkpoint import read_checkpoint, write_atomic, write_json
+from boltzflow.checkpoint import read_checkpoint, read_info, write_atomic, write_json
 from boltzflow.estimators import effective_sample_size
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows.paths import path_weights
 from boltzflow.sharding import batch_devices, hosts_meet, replicated, writes_files
 from boltzflow.train.api import Method
-from boltzflow.train.state import (TrainSettings, TrainState, initial_state, seed_key, state_like,
+from boltzflow.train.state import (TrainSettings, TrainState, initial_state, read_state, seed_key, state_like,
                                    update_average)
+
+#: the end of the one-line error for a run directory whose checkpoint cannot be resumed (never trained over)
+RESUME_HINT = ("; the run there cannot be resumed and is left as it is: restore its files, choose another --out, or "
+               "start over there with --restart (fit(..., restart=True)), which deletes the run")
 
 
 def make_flow_ess_fn(target, n: int):
@@ -73,18 +81,66 @@ def _scalar_metrics(metrics: dict) -> dict:
 
 
 def write_checkpoint(out: Path, state: TrainState, info: dict) -> None:
-    """The state, then its info; a kill between the two leaves a newer state than info, which _resume handles."""
+    """The state, then its info; a kill between the two leaves a newer state than info, which _resume handles. A
+    failed write (a full disk) is a one-line error saying which checkpoint is intact (write_atomic keeps the previous
+    file and leaves no temporary one)."""
     if not writes_files():
         return
-    write_atomic(out / "checkpoint.eqx", lambda f: eqx.tree_serialise_leaves(f, state))
-    write_json(out / "checkpoint.json", info)
+    written = None  # the step of the state on disk once the new one is written
+    try:
+        write_atomic(out / "checkpoint.eqx", lambda f: eqx.tree_serialise_leaves(f, state))
+        written = info.get("step")
+        write_json(out / "checkpoint.json", info)
+    except OSError as e:
+        step = written if written is not None else _checkpoint_step(out)
+        kept = ("no earlier checkpoint was written" if step is None else
+                f"the {'previous ' if written is None else ''}checkpoint at step {step} is intact")
+        raise BoltzflowError(f"could not write the checkpoint to {out}: {e} ({kept})") from e
+
+
+def _checkpoint_step(out: Path) -> int | None:
+    """The step of the checkpoint in ``out``; None without a readable one."""
+    try:
+        return read_checkpoint_info(out / "checkpoint.json").get("step")
+    except (OSError, BoltzflowError):
+        return None
+
+
+def read_checkpoint_info(path: Path) -> dict:
+    """checkpoint.json: the step, training time and evaluations of a checkpoint; a one-line error naming it if it is
+    cut short or corrupt."""
+    info = read_info(path)
+    evals = info.get("evals")
+    if not (isinstance(info.get("time_s"), (int, float)) and isinstance(evals, list)
+            and all(isinstance(e, dict) and isinstance(e.get("step"), int) for e in evals)):
+        raise BoltzflowError(f"{path} is corrupt: it lacks the time_s and evals of a checkpoint")
+    return info
+
+
+def check_checkpoint(out: Path, together: tuple[str, ...] = ("checkpoint.eqx", "checkpoint.json")) -> None:
+    """Refuse (one line naming the files, then :data:`RESUME_HINT`) a directory whose checkpoint is incomplete or
+    unreadable, which training would start again over: where any part of a checkpoint is there, all files of
+    ``together`` (its state, its info, and for a caller that keeps one its config.yaml) must be, and its
+    checkpoint.json readable."""
+    here = [n for n in together if (out / n).is_file()]
+    if not {"checkpoint.eqx", "checkpoint.json"} & set(here):
+        return
+    missing = [n for n in together if n not in here]
+    if missing:
+        raise BoltzflowError(f"{out} holds {' and '.join(here)} but no {' or '.join(missing)}{RESUME_HINT}")
+    try:
+        read_checkpoint_info(out / "checkpoint.json")
+    except BoltzflowError as e:
+        raise BoltzflowError(f"{e}{RESUME_HINT}") from e.__cause__
 
 
 def _resume(out: Path, like: TrainState) -> tuple[TrainState, dict, list] | None:
     """The checkpointed state and info, and the logged metrics up to the checkpoint's step (``metrics.jsonl`` cut
-    back to them); None if the directory has no checkpoint."""
+    back to them); None if the directory has no checkpoint; an error if it has one that cannot be read
+    (:func:`check_checkpoint`, boltzflow.train.state.read_state)."""
+    check_checkpoint(out)
     resumed = read_checkpoint(out / "checkpoint.eqx", out / "checkpoint.json",
-                              lambda p: eqx.tree_deserialise_leaves(p, like))
+                              lambda p: read_state(p, like, RESUME_HINT))
     if resumed is None:
         return None
     state, info = resumed
@@ -151,11 +207,13 @@ class Trained(NamedTuple):
 
 
 def train(out: str | Path | None, settings: TrainSettings, model, optimizer, method: Method, target, *,
-          progress: bool = True, log_every: int = 10, callback: Callable[[int, dict], None] | None = None
-          ) -> Trained:
+          progress: bool = True, log_every: int = 10, callback: Callable[[int, dict], None] | None = None,
+          should_stop: Callable[[], bool] | None = None) -> Trained:
     """Train ``model`` by ``method``, in memory (``out`` None: nothing is written) or into the run directory
     ``out`` (resuming from its checkpoint if it has one). ``callback(step, metrics)`` is called at every logged
-    step. The optimiser must be the one ``method`` was built with."""
+    step. ``should_stop()`` is asked after each compiled call (at most ``log_every`` steps): True stops training
+    there, with a checkpoint at the step reached (summary ``stopped_by_request``). The optimiser must be the one
+    ``method`` was built with."""
     ts = settings
     if ts.batch_size % batch_devices():
         raise BoltzflowError(f"train.batch_size ({ts.batch_size}) must be a multiple of the {batch_devices()} "
@@ -216,7 +274,7 @@ def train(out: str | Path | None, settings: TrainSettings, model, optimizer, met
     t_train = info["time_s"]
     t0 = time.perf_counter()
     last_ess = info["evals"][-1]["ess"] if info["evals"] else float("nan")
-    stopped_by_time = False
+    stopped_by_time = stopped_by_request = False
     bar_at = start_step
     with open(out / "metrics.jsonl" if files else os.devnull, "a") as log:
         done = start_step
@@ -244,15 +302,18 @@ def train(out: str | Path | None, settings: TrainSettings, model, optimizer, met
             bar.update(done - bar_at, loss=m.get("loss", float("nan")), ess=last_ess)
             bar_at = done
             stopped_by_time = ts.time_limit_s is not None and t_train >= ts.time_limit_s and done < ts.steps
-            if jax.process_count() > 1:  # every host stops at the same step: process 0's clock decides
-                stopped_by_time = bool(multihost_utils.broadcast_one_to_all(np.asarray(stopped_by_time)))
-            if (stopped_by_time or checkpoint_now) and files:
+            stopped_by_request = should_stop is not None and done < ts.steps and bool(should_stop())
+            if jax.process_count() > 1:  # every host stops at the same step: process 0's clock and request decide
+                stopped_by_time, stopped_by_request = (bool(s) for s in multihost_utils.broadcast_one_to_all(
+                    np.asarray([stopped_by_time, stopped_by_request])))
+            if (stopped_by_time or stopped_by_request or checkpoint_now) and files:
                 info["time_s"] = t_train
                 write_checkpoint(out, state, info | {"step": done})
-            if stopped_by_time:
+            if stopped_by_time or stopped_by_request:
                 break
     bar.close()
     hosts_meet("checkpoint written")  # the others may read the run directory next (the report)
     summary = {"steps": int(state.step), "time_s": t_train, "stopped_by_time_limit": stopped_by_time,
-               "flow_ess": last_ess, "evals": info["evals"], **evaluations(int(state.step))}
+               "stopped_by_request": stopped_by_request, "flow_ess": last_ess, "evals": info["evals"],
+               **evaluations(int(state.step))}
     return Trained(state, summary, history)

@@ -7,7 +7,9 @@
   usual warm-up ``decay_t = min(decay, (1 + t) / (10 + t))``, kept beside the trained model; it is the model that
   evaluation, sampling and ``load_run`` use (the method itself, e.g. FAB's AIS, keeps using the online model).
 - :class:`TrainState`, :func:`initial_state` (step 0; FAB fills its buffer there) and :func:`state_like` (shapes
-  only, to restore a checkpoint).
+  only, to restore a checkpoint); :func:`read_state` restores one, and :func:`check_state_file` checks a checkpoint
+  file against those shapes before any work: a file cut short, corrupt or holding another model is one line naming
+  it and what is wrong.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from typing import Any, Literal, NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from boltzflow.checkpoint import stored_arrays
 from boltzflow.errors import BoltzflowError
 from boltzflow.train.api import Method
 
@@ -127,3 +131,58 @@ def initial_state(model, optimizer, method: Method, key, ema_decay: float | None
 def state_like(model, optimizer, method: Method, key, ema_decay: float | None) -> TrainState:
     """Shapes and dtypes of :func:`initial_state`, without computing it (for restoring a checkpoint)."""
     return eqx.filter_eval_shape(lambda k: initial_state(model, optimizer, method, k, ema_decay), key)
+
+
+def _layout(like) -> list[tuple[str, tuple, Any]]:
+    """(path, shape, dtype) of each leaf of ``like`` that a checkpoint stores, in the order equinox stores them
+    (dtype None for a Python number, which NumPy stores in a dtype of its own choosing)."""
+    out = []
+    for path, x in jax.tree_util.tree_leaves_with_path(like):
+        if isinstance(x, (jax.Array, jax.ShapeDtypeStruct, np.ndarray, np.generic)):
+            out.append((jax.tree_util.keystr(path), tuple(x.shape), np.dtype(x.dtype)))
+        elif eqx.is_array_like(x):
+            out.append((jax.tree_util.keystr(path), (), None))
+    return out
+
+
+def state_file_problem(path, like) -> str | None:
+    """What is wrong with the checkpoint file ``path`` as a state shaped like ``like`` (from its arrays' headers,
+    boltzflow.checkpoint.stored_arrays): None, or how it is cut short, corrupt, or of another shape."""
+    expected, (stored, damage) = _layout(like), stored_arrays(path)
+    for (name, shape, dtype), (s_shape, s_dtype) in zip(expected, stored):
+        if s_shape != shape or (dtype is not None and s_dtype != dtype):
+            what = "shape" if s_shape != shape else "dtype (train.dtype)"
+            return (f"holds a model of another {what} than config.yaml's flow: {name} is {s_shape} {s_dtype} there, "
+                    f"{shape} {dtype or s_dtype} for the config")
+    if damage == "corrupt":
+        return f"is corrupt: what follows array {len(stored)} of {len(expected)} is not an array"
+    if damage or len(stored) < len(expected):
+        where = f"inside array {len(stored) + 1}" if damage else f"after array {len(stored)}"
+        return f"is truncated: it ends {where} of {len(expected)} (it was not completely written or copied)"
+    if len(stored) > len(expected):
+        return (f"holds a model of another shape than config.yaml's flow: {len(stored)} arrays there, "
+                f"{len(expected)} for the config")
+    return None
+
+
+def check_state_file(path, like, hint: str = "") -> None:
+    """A one-line error naming ``path`` and what is wrong with it (:func:`state_file_problem`), then ``hint``; reads
+    only the headers of its arrays."""
+    problem = state_file_problem(path, like)
+    if problem is not None:
+        raise BoltzflowError(f"{path} {problem}{hint}")
+
+
+def read_state(path, like, hint: str = "") -> TrainState:
+    """The state stored in the checkpoint file ``path`` (boltzflow.train.loop.write_checkpoint) in the structure of
+    ``like`` (:func:`state_like`); a file that is not such a state is a one-line error (:func:`check_state_file`)
+    with the deserialisation's error chained."""
+    try:
+        state = eqx.tree_deserialise_leaves(path, like)
+    except OSError as e:
+        raise BoltzflowError(f"could not read {path}: {e}{hint}") from e
+    except Exception as e:  # noqa: BLE001 -- numpy's and equinox's errors for a file that does not fit
+        problem = state_file_problem(path, like) or f"is corrupt ({type(e).__name__}: {e})"
+        raise BoltzflowError(f"{path} {problem}{hint}") from e
+    check_state_file(path, like, hint)  # a file holding more arrays than ``like`` reads without an error
+    return state
