@@ -30,7 +30,7 @@ import numpy as np
 import yaml
 
 from boltzflow.autoflow import resolve
-from boltzflow.checkpoint import check_writable
+from boltzflow.checkpoint import check_writable, write_atomic, write_json
 from boltzflow.config import Config, config_from_dict
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows.builders import make_flow
@@ -243,16 +243,21 @@ def clear_run_dir(out: Path) -> None:
 
 def write_run_files(out: Path, exp: Experiment) -> None:
     """``config.yaml`` (headed by how an auto flow was chosen), ``auto.json`` and ``explore.json`` where the run has
-    them; process 0 only."""
+    them, each written whole or not at (boltzflow.checkpoint.write_atomic); process 0 only. A failed write (a full
+    disk) is one line."""
     if not writes_files():
         return
     header = ""
-    if exp.auto is not None:
-        (out / "auto.json").write_text(json.dumps(exp.auto, indent=1))
-        header = _auto_header(exp.auto)
-    if exp.explore is not None:
-        (out / "explore.json").write_text(json.dumps(exp.explore, indent=1))
-    (out / "config.yaml").write_text(header + yaml.safe_dump(exp.config.to_dict(), sort_keys=False))
+    try:
+        if exp.auto is not None:
+            write_json(out / "auto.json", exp.auto)
+            header = _auto_header(exp.auto)
+        if exp.explore is not None:
+            write_json(out / "explore.json", exp.explore)
+        text = header + yaml.safe_dump(exp.config.to_dict(), sort_keys=False)
+        write_atomic(out / "config.yaml", lambda f: f.write(text.encode()))
+    except OSError as e:
+        raise BoltzflowError(f"could not write the run's files to {out}: {e}") from e
 
 
 def load_run(run_dir: str | Path, target=None) -> tuple[Experiment, TrainState]:

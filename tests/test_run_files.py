@@ -278,3 +278,34 @@ def test_a_full_disk_at_a_checkpoint_keeps_the_previous_one(trained, tmp_path, c
     assert f"could not write the report and plots to {out}: [Errno 28]" in line and "printed above" in line
     assert json.loads((out / "checkpoint.json").read_text())["step"] == 9
     assert [json.loads(r)["step"] for r in (out / "metrics.jsonl").read_text().splitlines()] == [1, 3, 6, 9]
+
+
+def test_a_full_disk_at_the_run_files_or_the_metrics_log_is_one_line(trained, tmp_path, capsys, monkeypatch):
+    out = _copy(trained, tmp_path)
+    before = _snapshot(out)
+    with monkeypatch.context() as m:  # config.yaml, rewritten when a run continues
+        m.setattr("boltzflow.experiment.write_atomic", mock.Mock(side_effect=FULL))
+        rc, stdout, err = _run(["train", trained[0], "--out", out, "--steps", "9", *FLAGS], capsys)
+    assert rc == 2 and _one_error(err) == (f"boltzflow: error: could not write the run's files to {out}: "
+                                           f"[Errno 28] No space left on device")
+    assert _snapshot(out) == before and not list(out.glob("*.tmp"))
+
+    class FullLog:  # metrics.jsonl: the appended line cannot be written
+        def __init__(self, *args):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        write = mock.Mock(side_effect=FULL)
+
+    with monkeypatch.context() as m:
+        m.setattr("boltzflow.train.loop.open", FullLog, raising=False)
+        rc, stdout, err = _run(["train", trained[0], "--out", out, "--steps", "9", *FLAGS], capsys)
+    assert rc == 2 and _one_error(err) == (f"boltzflow: error: could not write {out / 'metrics.jsonl'}: [Errno 28] "
+                                           f"No space left on device (the checkpoint at step 6 is intact)")
+    assert (out / "checkpoint.eqx").read_bytes() == before["checkpoint.eqx"][0]
+    assert main(["train", str(trained[0]), "--out", str(out), "--steps", "9", *FLAGS]) == 0  # and it resumes

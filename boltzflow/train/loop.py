@@ -80,6 +80,17 @@ def _scalar_metrics(metrics: dict) -> dict:
     return out
 
 
+def _log(log, metrics: dict, out: Path | None) -> None:
+    """One line of metrics.jsonl; a failed write (a full disk) is one line saying which checkpoint is intact."""
+    try:
+        log.write(json.dumps(metrics) + "\n")
+        log.flush()
+    except OSError as e:
+        step = _checkpoint_step(out)
+        kept = "no checkpoint was written yet" if step is None else f"the checkpoint at step {step} is intact"
+        raise BoltzflowError(f"could not write {out / 'metrics.jsonl'}: {e} ({kept})") from e
+
+
 def write_checkpoint(out: Path, state: TrainState, info: dict) -> None:
     """The state, then its info; a kill between the two leaves a newer state than info, which _resume handles. A
     failed write (a full disk) is a one-line error saying which checkpoint is intact (write_atomic keeps the previous
@@ -294,8 +305,7 @@ def train(out: str | Path | None, settings: TrainSettings, model, optimizer, met
                 m["flow_ess"] = last_ess
                 info["evals"].append({"step": done, "time_s": m["time_s"], "ess": last_ess})
                 t0 = time.perf_counter()  # evaluation does not count as training time
-            log.write(json.dumps(m) + "\n")
-            log.flush()
+            _log(log, m, out)
             history.append(m)
             if callback is not None:
                 callback(done, m)
