@@ -114,6 +114,36 @@ def torsion_angles(x, torsions: dict) -> dict:
     return {name: dihedral(x, *atoms) for name, atoms in torsions.items()}
 
 
+def frame_log_jacobian(x, atoms) -> np.ndarray:
+    """log(b1^2 b2 sin a) ``(n,)`` (float64) of each conformation of ``x`` ``(n, 3N)``, for the canonical frame of
+    ``atoms = (o, a, p)``: o at the origin, a on the +x axis, p in the xy plane (y > 0). With b1 = |x_a - x_o|,
+    b2 = |x_p - x_o| and a = angle(a, o, p) (so b2 sin a is p's distance from the o-a axis), it is the Jacobian of
+
+        d^{3N}x = d^3t dR b1^2 b2 sin a d^{3N-6}y,
+
+    x = R Y(y) + t, Y(y) the frame structure from its 3N - 6 free coordinates y (a's x, p's x and y, all of the
+    other atoms'), dR the Haar measure normalised to d^3w at the identity (R = exp([w]_x); total 8 pi^2), as
+    boltzflow.molecules.zmatrix measures it. Derivation at R = 1, t = 0: t moves o (d^3t, and every atom alike);
+    w = (w1, w2, w3) moves a = (b1, 0, 0) by w x a = b1 (0, w3, -w2), so da = db1 b1^2 dw2 dw3; p = (p_x, p_y, 0)
+    gets dp_z = p_y w1 - p_x w2, the w1 share of which adds the factor p_y = b2 sin a (the w2 share is already
+    counted: a triangular Jacobian); the other atoms are free in both. A density q(x) in boltzflow's convention
+    (q(x) d^{3N}x = q(y) d^{3N-6}y d^3t dR: the Cartesian density of a molecule with uniform orientation and
+    unit-density position, :mod:`boltzflow.flows.internal`) is thus, as a density of the frame coordinates y (the
+    convention of the FAB paper's alanine dipeptide flow, frame CA, N, C),
+
+        log q_frame(y) = log q(x) + frame_log_jacobian(x, (CA, N, C)),
+
+    with no other constant (with orientations counted as a probability, R ~ Haar / 8 pi^2, log q(x) would be
+    lower by log(8 pi^2) = 4.369). Only for a density that is invariant under rigid motions, as that of an
+    internal-coordinate flow is; NaN or -inf where the three atoms are collinear or coincide."""
+    X = _positions(x)
+    o, a, p = atoms
+    u, v = X[:, a] - X[:, o], X[:, p] - X[:, o]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # log(b1^2 b2 sin a) = log b1 + log |u x v|
+        return np.log(np.linalg.norm(u, axis=1)) + np.log(np.linalg.norm(np.cross(u, v), axis=1))
+
+
 def _angles_of(x, torsions: dict, dim: int, what: str) -> dict:
     """Conformations ``(n, dim)`` as their torsion angles; a dict of angles (one array per torsion) checked."""
     if isinstance(x, dict):

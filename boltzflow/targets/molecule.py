@@ -28,11 +28,21 @@ samples, as the FAB paper filters them during training.
 Report (:meth:`MoleculeTarget.metrics`): ``chirality_fraction``, the model samples with the reference structure's
 handedness (the others get weight 0 in what follows, as FAB filters them), and, where the target has reference MD
 samples, the KL of each named torsion's marginal and of the (phi, psi) histogram, unweighted and ``_reweighted``
-(boltzflow.molecules.metrics: FAB's histogram KL, 100 bins per axis), ``mean_log_q_reference`` = E_p[log q] on the
-reference samples (log q of the Cartesian conformation including the internal-coordinate layer's log-det, as the
-FAB paper's E_p[log q] of its alanine dipeptide flow), and the phi > 0 population of the reweighted model beside
-the reference's. Of each model sample the report keeps the named torsions' angles (float32), its handedness and log
-weight: 37 bytes a sample for alanine dipeptide's 7 torsions. Pictures: Ramachandran plot and torsion marginals
+(boltzflow.molecules.metrics: FAB's histogram KL, 100 bins per axis), E_p[log q] on the reference samples in two
+conventions, and the phi > 0 population of the reweighted model beside the reference's:
+
+- ``mean_log_q_reference``: log q(x) of the Cartesian conformation, including the internal-coordinate layer's
+  log-det: boltzflow's own density over the 3N coordinates of a molecule with uniformly distributed orientation
+  (Haar measure, d^3w at the identity) and unit-density position (boltzflow.flows.internal);
+- ``mean_log_q_reference_frame`` (where the target has a ``phi`` torsion C' - N - CA - C): the same density over
+  the 3N - 6 coordinates of the canonical frame CA at the origin, N on +x, C in the xy plane, the convention of
+  the FAB paper's E_p[log q] (its Table 2; fab-torch's alanine dipeptide transform, frame atoms CA, N, C):
+  log q_frame = log q(x) + log(b1^2 b2 sin a), b1 = |N - CA|, b2 = |C - CA|, a = angle(N, CA, C)
+  (boltzflow.molecules.metrics.frame_log_jacobian). On alanine dipeptide's reference that term averages
+  -5.78 nats (nm units), so the frame value is about 5.78 nats below ``mean_log_q_reference``.
+
+Of each model sample the report keeps the named torsions' angles (float32), its handedness and log weight: 37 bytes
+a sample for alanine dipeptide's 7 torsions. Pictures: Ramachandran plot and torsion marginals
 (boltzflow.plot.plot_molecule_samples).
 """
 
@@ -48,7 +58,8 @@ import numpy as np
 from boltzflow.errors import BoltzflowError
 from boltzflow.molecules.forcefield import batched_energy, read_forcefield
 from boltzflow.molecules.chirality import Chirality
-from boltzflow.molecules.metrics import basin_populations, molecular_metrics, named_torsions, torsion_angles
+from boltzflow.molecules.metrics import (basin_populations, frame_log_jacobian, molecular_metrics, named_torsions,
+                                         torsion_angles)
 from boltzflow.molecules.openmm_engine import OpenMMEngine
 from boltzflow.molecules.reference import builtin_reference, load_reference
 from boltzflow.molecules.system import MolecularSystem, load_system
@@ -148,7 +159,11 @@ class MoleculeTarget(Target):
         ref_x = load_reference(self.reference_path)["x"]
         ref = torsion_angles(ref_x, self.torsions)
         out.update(molecular_metrics(self.molecule, ref, model, log_w))
-        out["mean_log_q_reference"] = float(jnp.mean(s.log_q(jnp.asarray(ref_x, jnp.result_type(float)))))
+        log_q_ref = np.asarray(s.log_q(jnp.asarray(ref_x, jnp.result_type(float))), np.float64)
+        out["mean_log_q_reference"] = float(np.mean(log_q_ref))
+        if "phi" in self.torsions:  # canonical frame of the FAB paper: CA at the origin, N on +x, C in the xy plane
+            _, n, ca, c = self.torsions["phi"]
+            out["mean_log_q_reference_frame"] = float(np.mean(log_q_ref + frame_log_jacobian(ref_x, (ca, n, c))))
         if "phi" in self.torsions and "psi" in self.torsions:
             out["phi_positive_reweighted"] = basin_populations(model["phi"], model["psi"], log_w)["phi_positive"]
             out["phi_positive_reference"] = basin_populations(ref["phi"], ref["psi"])["phi_positive"]
