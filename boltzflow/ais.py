@@ -75,7 +75,8 @@ class AISInfo(NamedTuple):
     n_nonfinite: () moves rejected because a proposal met a non-finite density.
     n_invalid_weights: () samples whose final log weight (or position) was not finite, now log w = -inf.
     log_w_standard: (n,) Neal's increment weights (A2), for comparison with ``log_w`` (A3).
-    n_resampled, betas: with ``smc``, the group resamplings () and the adaptive levels' betas (K,) (else None).
+    n_resampled, betas, levels_run: with ``smc``, the group resamplings (), the adaptive levels' betas (K,) and the
+    levels that moved () (K unless ``SMC.levels_at_end`` skipped some; else None).
     """
 
     accept: jax.Array
@@ -85,6 +86,7 @@ class AISInfo(NamedTuple):
     log_w_standard: jax.Array
     n_resampled: jax.Array | None = None
     betas: jax.Array | None = None
+    levels_run: jax.Array | None = None
 
 
 class AISResult(NamedTuple):
@@ -230,7 +232,7 @@ def build_ais(log_p_fn: Callable[[jax.Array], jax.Array], kernel: Kernel | str, 
             log_p=jnp.where(x_ok, point.log_p, -jnp.inf),
             info=AISInfo(accept, eps, n_bad, jnp.sum(~ok, dtype=jnp.int32),
                          jnp.where(x_ok & jnp.isfinite(log_w_std), log_w_std, -jnp.inf),
-                         *((info.n_resampled, info.betas) if smc_on else ())),
+                         *((info.n_resampled, info.betas, info.levels_run) if smc_on else ())),
         )
         if target_accept is not None:
             state = adapt_step_sizes(state, accept, float(target_accept), float(adapt_rate), adapt)

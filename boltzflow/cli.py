@@ -225,7 +225,14 @@ def _table(metrics: dict, title: str) -> str:
 
 
 def _warnings(metrics: dict) -> list[str]:
-    """The lines a user must not miss: the model's estimates disagree with an exploration that does not use it."""
+    """The lines a user must not miss: the missing-mass check's verdict and cost (an exploration that does not use
+    the model: what it finds that the model does not, or that it could not conclude)."""
+    if "explore_target_evals" not in metrics:
+        return []
+    budget = metrics.get("explore_budget")
+    cost = (f"its exploration: {metrics['explore_target_evals']:.3g} target evaluations"
+            + (f" (budget {budget:.3g})" if budget else "") + f", {metrics['explore_seconds']:.1f} s"
+            + (", kept from an earlier evaluation of this run" if metrics.get("explore_reused") else ""))
     out = []
     if metrics.get("mass_missing"):
         out.append(f"WARNING: mass may be missing: an exploration without the model finds "
@@ -236,7 +243,12 @@ def _warnings(metrics: dict) -> list[str]:
     if sigma is not None and sigma > 3:  # one-sided: mass the model misses makes its log Z the lower one
         out.append(f"WARNING: the exploration's log Z exceeds the model's by {metrics['log_z_difference']:.3g} "
                    f"({sigma:.1f} standard errors): mass may be missing")
-    return out
+    if out:
+        return out + [f"missing-mass check: {cost}"]
+    if not metrics.get("explore_converged", True):
+        return [f"WARNING: the missing-mass check could not conclude: {cost}, ran out before its reference was wide "
+                f"enough; give it more (explore: {{budget: N}}) or the target's extent (explore: {{bounds: ...}})"]
+    return [f"missing-mass check: no mass of p the model misses (none above 0.1 % of p at 3 standard errors); {cost}"]
 
 
 def parser() -> argparse.ArgumentParser:

@@ -11,8 +11,8 @@ A config has these sections; only ``target`` is required, everything else has de
     method: {name: fab, alpha: 2.0, buffer: true}       # boltzflow.train.registry.METHODS
     ais:    {kernel: hmc, n_intermediate: 8, n_leapfrog: 4}   # boltzflow.ais.AISSettings (FAB, evaluate --ais)
     train:  {steps: 2000, batch_size: 128, lr: 3e-4}    # boltzflow.train.state.TrainSettings
-    explore: {check: true, seed_buffer: true}           # boltzflow.explore.ExploreSettings (default: check up to
-                                                        # 16-D, no seeding)
+    explore: {check: true, budget: 2000000}             # boltzflow.explore.ExploreSettings (default: check up to
+                                                        # 16-D within the training's target evaluations, no seeding)
 
 Every section is read here, once, into the typed settings its part of boltzflow declares (boltzflow.settings): an
 unknown key is an error naming the valid ones, a value of the wrong type is an error, and the defaults are the

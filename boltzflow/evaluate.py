@@ -11,14 +11,18 @@ sampler q of a target p (log p unnormalised, log Z = log int exp(log p)), from n
   boltzflow.targets.molecule);
 - the missing-mass check (``check``; on the command line as the config's ``explore.check`` says, by default up to
   16 dimensions and not for molecules; boltzflow.explore): an
-  exploration of the target that does not use the model (tempered SMC from a broad Gaussian) gives
+  exploration of the target that does not use the model (tempered SMC from a broad Gaussian, within a budget of
+  target evaluations: ``explore.budget``, by default the training's own; its key is the run's, fold 8 of
+  ``train.seed``, so every evaluation of a run sees the same exploration, kept in the run directory,
+  boltzflow.explore_cache, and its cost, ``explore_target_evals`` and ``explore_seconds``, is paid once) gives
   ``explore_log_z`` +- ``explore_log_z_stderr`` beside the model's, ``log_z_difference`` (exploration minus
   model) and ``log_z_difference_sigma`` (in combined standard errors); and the mass of the region where q is ten
   times too thin, by the exploration and by the model's own importance sampling (``thin_region_mass_explore``,
   ``thin_region_mass_flow``), their difference ``unseen_mass`` +- ``unseen_mass_stderr`` and ``mass_missing``
   (difference above 3 standard errors and 0.1 % of p): a model that never samples a mode reports a confident log Z
   and ESS, but not this; where the difference is at 2-3 standard errors a second exploration is pooled with the
-  first (``explore_looks`` 2; boltzflow.explore.check_flow, X6);
+  first (``explore_looks`` 2; boltzflow.explore.check_flow, X6); ``explore_converged`` false (the budget or the
+  rounds ran out before the reference was wide enough) means the check could not conclude;
 - with ``ais=True`` the same estimates from AIS (targeting p, step sizes frozen at their trained values); for
   an SNF with Langevin blocks AIS runs in its path space (boltzflow.snf.paths), whose x-marginal is p; for a model
   without a tractable density (an SNF with Metropolis blocks) a one-line error says so.
@@ -26,9 +30,10 @@ sampler q of a target p (log p unnormalised, log Z = log int exp(log p)), from n
 
 from __future__ import annotations
 
+import dataclasses
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import jax
@@ -36,17 +41,21 @@ import jax.numpy as jnp
 
 from boltzflow.ais import ais_from_settings
 from boltzflow.estimators import WeightSums, stream_sums
-from boltzflow.experiment import Experiment
+from boltzflow.experiment import CHECK_FILES, Experiment
 from boltzflow.explore import check_flow
+from boltzflow.explore_cache import load_exploration, save_exploration
 from boltzflow.flows.paths import Space, backward_log_q, block_metrics, path_weights
 from boltzflow.plot import plot_image_grid, plot_molecule_samples, plot_samples
-from boltzflow.sharding import device_chunk
+from boltzflow.sharding import device_chunk, writes_files
 from boltzflow.targets.base import Target
 from boltzflow.targets.report import Evaluation, ModelSamples, Pictures
+from boltzflow.train.state import seed_key
 
 
 #: model samples the missing-mass check draws (at most; fewer when the evaluation draws fewer)
 CHECK_SAMPLES = 65_536
+#: the check's explorations: fold this of the run's seed key (fold 7 seeds FAB's buffer, boltzflow.experiment)
+CHECK_STREAM = 8
 
 
 def importance_metrics(target, sums: WeightSums, prefix: str = "") -> dict:
@@ -61,14 +70,19 @@ def importance_metrics(target, sums: WeightSums, prefix: str = "") -> dict:
 
 
 def evaluate(exp: Experiment, key: jax.Array, n_samples: int = 10_000, ais_state=None, with_ais: bool = False,
-             chunk: int = 4096, check: bool | None = False) -> dict:
+             chunk: int = 4096, check: bool | None = False, check_budget: int | None = None,
+             check_dir: Path | None = None) -> dict:
     """All metrics of the trained model in ``exp`` as a flat dict of floats (see the module docstring).
 
     Samples are drawn and reduced ``chunk`` at a time (rounded up to a multiple of the devices of the mesh in use,
     boltzflow.sharding, over which each chunk is split); only sums, and what the target's metrics keep of every
     sample (its ``keep_rows``), leave the devices, so n_samples is bounded by time, not memory. ``check``: run the
-    missing-mass check (None: as the config's ``explore.check`` says, what the command line does)."""
+    missing-mass check (None: as the config's ``explore.check`` says, what the command line does), within
+    ``check_budget`` target evaluations unless the config's ``explore.budget`` says otherwise (None: no limit but
+    ``explore.n``), keeping its explorations in ``check_dir`` (None: nowhere)."""
     space = exp.space("evaluate --ais") if with_ais else None  # before any work: the error comes first
+    check = (exp.config.explore.wants("check", exp.target) if check is None else check) and \
+        CheckSetup(check_budget, None if check_dir is None else Path(check_dir))
     sampled = partial(_sampled_report, exp, key, n_samples, device_chunk(chunk, n_samples), space, ais_state, check)
     return _flag_nonfinite(exp.target.report(Evaluation(exp.model, key, sampled)))
 
@@ -89,8 +103,16 @@ def draw_pictures(exp: Experiment, out_dir: Path, key: jax.Array) -> list[Path]:
                                     plot_samples, plot_molecule_samples, plot_image_grid))
 
 
+class CheckSetup(NamedTuple):
+    """The missing-mass check's budget (target evaluations; None: no limit but ``explore.n``) and the directory
+    that keeps its explorations (None: nowhere)."""
+
+    budget: int | None
+    cache: Path | None
+
+
 def _sampled_report(exp: Experiment, key: jax.Array, n_samples: int, chunk: int, space: Space | None, ais_state: Any,
-                    check: bool | None, target: Target) -> dict:
+                    check: CheckSetup | bool, target: Target) -> dict:
     """The report on ``n_samples`` importance-weighted samples of ``target`` by ``exp``'s model (module
     docstring), with the target's metrics."""
     model = exp.model
@@ -118,9 +140,9 @@ def _sampled_report(exp: Experiment, key: jax.Array, n_samples: int, chunk: int,
     out.update(target.metrics(ModelSamples(n_samples, chunk, sums["w"], kept, log_q, k_exact, k_truth)))
     if space is not None:
         out.update(ais_metrics(exp, space, ais_state, target, k_ais, n_samples, chunk))
-    if exp.config.explore.wants("check", target) if check is None else check:
+    if check:
         out.update(missing_mass_check(exp, k_check, out["log_z"], out["log_z_stderr"], log_q,
-                                      min(n_samples, CHECK_SAMPLES), chunk))
+                                      min(n_samples, CHECK_SAMPLES), chunk, check))
     return out
 
 
@@ -140,26 +162,41 @@ def ais_metrics(exp: Experiment, space: Space, ais_state: Any, target: Target, k
 
 
 def missing_mass_check(exp: Experiment, key, log_z: float, log_z_stderr: float, log_q, n_flow: int,
-                       chunk: int) -> dict:
+                       chunk: int, setup: CheckSetup = CheckSetup(None, None)) -> dict:
     """The model's estimates against an exploration that does not use it (boltzflow.explore.check_flow): log Z
     both ways, their difference in standard errors, and the mass in the region where q is ten times too thin (X5) by
-    each (``log_q`` of points, chunk at a time), on ``n_flow`` fresh model samples; a second exploration where one
-    is inconclusive (X6). ``mass_missing`` when that mass differs by more than 3 standard errors (and 0.1 % of
-    p)."""
-    target, model = exp.target, exp.model
-    k_explore, k_flow = jax.random.split(key)
+    each (``log_q`` of points, chunk at a time), on ``n_flow`` fresh model samples (``key``); a second exploration
+    where one is inconclusive (X6). ``mass_missing`` when that mass differs by more than 3 standard errors (and 0.1 %
+    of p). The explorations use the run's own key (:data:`CHECK_STREAM`) and ``setup``'s budget, and are kept in
+    and taken from ``setup.cache`` (boltzflow.explore_cache); ``explore_seconds`` is what they cost when run,
+    ``explore_reused`` the looks taken from the run directory."""
+    target, model, settings = exp.target, exp.model, exp.config.explore
+    dtype = jnp.result_type(float)
+    budget = settings.budget if settings.budget is not None else setup.budget
+    reused = []
 
     def look(k):
-        e = exp.config.explore.run(k, target)
-        xe = jnp.asarray(e.x, jnp.result_type(float))
+        slot = len(reused)
+        used = {f: v for f, v in dataclasses.asdict(settings).items() if f not in ("check", "seed_buffer")}
+        meta = {"settings": used, "budget": budget, "key": np.asarray(jax.random.key_data(k)).ravel().tolist(),
+                "dtype": str(np.dtype(dtype)), "dim": target.dim}
+        path = None if setup.cache is None else setup.cache / CHECK_FILES[slot]
+        e = None if path is None else load_exploration(path, meta, target.log_prob)
+        reused.append(e is not None)
+        if e is None:
+            e = settings.run(k, target, dtype, budget=budget)
+            if path is not None and writes_files():
+                save_exploration(path, e, meta)
+        xe = jnp.asarray(e.x, dtype)
         return e, e.log_p - np.asarray(log_q(xe))
 
-    flow_log_w = stream_sums(lambda k, valid: ((), {"log_w": path_weights(model, target, k, chunk)[1]}), k_flow,
+    flow_log_w = stream_sums(lambda k, valid: ((), {"log_w": path_weights(model, target, k, chunk)[1]}), key,
                              n_flow, chunk)[1]["log_w"]
-    out = check_flow(look, k_explore, flow_log_w, log_z)
+    out = check_flow(look, jax.random.fold_in(seed_key(exp.config.train.seed), CHECK_STREAM), flow_log_w, log_z)
     diff = out["explore_log_z"] - log_z
     se = float(np.hypot(out["explore_log_z_stderr"], log_z_stderr))
-    return out | {"log_z_difference": diff, "log_z_difference_sigma": diff / se if se > 0 else float("inf")}
+    return out | {"explore_budget": budget, "explore_reused": sum(reused),
+                  "log_z_difference": diff, "log_z_difference_sigma": diff / se if se > 0 else float("inf")}
 
 
 def _flag_nonfinite(metrics: dict) -> dict:

@@ -134,13 +134,17 @@ def _trained_model_like(run_dir: Path, model):
 
 def build_method(exp: Experiment, optimizer, fresh: bool = False) -> Method:
     """The training method of ``exp``; for a run that starts afresh (``fresh``), the seed samples its method can
-    start from (an exploration, run here, its summary kept in ``exp.explore``)."""
+    start from (an exploration, run here within the budget ``explore.budget`` or else the target evaluations the
+    training will spend, its summary kept in ``exp.explore``)."""
     entry = METHODS[exp.config.method.name]
     problem = Problem(exp.target, exp.config.train.batch_size, optimizer)
     if entry.uses_ais:
         problem = problem._replace(space=exp.space(f"method {exp.config.method.name}"), ais=exp.config.ais)
         if fresh and problem.space.from_x is not None and exp.config.explore.wants("seed_buffer", exp.target):
-            e = exp.config.explore.run(jax.random.fold_in(seed_key(exp.config.train.seed), 7), exp.target)
+            cost = entry.build(exp.config.method.settings, problem).cost(exp.model)
+            budget = cost.init.get("target_evals", 0) + exp.config.train.steps * cost.step.get("target_evals", 0)
+            e = exp.config.explore.run(jax.random.fold_in(seed_key(exp.config.train.seed), 7), exp.target,
+                                       budget=budget or None)
             exp.explore = e.summary()
             problem = problem._replace(seed=(e.x, e.log_w))
     return entry.build(exp.config.method.settings, problem)
@@ -198,9 +202,11 @@ def _auto_header(auto: dict) -> str:
             f"hidden {c['hidden']},\n# loc / scale from {how}; details in auto.json\n")
 
 
+#: where a run keeps the missing-mass check's explorations, its first look and its second (boltzflow.evaluate)
+CHECK_FILES = ("explore_check.npz", "explore_check_2.npz")
 #: the files of a run that --restart deletes (the pictures are drawn again)
 RUN_FILES = ("config.yaml", "auto.json", "explore.json", "checkpoint.eqx", "checkpoint.json", "metrics.jsonl",
-             "report.json", "eval.json")
+             "report.json", "eval.json", *CHECK_FILES)
 
 
 def prepare_run_dir(out: Path, config: Config, restart: bool = False) -> Config:

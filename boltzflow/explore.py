@@ -1,57 +1,65 @@
 """Exploring a target without a flow: tempered SMC from a broad Gaussian that grows until it is wider than all the
-mass it finds, and the mass stops moving.
+mass it finds, and the mass stops moving; then one larger round there, within a budget of target evaluations.
 
 Reference r = N(c, s^2 I) on R^d. Tempered SMC (boltzflow.ais with resampling, boltzflow.mcmc.anneal R1; Del Moral,
 Doucet & Jasra 2006) runs from r to p through
 
     log pi_k(x) = (1 - beta_k) log r(x) + beta_k log p(x),     0 = beta_0 < ... < beta_{K+1} = 1,           (X1)
 
-with HMC moves at each level and a group resampled whenever its ESS fraction falls below one half. It returns
-weighted samples (x_i, w_i), in G independent groups, with E[mean_{i in g} w_i] = Z in each group, hence
+with HMC moves at each level, the levels chosen at conditional ESS 0.9 and run only until beta reaches 1 (and 4
+more), the step size tuned within the run (T1), and a group resampled whenever its ESS fraction falls below one
+half. It returns weighted samples (x_i, w_i), in G independent groups, with E[mean_{i in g} w_i] = Z in each, hence
 
     log Z^ = log mean_g Z^_g,      se(log Z^) = sd_g(Z^_g) / (sqrt(G) mean_g Z^_g)                          (X2)
 
 (the delta method over independent groups: the particles of one group are not independent after resampling), and
 self-normalised estimates of p's mean m and per-dimension standard deviation sigma.
 
-Why SMC and not AIS (measured on the far-mode mixtures of boltzflow.targets.far_modes, exploration alone; numbers
-in docs/benchmarks.md): AIS from a reference 10 times wider than the target, 64 linear levels, gave log Z errors
-of 1-5 nats in 9 dimensions. Resampling keeps the particles where pi_k's mass is at every level; for equal widths
-a far mode's share relative to the bulk, w_far^beta r(mu_far)^(1-beta), moves monotonically in log between its
-value under r and w_far, so a mode that r reaches is followed to the end. A mode narrower than the bulk starts
-with fewer particles ((width ratio)^d under r) that are then multiplied, the source of most of the groups' spread;
-hence 32,768 particles by default (ExploreSettings).
+Why SMC and not AIS (measured on the far-mode mixtures of boltzflow.targets.far_modes; docs/benchmarks.md): AIS
+from a reference 10 times wider than the target, 64 linear levels, gave log Z errors of 1-5 nats in 9 dimensions.
+Resampling keeps the particles where pi_k's mass is at every level, so a mode that r reaches is followed to the
+end. A mode narrower than the bulk starts with fewer particles ((width ratio)^d under r), then multiplied: the
+source of most of the groups' spread, and why the final round wants many particles in many dimensions.
 
-Growth (no bounds given). Round j uses r_j = N(c_j, s_j^2 I): c_0 = 0, s_0 = ``scale``; then c_{j+1} = m^_j and
+Growth: pilot rounds of ``n_pilot`` particles (1,024) with r_j = N(c_j, s_j^2 I): c_0 = 0, s_0 = ``scale``; then
+c_{j+1} = m^_j and
 
     s_{j+1} = max(``growth`` s_j, ``factor`` sigma^_j),        sigma^_j = max_i sigma^_{j,i},                 (X3)
 
-and the exploration stops (``converged``) at the first round that is (a) usable: it reached p, ESS n >=
-``min_ess``, and at least half of its groups estimate Z within 100x of the largest (:func:`groups_agree`; after
-resampling, a round whose weight one group carries still shows ESS n / G, from copies of one ancestor), (b) wide,
-s_j >= ``factor`` sigma^_j: the reference is ``factor`` times wider than everything found, so a mode up to about
-``factor`` found scales from the found mass starts with a fair share of the particles, and (c) agrees with the round
-before on log Z (the mass stopped moving; new mass raises log Z):
+until the first round that is (a) usable: it reached p, ESS n >= ``min_ess``, and at least half of its groups
+estimate Z within 100x of the largest (:func:`groups_agree`), (b) wide, s_j >= ``factor`` sigma^_j / 1.25 (the
+pilot's sigma^ is noisy): a mode up to about ``factor`` found scales from the found mass starts with a fair share
+of the particles, and (c) agrees with the round before on log Z (new mass raises log Z):
 
     |log Z^_j - log Z^_{j-1}| <= tol + 3 sqrt(se_j^2 + se_{j-1}^2).                                          (X4)
 
-(The first version stopped on (c) alone, growing from s = 1 by doubling: a 3 % mode at 8 bulk scales is missed by
-the rounds at s = 1 and 2 alike, which then agree; (b) is what keeps growing.) With ``bounds`` (a box [lo, hi] per
-dimension) one round runs from r = N(box centre, diag(half-widths^2)) and ``converged`` is true by fiat. Without a
-converged round in ``max_rounds`` the result is the last usable round (or the last) and ``converged`` is false.
+That round's reference is the exploration's (``converged``). With ``bounds`` (a box [lo, hi] per dimension) one
+pilot runs from r = N(box centre, diag(half-widths^2)) and ``converged`` is true by fiat.
+
+Budget (X7). A round of n particles costs n (1 + L k) target evaluations (L its levels, k = 5 per HMC move). A
+pilot round runs only if the previous one's cost still fits in ``budget``; a converged search is followed by one
+final round at its reference with
+
+    n_final = min(n, 4096 max(d, 2), (budget - spent) / (1.25 cost per particle of the converged pilot))
+
+particles (a multiple of G; none if that is not more than a pilot's), whose samples are the result. Without a
+converged round in ``max_rounds`` or the budget, the result is the last usable round (or the last),
+``converged`` is false and ``out_of_budget`` says whether the budget stopped it: the check cannot conclude.
 
 The result does not depend on a flow, so it serves as the independent check of a flow's log Z (a flow that missed
 a mode shows a significantly lower log Z; boltzflow.evaluate), as samples to seed FAB's replay buffer with
 (boltzflow.train.fab), and as the scale and bounds of a flow for an unknown target (boltzflow.autoflow).
 Limits: a mode farther than about ``factor`` found scales, or much narrower than the found mass in many
-dimensions (its share under r is then (width ratio)^d smaller), can still be missed: give ``bounds``.
+dimensions (its share under r is then (width ratio)^d smaller), can still be missed, more often with fewer
+particles (a small budget): give ``bounds``, or a larger ``budget``.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -63,14 +71,23 @@ from boltzflow.estimators import effective_sample_size, self_normalised_expectat
 from boltzflow.mcmc.anneal import SMC
 from boltzflow.mcmc.registry import make_kernel
 
+Groups = int | Sequence[int]  # G equal contiguous groups, or their sizes
 RESAMPLE_BELOW = 0.5  # ESS fraction below which a group is resampled
 CESS = 0.9  # conditional ESS each adaptive level keeps
-ADAPT_RATE = 0.3  # step-size adaptation rate (boltzflow.mcmc.step_size, S2): a round adapts from scratch
+STEP_SIZE = 0.5  # the first level's HMC step size (standardized coordinates), then tuned within the run (T1)
+TUNE_RATE = 1.0  # r of (T1) in boltzflow.mcmc.anneal
+LEVELS_AT_END = 4  # levels that move at p once the path reached it; the rest are skipped
+MAX_LEVELS = 256  # the most levels of a round (a round runs those it needs)
+PILOT_PARTICLES = 1024  # particles of each pilot round (X7)
+MIN_PILOT = 512  # the fewest a config may set: a usable round needs ESS n >= 200 (``min_ess``)
+FINAL_MARGIN = 1.25  # (X7): the final round's cost per particle, predicted from the pilot's, times this
+PARTICLES_PER_DIM = 4096  # (X7): the most final particles per dimension (and at least 2 dimensions' worth)
+WIDE_SLACK = 1.25  # (X3): a pilot's found scale is noisy (1,024 particles): "wide" is s >= factor found / this
 
 
-#: dimensions up to which ``check`` is on by default: 32,768 SMC particles over 64 adaptive levels cost 15-35 s on
-#: the 2-10-D far-mode targets (2-core CPU); Many Well 32 does not converge (its quartic walls need more than 64
-#: levels from a reference ten times wider than a well), so it is left out
+#: dimensions up to which ``check`` is on by default (within its budget, X7, the training's own target evaluations);
+#: Many Well 32 does not converge (its quartic walls need many levels from a reference ten times wider than a
+#: well), so it is left out
 AUTO_MAX_DIM = 16
 #: The least mass of p the check calls missing (X5). Well-trained flows whose tails are thinner than p's by more
 #: than 10x over 0.03 % of its mass were flagged at 3-4 standard errors (far-mode family, training seed 1;
@@ -87,40 +104,52 @@ class ExploreSettings:
     flow with an exploration (:func:`unseen_mass`, log Z both ways); ``seed_buffer``: FAB's replay buffer starts with
     the exploration's samples (boltzflow.train.fab; off by default until its effect on the published GMM40 / Many Well
     numbers is measured); None means on for targets of at most ``AUTO_MAX_DIM`` dimensions that are not molecules (the
-    default of ``check``). ``bounds``: the box of the reference instead of growth (:func:`explore`); ``n``,
-    ``n_groups``, ``n_intermediate``: particles, independent groups, levels. 32,768 particles in 8 groups: with 8,192
-    the groups' estimates of a 3 % mode narrower than the bulk in 9-D ranged from 1 % to 50 % (a narrow mode starts
-    with few particles under a broad reference and each is multiplied many times), and the check flagged 6 of 10
-    bulk-only flows of the far-mode family; with 32,768, 10 of 12, the other two being modes at 4 bulk scales that the
-    bulk's own tails reach (the flow's importance sampling sees them too; docs/benchmarks.md)."""
+    default of ``check``). ``budget``: the most target evaluations of one exploration (X7; None: the training's own,
+    see :meth:`run`); ``bounds``: the box of the reference instead of growth (:func:`explore`); ``n``: the most
+    particles of the final round; ``n_pilot``: particles of each pilot round; ``n_groups``: independent groups;
+    ``n_intermediate``: the most levels of a round. Up to 32,768 particles in 8 groups: with 8,192 the groups'
+    estimates of a 3 % mode narrower than the bulk in 9-D ranged from 1 % to 50 % (a narrow mode starts with few
+    particles under a broad reference and each is multiplied many times; docs/benchmarks.md)."""
 
     check: bool | None = None
     seed_buffer: bool | None = False
+    budget: float | None = None
     bounds: list[Any] | None = None
     n: int = 32768
+    n_pilot: int = PILOT_PARTICLES
     n_groups: int = 8
-    n_intermediate: int = 64
+    n_intermediate: int = MAX_LEVELS
 
     def __post_init__(self):
         _check_particles(self.n, self.n_groups)
+        _check_particles(self.n_pilot, self.n_groups, "explore.n_pilot")
+        if self.n_pilot < MIN_PILOT:
+            raise BoltzflowError(f"explore.n_pilot must be at least {MIN_PILOT} (a pilot round is usable with 200 "
+                                 f"effective samples), got {self.n_pilot}")
         if self.n_intermediate < 1:
             raise BoltzflowError(f"explore.n_intermediate must be >= 1, got {self.n_intermediate}")
+        if self.budget is not None and not self.budget > 0:
+            raise BoltzflowError(f"explore.budget must be a positive number of target evaluations, got {self.budget}")
 
     def wants(self, what: str, target) -> bool:
         """Whether ``check`` or ``seed_buffer`` is on for ``target`` (None: by its size and kind)."""
         on = getattr(self, what)
         return on if on is not None else (target.dim <= AUTO_MAX_DIM and not hasattr(target, "molecule"))
 
-    def run(self, key, target, dtype=jnp.float32) -> "Exploration":
+    def run(self, key, target, dtype=jnp.float32, budget: float | None = None) -> "Exploration":
+        """:func:`explore` of ``target`` with these settings; the budget is ``explore.budget`` if set, else
+        ``budget`` (what the caller spends on training; None: no limit but ``n``)."""
         return explore(key, target.log_prob, target.dim, n=self.n, n_groups=self.n_groups, bounds=self.bounds,
+                       budget=self.budget if self.budget is not None else budget, n_pilot=self.n_pilot,
                        n_intermediate=self.n_intermediate, dtype=dtype)
 
 
 @dataclass(frozen=True)
 class Exploration:
-    """The final round's weighted samples (x (n, d), log_w (n,); mean w estimates Z; log_p (n,) the target's
+    """The chosen round's weighted samples (x (n, d), log_w (n,); mean w estimates Z; log_p (n,) the target's
     unnormalised log density there, -inf where x is not finite) and estimates (X2), the reference N(center,
-    scale^2 I) it used, one summary per round, and the target evaluations of all rounds."""
+    scale^2 I) it used, one summary per round, and the cost of all rounds: target evaluations and seconds, against
+    ``budget`` (None: none given); ``out_of_budget``: the pilot rounds stopped for the budget before converging."""
 
     x: np.ndarray
     log_w: np.ndarray
@@ -136,12 +165,16 @@ class Exploration:
     rounds: tuple[dict, ...]
     target_evals: int
     n_groups: int
+    seconds: float = 0.0
+    budget: float | None = None
+    out_of_budget: bool = False
 
     def summary(self) -> dict[str, Any]:
-        """What a run records (auto.json, eval.json): everything but the samples."""
+        """What a run records (auto.json, explore.json): everything but the samples."""
         return {"log_z": self.log_z, "log_z_stderr": self.log_z_stderr, "ess": self.ess,
                 "converged": self.converged, "reference_scale": float(np.max(self.scale)),
-                "target_evals": self.target_evals, "rounds": list(self.rounds)}
+                "particles": len(self.log_w), "target_evals": self.target_evals, "seconds": self.seconds,
+                "budget": self.budget, "out_of_budget": self.out_of_budget, "rounds": list(self.rounds)}
 
 
 def _gaussian(center, scale):
@@ -168,39 +201,47 @@ def weighted_moments(x: np.ndarray, log_w: np.ndarray) -> tuple[np.ndarray, np.n
     return mean, np.sqrt(np.maximum(w @ (x[ok] - mean) ** 2, 0.0))
 
 
-def _group_weights(log_w: np.ndarray, n_groups: int) -> tuple[np.ndarray, float]:
-    """The weights w_i e^-top as (n_groups, n / n_groups), non-finite log weights as 0, and top, the largest finite
-    log weight (-inf if none: then every weight is 0)."""
-    lw = np.where(np.isfinite(log_w), log_w, -np.inf).reshape(n_groups, -1)
-    top = float(lw.max())
-    return (np.exp(lw - top) if np.isfinite(top) else np.zeros(lw.shape)), top
+def _group_means(log_w: np.ndarray, groups: Groups, inside: np.ndarray | None = None):
+    """(z (G,), z_in (G,), top): per group, the mean of w_i e^-top and of w_i e^-top [inside_i] (non-finite log weights
+    count as w = 0), top the largest finite log weight (-inf if none: then every mean is 0). ``groups``: G contiguous
+    groups of equal size, or their sizes (the pooled groups of two explorations may differ)."""
+    lw = np.where(np.isfinite(log_w), log_w, -np.inf)
+    sizes = np.full(groups, len(lw) // groups) if isinstance(groups, (int, np.integer)) else np.asarray(groups)
+    if sizes.sum() != len(lw):
+        raise ValueError(f"groups of sizes {sizes.tolist()} do not split {len(lw)} weights")
+    top = float(lw.max()) if len(lw) else -math.inf
+    w = np.exp(lw - top) if np.isfinite(top) else np.zeros(len(lw))
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    z = np.add.reduceat(w, starts) / sizes
+    z_in = None if inside is None else np.add.reduceat(w * np.asarray(inside, bool), starts) / sizes
+    return z, z_in, top
 
 
-def group_log_z(log_w: np.ndarray, n_groups: int) -> tuple[float, float]:
-    """(X2): log Z^ and its standard error from ``n_groups`` contiguous independent groups of equal size."""
-    w, top = _group_weights(log_w, n_groups)
+def group_log_z(log_w: np.ndarray, groups: Groups) -> tuple[float, float]:
+    """(X2): log Z^ = log mean_g Z^_g and its standard error, from contiguous independent groups
+    (:func:`_group_means`)."""
+    z, _, top = _group_means(log_w, groups)
     if not np.isfinite(top):
         return -math.inf, math.inf
-    z = w.mean(axis=1)  # Z^_g e^-top
     log_z = float(top + math.log(z.mean()))
-    se = float(z.std(ddof=1) / (math.sqrt(n_groups) * z.mean())) if n_groups > 1 else math.inf
+    se = float(z.std(ddof=1) / (math.sqrt(len(z)) * z.mean())) if len(z) > 1 else math.inf
     return log_z, se
 
 
-def groups_agree(log_w: np.ndarray, n_groups: int, factor: float = 100.0) -> bool:
+def groups_agree(log_w: np.ndarray, groups: Groups, factor: float = 100.0) -> bool:
     """Whether at least half of the groups (and two) estimate Z within ``factor`` of the largest estimate: a
     round whose weight one or two groups carry has resampled its particles into copies of a few ancestors, and
     its ESS after resampling (1 / n_groups of n at least) says nothing."""
-    w, top = _group_weights(log_w, n_groups)
-    z = w.mean(axis=1)
-    return bool(np.isfinite(top) and np.sum(z >= z.max() / factor) >= max(2, n_groups // 2))
+    z, _, top = _group_means(log_w, groups)
+    return bool(np.isfinite(top) and np.sum(z >= z.max() / factor) >= max(2, len(z) // 2))
 
 
-def _check_particles(n: int, n_groups: int) -> None:
-    """n / 8 particles per adaptation pass, in n_groups >= 2 groups of at least 2 (the one check of both sizes)."""
-    if n_groups < 2 or n % (8 * n_groups) or n < 16 * n_groups:
-        raise BoltzflowError(f"explore.n must be a multiple of 8 * n_groups with n_groups >= 2 and at least 16 "
-                             f"particles per group; got n={n}, n_groups={n_groups}")
+def _check_particles(n: int, n_groups: int, what: str = "explore.n") -> int:
+    """``n`` particles in ``n_groups`` >= 2 groups of at least 16 (the one check of both sizes); returns n."""
+    if n_groups < 2 or n % n_groups or n < 16 * n_groups:
+        raise BoltzflowError(f"{what} must be a multiple of explore.n_groups (>= 2) with at least 16 particles per "
+                             f"group; got {what.split('.')[-1]}={n}, n_groups={n_groups}")
+    return n
 
 
 def parse_bounds(bounds, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -216,90 +257,126 @@ def parse_bounds(bounds, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return box[:, 0], box[:, 1]
 
 
-def explore(key, log_p, dim: int, n: int = 4096, n_groups: int = 8, bounds=None, scale: float = 1.0,
-            growth: float = 2.0, factor: float = 10.0, max_rounds: int = 6, n_intermediate: int = 64,
-            kernel: str = "hmc", adapt_passes: int = 20, tol: float = 0.005, min_ess: float = 200.0,
-            dtype=jnp.float32, **kernel_options) -> Exploration:
-    """Tempered SMC from a broad Gaussian (module docstring): one round from ``bounds`` if given, else rounds of
-    growing width by (X3) until (X4) with a wide, usable round, or ``max_rounds``. ``log_p``: (n, dim) -> (n,);
-    ``kernel_options`` go to the kernel (default ``n_leapfrog`` 5 for hmc). Step sizes are adapted, per level, on
-    ``adapt_passes`` passes of n / 8 samples before each round's pass of n."""
+def explore(key, log_p, dim: int, n: int = 4096, n_groups: int = 8, bounds=None, budget: float | None = None,
+            n_pilot: int = PILOT_PARTICLES, scale: float = 1.0, growth: float = 2.0, factor: float = 10.0,
+            max_rounds: int = 6, n_intermediate: int = MAX_LEVELS, kernel: str = "hmc", tol: float = 0.005,
+            min_ess: float = 200.0, dtype=jnp.float32, **kernel_options) -> Exploration:
+    """Tempered SMC from a broad Gaussian (module docstring): pilot rounds of ``n_pilot`` particles grow the
+    reference by (X3) until (X4) with a wide, usable round, or ``max_rounds`` (one round from ``bounds`` if given),
+    then one final round of up to ``n`` particles at the reference found (X7).
+
+    Args:
+        key: a JAX key.
+        log_p: the unnormalised log density, (m, dim) -> (m,).
+        dim: the dimension.
+        n: the most particles of the final round.
+        n_groups: independent SMC groups (X2).
+        bounds: a box [lo, hi] (or one per dimension) for the reference, instead of growth.
+        budget: the most target evaluations in all (X7; None: no limit but ``n`` and ``max_rounds``).
+        n_pilot: particles of each pilot round.
+        scale, growth, factor, max_rounds, tol, min_ess: the growth rule (X3, X4).
+        n_intermediate: the most SMC levels of a round (a round runs those it needs, T1 in boltzflow.mcmc.anneal).
+        kernel: the SMC move (default hmc, ``n_leapfrog`` 5; ``kernel_options`` go to it).
+        dtype: of the particles.
+
+    Returns:
+        The :class:`Exploration`.
+    """
     if not (scale > 0 and growth > 1 and factor >= 1 and max_rounds >= 1 and n_intermediate >= 1):
         raise BoltzflowError(f"explore needs scale > 0, growth > 1, factor >= 1, max_rounds >= 1 and "
                              f"n_intermediate >= 1; got scale={scale}, growth={growth}, factor={factor}, "
                              f"max_rounds={max_rounds}, n_intermediate={n_intermediate}")
     _check_particles(n, n_groups)
+    n_pilot = min(_check_particles(n_pilot, n_groups, "explore.n_pilot"), n)
+    if budget is not None and not budget > 0:
+        raise BoltzflowError(f"explore.budget must be a positive number of target evaluations, got {budget!r}")
     if kernel == "hmc":
         kernel_options = {"n_leapfrog": 5, **kernel_options}
     kern = make_kernel(kernel, **kernel_options)
-
-    def smc(log_p_fn):
-        return build_ais(log_p_fn, kern, n_intermediate, smc=SMC(RESAMPLE_BELOW, n_groups, CESS), step_size=0.5,
-                         adapt_rate=ADAPT_RATE)
+    smc = SMC(RESAMPLE_BELOW, n_groups, CESS, levels_at_end=LEVELS_AT_END, tune_rate=TUNE_RATE)
 
     # SMC runs in standardized coordinates y = (x - c) / s, from N(0, I) to p_y(y) = p(c + s y) prod_i s_i (same Z),
-    # where one step size per level suits every dimension and every round; c and s are traced: one compilation
-    def run(k, st, c, s, m, adapt):
-        res, st = smc(lambda y: log_p(c + s * y) + jnp.sum(jnp.log(s))).run(
-            k, st, *_gaussian(jnp.zeros_like(c), jnp.ones_like(s)), m, adapt)
-        return res._replace(x=c + s * res.x, log_p=res.log_p - jnp.sum(jnp.log(s))), st
+    # where one step size suits every dimension and every round; c and s are traced: one compilation per size
+    def run(k, c, s, m):
+        ais = build_ais(lambda y: log_p(c + s * y) + jnp.sum(jnp.log(s)), kern, n_intermediate, smc=smc,
+                        step_size=STEP_SIZE)
+        res = ais.run(k, ais.init_state(dtype), *_gaussian(jnp.zeros_like(c), jnp.ones_like(s)), m)[0]
+        return res._replace(x=c + s * res.x, log_p=res.log_p - jnp.sum(jnp.log(s)))
 
-    ais = smc(log_p)  # its step-size state and evaluation count are those of every round's
-    run = jax.jit(run, static_argnums=(4, 5))
+    run = jax.jit(run, static_argnums=3)
+    t0 = time.perf_counter()
+    evals = 0
+
+    def one_round(k, center, s, m, kind):
+        nonlocal evals
+        res = run(k, jnp.asarray(center, dtype), jnp.asarray(s, dtype), m)
+        levels = int(res.info.levels_run)
+        cost = m * (1 + levels * kern.evals_per_step)
+        evals += cost
+        x, log_w, log_px = (np.asarray(v, np.float64) for v in (res.x, res.log_w, res.log_p))
+        log_z, se = group_log_z(log_w, n_groups)
+        ess = float(effective_sample_size(res.log_w))
+        reached = float(res.info.betas[-1]) >= 1.0  # else the last step jumped to p
+        usable = ess * m >= min_ess and reached and groups_agree(log_w, n_groups)
+        mean, std = weighted_moments(x, log_w) if np.isfinite(log_w).any() else (center, s)
+        summary = {"kind": kind, "particles": m, "scale": float(np.max(s)), "log_z": log_z, "log_z_stderr": se,
+                   "ess": ess, "reached_p": reached, "usable": usable, "found_scale": float(np.max(std)),
+                   "levels": levels, "target_evals": cost,
+                   "accept": float(np.sum(np.asarray(res.info.accept)) / max(levels, 1))}
+        return summary, (x, log_w, log_px, mean, std, np.array(center, np.float64), np.array(s, np.float64))
+
     if bounds is not None:
         lo, hi = parse_bounds(bounds, dim)
         center, s, max_rounds = (lo + hi) / 2, (hi - lo) / 2, 1
     else:
         center, s = np.zeros(dim), np.full(dim, float(scale))
-    rounds, results, evals, converged, prev = [], [], 0, bounds is not None, None
-    for _ in range(int(max_rounds)):
-        key, k_adapt, k_run = jax.random.split(key, 3)
-        state = ais.init_state(dtype)
-        c_arr, s_arr = jnp.asarray(center, dtype), jnp.asarray(s, dtype)
-        for k in jax.random.split(k_adapt, adapt_passes):
-            state = run(k, state, c_arr, s_arr, n // 8, True)[1]
-        res = run(k_run, state, c_arr, s_arr, n, False)[0]
-        evals += (adapt_passes * (n // 8) + n) * ais.evals_per_sample
-        x, log_w, log_px = (np.asarray(v, np.float64) for v in (res.x, res.log_w, res.log_p))
-        log_z, se = group_log_z(log_w, n_groups)
-        ok = np.isfinite(log_w)
-        ess = float(effective_sample_size(res.log_w))
-        reached = res.info.betas is None or float(res.info.betas[-1]) >= 1.0  # else the last step jumped to p
-        usable = ess * n >= min_ess and reached and groups_agree(log_w, n_groups)
-        mean, std = weighted_moments(x, log_w) if ok.any() else (center, s)
-        found = float(np.max(std))
-        rounds.append({"scale": float(np.max(s)), "log_z": log_z, "log_z_stderr": se, "ess": ess, "reached_p": reached,
-                       "usable": usable, "found_scale": found,
-                       "accept": float(np.mean(np.asarray(res.info.accept)))})
-        results.append((x, log_w, log_px, mean, std, center.copy(), s.copy()))
-        wide = np.max(s) >= factor * found * (1 - 1e-6)
-        if bounds is None and usable and wide and prev is not None and \
-                abs(log_z - prev["log_z"]) <= tol + 3 * math.hypot(se, prev["log_z_stderr"]):
+    rounds, results, converged, prev, out_of_budget = [], [], bounds is not None, None, False
+    for j in range(int(max_rounds)):
+        if budget is not None and j > 0 and evals + rounds[-1]["target_evals"] > budget:
+            out_of_budget = True
+            break
+        key, k_run = jax.random.split(key)
+        r, res = one_round(k_run, center, s, n_pilot, "pilot")
+        rounds.append(r)
+        results.append(res)
+        wide = np.max(s) >= factor * r["found_scale"] / WIDE_SLACK
+        if bounds is None and r["usable"] and wide and prev is not None and \
+                abs(r["log_z"] - prev["log_z"]) <= tol + 3 * math.hypot(r["log_z_stderr"], prev["log_z_stderr"]):
             converged = True
             break
-        prev = rounds[-1] if usable else None
-        if usable and np.all(np.isfinite(mean)):
-            center = mean
-        s = np.full(dim, max(growth * float(np.max(s)), factor * found))
+        prev = r if r["usable"] else None
+        if r["usable"] and np.all(np.isfinite(res[3])):
+            center = res[3]
+        s = np.full(dim, max(growth * float(np.max(s)), factor * r["found_scale"]))
     usable_rounds = [i for i, r in enumerate(rounds) if r["usable"]]
     best = len(rounds) - 1 if converged or not usable_rounds else usable_rounds[-1]
+    if converged:  # (X7): the final round at the reference found, with the particles the budget leaves
+        per_particle = FINAL_MARGIN * rounds[best]["target_evals"] / rounds[best]["particles"]
+        room = math.inf if budget is None else (budget - evals) / per_particle
+        m = int(min(n, max(2, dim) * PARTICLES_PER_DIM, room) // n_groups * n_groups)
+        if m > n_pilot:
+            r, res = one_round(key, results[best][5], results[best][6], m, "final")
+            rounds.append(r)
+            results.append(res)
+            if r["usable"]:
+                best = len(rounds) - 1
     x, log_w, log_px, mean, std, center, s = results[best]
     r = rounds[best]
     return Exploration(x=x, log_w=log_w, log_p=log_px, log_z=r["log_z"], log_z_stderr=r["log_z_stderr"],
                        ess=r["ess"], mean=mean, std=std, center=center, scale=s, converged=converged,
-                       rounds=tuple(rounds), target_evals=int(evals), n_groups=n_groups)
+                       rounds=tuple(rounds), target_evals=int(evals), n_groups=n_groups,
+                       seconds=time.perf_counter() - t0, budget=budget, out_of_budget=out_of_budget)
 
 
-def group_fraction(log_w: np.ndarray, inside: np.ndarray, n_groups: int) -> tuple[float, float]:
-    """Self-normalised weight of the samples ``inside`` a region (the ratio estimator over all groups) and its
-    standard error from the spread of the groups' own estimates (independent SMC runs)."""
-    w, top = _group_weights(log_w, n_groups)
+def group_fraction(log_w: np.ndarray, inside: np.ndarray, groups: Groups) -> tuple[float, float]:
+    """The weight of the samples ``inside`` a region relative to all, sum_g Z^_g P^_g / sum_g Z^_g (for groups of
+    equal size the self-normalised weight over all samples), and its standard error from the spread of the groups'
+    own estimates P^_g (independent SMC runs)."""
+    z, z_in, top = _group_means(log_w, groups, inside)
     if not np.isfinite(top):
         return math.nan, math.inf
-    inside = np.asarray(inside, bool).reshape(n_groups, -1)
-    total = float((w * inside).sum() / w.sum())
-    per_group = (w * inside).sum(1) / np.maximum(w.sum(1), 1e-300)
-    return total, float(per_group.std(ddof=1) / math.sqrt(n_groups))
+    per_group = z_in / np.maximum(z, 1e-300)
+    return float(z_in.sum() / z.sum()), float(per_group.std(ddof=1) / math.sqrt(len(z)))
 
 
 def mass_missing(unseen: float, stderr: float, min_mass: float = MIN_MISSING_MASS) -> bool:
@@ -312,7 +389,7 @@ def inconclusive(unseen: float, stderr: float, min_mass: float = MIN_MISSING_MAS
     return bool(unseen > min_mass and SECOND_LOOK_SIGMA * stderr < unseen <= 3 * stderr)
 
 
-def unseen_mass(log_w_e: np.ndarray, n_groups: int, log_ratio_e: np.ndarray, flow_log_w: np.ndarray,
+def unseen_mass(log_w_e: np.ndarray, groups: Groups, log_ratio_e: np.ndarray, flow_log_w: np.ndarray,
                 flow_log_z: float, tau: float = math.log(10.0), min_mass: float = MIN_MISSING_MASS) -> dict[str, float]:
     """Mass of p that a flow q under-covers, estimated twice: by the exploration (which does not use q) and by
     the flow's own importance sampling, in the region where q is more than e^tau times too thin,
@@ -327,10 +404,11 @@ def unseen_mass(log_w_e: np.ndarray, n_groups: int, log_ratio_e: np.ndarray, flo
     (a 1 % mode moves log Z by 0.01, below the SMC estimate's error at a few thousand particles) because only R's
     particles count.
 
-    ``log_w_e``: the exploration's log weights in ``n_groups`` contiguous groups; ``log_ratio_e``: log p(x) - log q(x)
+    ``log_w_e``: the exploration's log weights in contiguous ``groups`` (a number of equal ones, or their sizes);
+    ``log_ratio_e``: log p(x) - log q(x)
     at its samples; ``flow_log_w``: log p - log q of flow samples."""
     thr = flow_log_z + tau
-    p_e, se_e = group_fraction(log_w_e, np.asarray(log_ratio_e) > thr, n_groups)
+    p_e, se_e = group_fraction(log_w_e, np.asarray(log_ratio_e) > thr, groups)
     p_q, se_q = (float(v) for v in self_normalised_expectation(flow_log_w, np.asarray(flow_log_w) > thr))
     d = p_e - p_q
     se = math.hypot(se_e, se_q)
@@ -346,10 +424,12 @@ def check_flow(look, key, flow_log_w: np.ndarray, flow_log_z: float) -> dict[str
 
     (X5) again on the pooled groups of that exploration and a second, independent one (each group is an
     independent SMC run whose weights estimate the same Z, so the pooled groups are one exploration of twice the
-    particles, with its error from twice the groups). A mode the first look found only partly (in 10 dimensions,
-    a third of a 2.9 % mode at 2.6 se: far-mode family, docs/benchmarks.md) gets a second chance at 3 se; a flow
+    groups, with its error from their spread; the two may differ in size, each group counting once). A mode the
+    first look found only partly (in 10 dimensions, a third of a 2.9 % mode at 2.6 se: far-mode family,
+    docs/benchmarks.md) gets a second chance at 3 se; a flow
     that misses nothing gets a fresh estimate, not a lower bar (the verdict is still D > 3 se, now of the pooled
-    estimate). Returns (X5)'s numbers, the (pooled) exploration's log Z and error, and ``explore_looks``."""
+    estimate). Returns (X5)'s numbers, the (pooled) exploration's log Z and error, its particles, and the looks'
+    number and cost (target evaluations, seconds)."""
     e, log_ratio = look(key)
     looks = [(e, np.asarray(log_ratio))]
     r = unseen_mass(e.log_w, e.n_groups, log_ratio, flow_log_w, flow_log_z)
@@ -357,10 +437,12 @@ def check_flow(look, key, flow_log_w: np.ndarray, flow_log_z: float) -> dict[str
         e2, log_ratio2 = look(jax.random.fold_in(key, 1))
         looks.append((e2, np.asarray(log_ratio2)))
     log_w = np.concatenate([e.log_w for e, _ in looks])
-    n_groups = sum(e.n_groups for e, _ in looks)
+    groups = [len(e.log_w) // e.n_groups for e, _ in looks for _ in range(e.n_groups)]
     if len(looks) > 1:
-        r = unseen_mass(log_w, n_groups, np.concatenate([lr for _, lr in looks]), flow_log_w, flow_log_z)
-    log_z, log_z_se = group_log_z(log_w, n_groups)
+        r = unseen_mass(log_w, groups, np.concatenate([lr for _, lr in looks]), flow_log_w, flow_log_z)
+    log_z, log_z_se = group_log_z(log_w, groups)
     return {"explore_log_z": log_z, "explore_log_z_stderr": log_z_se,
             "explore_converged": all(e.converged for e, _ in looks),
-            "explore_target_evals": sum(e.target_evals for e, _ in looks), "explore_looks": len(looks), **r}
+            "explore_target_evals": sum(e.target_evals for e, _ in looks),
+            "explore_seconds": sum(e.seconds for e, _ in looks), "explore_particles": len(log_w),
+            "explore_looks": len(looks), **r}

@@ -100,7 +100,9 @@ class Run:
             ais: also estimate with AIS from the model towards p (the config's ``ais`` section).
             chunk: samples drawn and reduced at a time.
             check: run the missing-mass check (an exploration without the model, boltzflow.explore); None: as the
-                config's ``explore.check`` says.
+                config's ``explore.check`` says. Its budget is the config's ``explore.budget``, else the training's
+                target evaluations; a run with a directory keeps its explorations there, so a second evaluation
+                reuses them.
 
         Returns:
             A flat dict of numbers (boltzflow.evaluate): ``ess`` (a fraction), ``log_z``, ``log_z_stderr``, and where
@@ -113,7 +115,7 @@ class Run:
         ais_state = getattr(self.state.method_state, "ais_state", None)
         with precision(self.config):
             return evaluate(self.experiment, key, n_samples=n, ais_state=ais_state, with_ais=ais, chunk=chunk,
-                            check=check)
+                            check=check, check_budget=self.summary.get("target_evals") or None, check_dir=self.out)
 
     def plot(self, out: str | Path | None = None) -> list[Path]:
         """Draw the run's pictures (the model's samples as its target shows them, the training curves).
@@ -246,8 +248,10 @@ def load(path: str | Path, target: Target | str | dict | None = None) -> Run:
     with precision(run_config(path, target)):
         exp, state = load_run(path, target)
     info = read_checkpoint_info(path / "checkpoint.json") if (path / "checkpoint.json").is_file() else {}
-    summary = {"steps": int(state.step), "time_s": info.get("time_s", 0.0), "evals": info.get("evals", [])}
-    return Run(exp, state, read_history(path, int(state.step)), summary, path)
+    history = read_history(path, int(state.step))
+    summary = {"steps": int(state.step), "time_s": info.get("time_s", 0.0), "evals": info.get("evals", []),
+               **{k: history[-1][k] for k in ("flow_evals", "target_evals") if history and k in history[-1]}}
+    return Run(exp, state, history, summary, path)
 
 
 def target_from_log_prob(log_prob: Callable[[jax.Array], jax.Array], dim: int, *, name: str | None = None,

@@ -145,13 +145,22 @@ def test_every_preset_builds_its_experiment_and_method(name, tmp_path):
     assert layout(model) == layout(state.model) and metrics["loss"].shape == ()
 
 
-def test_the_report_warns_when_mass_may_be_missing_and_only_then():
+def test_the_report_gives_the_checks_verdict_and_cost_and_warns_when_mass_may_be_missing_or_it_cannot_conclude():
     from boltzflow.cli import _table
 
     ok = {"ess": 0.99, "log_z": 0.0, "mass_missing": False, "unseen_mass": 0.0, "unseen_mass_stderr": 0.001,
-          "log_z_difference": -0.5, "log_z_difference_sigma": -6.0}  # exploration low: no evidence of missing mass
-    assert "WARNING" not in _table(ok, "t")
+          "log_z_difference": -0.5, "log_z_difference_sigma": -6.0,  # exploration low: no evidence of missing mass
+          "explore_converged": True, "explore_target_evals": 1_234_567, "explore_budget": 2_050_560,
+          "explore_seconds": 3.21, "explore_reused": 0}
+    table = _table(ok, "t")
+    assert "WARNING" not in table
+    assert "missing-mass check: no mass of p the model misses" in table and "1.23e+06 target evaluations (budget " \
+        "2.05e+06), 3.2 s" in table and "earlier evaluation" not in table
+    assert "kept from an earlier evaluation of this run" in _table({**ok, "explore_reused": 1}, "t")
     bad = {**ok, "mass_missing": True, "unseen_mass": 0.03}
-    assert _table(bad, "t").count("WARNING: mass may be missing") == 1
+    assert _table(bad, "t").count("WARNING: mass may be missing") == 1 and "1.23e+06 target" in _table(bad, "t")
     low = {**ok, "log_z_difference": 0.03, "log_z_difference_sigma": 4.0}
     assert "WARNING: the exploration's log Z exceeds the model's" in _table(low, "t")
+    short = _table({**ok, "explore_converged": False}, "t")
+    assert "WARNING: the missing-mass check could not conclude" in short and "no mass of p" not in short
+    assert "WARNING" not in _table({"ess": 0.99, "log_z": 0.0}, "t")  # no check, no verdict

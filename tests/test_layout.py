@@ -16,7 +16,7 @@ LAYERS = [
     ["boltzflow.flows"],
     ["boltzflow.mcmc"],
     ["boltzflow.ais"],
-    ["boltzflow.explore", "boltzflow.frame"],
+    ["boltzflow.explore", "boltzflow.explore_cache", "boltzflow.frame"],
     ["boltzflow.autoflow"],
     ["boltzflow.snf"],
     ["boltzflow.vae"],

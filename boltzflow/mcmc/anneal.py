@@ -36,8 +36,26 @@ takes the largest delta <= 1 - beta whose conditional ESS, averaged over the gro
     CESS(delta) = (sum_i W_i e^(delta l_i))^2 / sum_i W_i e^(2 delta l_i),     W = the group's normalised weights,
 
 is at least ``cess`` (bisection, 30 halvings); levels left after beta reached 1 move at the end density, and
-``AnnealInfo.betas`` records the schedule. The schedule depends on all groups (a weak coupling of the groups the
-standard error ignores). Only kernels that leave each pi_k invariant (Metropolis-adjusted) keep SMC exact; after a
+``AnnealInfo.betas`` records the schedule. With ``levels_at_end`` = m, only m levels move at the end density and the
+rest are skipped (``lax.cond``: no evaluation), so a run costs the levels its path needs, ``AnnealInfo.levels_run``,
+not the L it may use. The schedule depends on all groups (a weak coupling of the groups the standard error
+ignores).
+
+Step sizes tuned within the run (``tune_rate`` = r; the population-based adaptation of adaptive SMC samplers,
+Fearnhead & Taylor 2013): level k moves with eps_k exp(t_k), and after its moves
+
+    t_{k+1} = t_k + r (acc_k - target),        t_1 = 0,   acc_k the level's mean acceptance over all particles,  (T1)
+
+(clipped to +-LOG_CLIP), so one pass of n particles needs no separate adaptation passes: pi_{k+1} is close to pi_k
+by construction (CESS), so the step size that suited level k nearly suits k + 1. Each particle's step is further
+jittered by exp(u), u ~ U(-``jitter``, ``jitter``) drawn afresh at every move (Neal 2011 suggests randomising
+eps; independent of the state, so each move still leaves pi_k invariant): HMC's acceptance falls off a cliff as
+eps crosses the stability limit of the narrowest direction, and without the jitter (T1) swung between acceptance
+0.99 and 0 on a 3-D Gaussian; with it the population's acceptance is a smooth function of eps and (T1) settles.
+Like adaptive levels, (T1) makes the kernels depend on the particles (a bias of order 1 / n, negligible at the
+particle numbers used).
+
+Only kernels that leave each pi_k invariant (Metropolis-adjusted) keep SMC exact; after a
 resampling the path ratio dS of an ancestor no longer belongs to a path, so SMC's users take Neal's weights plus
 the offset (``AnnealInfo.log_w_offset``).
 """
@@ -53,23 +71,31 @@ from boltzflow.errors import BoltzflowError
 from boltzflow.estimators import effective_sample_size, normalised_weights
 from boltzflow.mcmc.base import Kernel
 from boltzflow.mcmc.point import Point, annealed_log_prob
+from boltzflow.mcmc.step_size import LOG_CLIP
 
 
 class SMC(NamedTuple):
     """Resample a group below ESS fraction ``threshold``; ``n_groups`` independent groups; ``cess``: None for the
-    given levels, else the conditional ESS each adaptive level keeps (module docstring)."""
+    given levels, else the conditional ESS each adaptive level keeps; ``levels_at_end``: with ``cess``, the levels
+    that move at the end density before the rest are skipped (None: all move); ``tune_rate``: tune the step size
+    within the run towards the kernel's target acceptance (T1; None: the given step sizes), each particle's jittered
+    by a factor exp(U(-``jitter``, ``jitter``)). Module docstring."""
 
     threshold: float = 0.5
     n_groups: int = 8
     cess: float | None = None
+    levels_at_end: int | None = None
+    tune_rate: float | None = None
+    jitter: float = 0.5
 
 
 class AnnealInfo(NamedTuple):
     """accept: (L,) mean acceptance per level (over samples and moves; unadjusted kernels: fraction of moves
     taken); n_nonfinite: () moves rejected because a density was not finite; log_w_standard: (n,) Neal's
     increments over the L levels (module docstring). With SMC: log_w_offset (n,) the groups' c_g (R1),
-    n_resampled () group resamplings, betas (L,) the levels' positions on the path and w_last (2,) the last
-    level's weights."""
+    n_resampled () group resamplings, betas (L,) the levels' positions on the path, w_last (2,) the last
+    level's weights and levels_run () the levels that moved (L unless ``SMC.levels_at_end`` skipped some; a skipped
+    level's accept is 0)."""
 
     accept: jax.Array
     n_nonfinite: jax.Array
@@ -78,6 +104,7 @@ class AnnealInfo(NamedTuple):
     n_resampled: jax.Array | None = None
     betas: jax.Array | None = None
     w_last: jax.Array | None = None
+    levels_run: jax.Array | None = None
 
 
 def systematic_resample(key: jax.Array, log_w: jax.Array) -> jax.Array:
@@ -130,6 +157,8 @@ def _next_beta(log_w, slope, beta, cess: float, n_groups: int):
     (lo, _), _ = jax.lax.scan(halve, (jnp.zeros_like(room), room), None, length=30)
     delta = jnp.where(mean_cess(room) >= cess, room, jnp.maximum(lo, room * 1e-6))
     return jnp.minimum(beta + delta, 1.0)
+
+
 def anneal(kernel: Kernel, keys: jax.Array, point: Point, w_start, ws: jax.Array, step_sizes: jax.Array,
            n_inner: int, log_q_fn, log_p_fn, smc: SMC | None = None, w_end=None
            ) -> tuple[Point, jax.Array, AnnealInfo]:
@@ -152,12 +181,21 @@ def anneal(kernel: Kernel, keys: jax.Array, point: Point, w_start, ws: jax.Array
         if not kernel.metropolised:
             raise BoltzflowError(f"SMC needs a kernel that leaves each level invariant; {kernel.name!r} has no "
                                  f"accept step")
+        if smc.levels_at_end is not None and not (smc.cess is not None and int(smc.levels_at_end) >= 1):
+            raise BoltzflowError(f"SMC levels_at_end needs adaptive levels (cess) and must be >= 1, got "
+                                 f"{smc.levels_at_end}")
+        if smc.tune_rate is not None and not (float(smc.tune_rate) > 0 and kernel.target_accept is not None):
+            raise BoltzflowError(f"SMC tune_rate must be > 0 with a kernel that has a target acceptance; got "
+                                 f"{smc.tune_rate} for {kernel.name!r}")
     adaptive = smc is not None and smc.cess is not None
     if adaptive:
         w_end = jnp.asarray(w_end, ws.dtype)
+    tune = None if smc is None or smc.tune_rate is None else (float(smc.tune_rate), float(kernel.target_accept),
+                                                              float(smc.jitter))
+    at_end = None if smc is None or smc.levels_at_end is None else int(smc.levels_at_end)
 
     def level(carry, inputs):
-        point, d_s, log_w_std, w_prev, beta, offset, n_res = carry
+        point, d_s, log_w_std, w_prev, beta, offset, n_res, log_tune, n_run, n_end = carry
         k, w_k, eps_k = inputs
         if adaptive:
             slope = annealed_log_prob(point, w_end) - annealed_log_prob(point, w_start)
@@ -169,20 +207,40 @@ def anneal(kernel: Kernel, keys: jax.Array, point: Point, w_start, ws: jax.Array
             (point, d_s), log_w_std, offset, done = _resample_groups(k_res, (point, d_s), log_w_std, offset,
                                                                      threshold, n_groups)
             n_res = n_res + done
+        eps_k = eps_k * jnp.exp(log_tune).astype(dtype)
 
         def move(c, kk):
             point, d_s, acc, bad = c
-            point, info = kernel.step(kk, point, w_k, eps_k, log_q_fn, log_p_fn)
+            eps = eps_k
+            if tune is not None:  # (T1): each particle's step size jittered
+                kk, k_eps = jax.random.split(kk)
+                u = jax.random.uniform(k_eps, (n, 1), dtype, -tune[2], tune[2])
+                eps = jnp.exp(u) * (eps_k if jnp.ndim(eps_k) else eps_k[None, None])
+            point, info = kernel.step(kk, point, w_k, eps, log_q_fn, log_p_fn)
             return (point, d_s + info.dS, acc + jnp.mean(info.accept), bad + info.n_nonfinite), None
 
         init = (point, d_s, jnp.zeros((), dtype), jnp.zeros((), jnp.int32))
         (point, d_s, acc, bad), _ = jax.lax.scan(move, init, jax.random.split(k, n_inner))
-        return (point, d_s, log_w_std, w_k, beta, offset, n_res), (acc / n_inner, bad, beta)
+        acc = acc / n_inner
+        if tune is not None:
+            log_tune = jnp.clip(log_tune + tune[0] * (acc - tune[1]), -LOG_CLIP, LOG_CLIP)
+        n_end = n_end + (beta >= 1.0).astype(jnp.int32)
+        return (point, d_s, log_w_std, w_k, beta, offset, n_res, log_tune, n_run + 1, n_end), (acc, bad, beta)
 
-    init = (point, zero_ds, zero_ds, w_start, jnp.zeros((), ws.dtype), zero_ds, jnp.zeros((), jnp.int32))
-    (point, d_s, log_w_std, w_last, _, offset, n_res), (accept, bad, betas) = jax.lax.scan(
-        level, init, (keys, ws, step_sizes))
+    def skip(carry, inputs):  # the path already ended, and ``at_end`` levels moved there
+        return carry, (jnp.zeros((), dtype), jnp.zeros((), jnp.int32), carry[4])
+
+    def level_or_skip(carry, inputs):
+        if at_end is None:
+            return level(carry, inputs)
+        return jax.lax.cond((carry[4] >= 1.0) & (carry[9] >= at_end), skip, level, carry, inputs)
+
+    zero_i = jnp.zeros((), jnp.int32)
+    init = (point, zero_ds, zero_ds, w_start, jnp.zeros((), ws.dtype), zero_ds, zero_i, jnp.zeros((), dtype), zero_i,
+            zero_i)
+    (point, d_s, log_w_std, w_last, _, offset, n_res, _, n_run, _), (accept, bad, betas) = jax.lax.scan(
+        level_or_skip, init, (keys, ws, step_sizes))
     if smc is None:
         return point, d_s, AnnealInfo(accept, jnp.sum(bad), log_w_std)
     return point, d_s, AnnealInfo(accept, jnp.sum(bad), log_w_std, offset, n_res, betas if adaptive else None,
-                                  w_last)
+                                  w_last, n_run)
