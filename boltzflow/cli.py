@@ -1,4 +1,4 @@
-"""The ``boltzflow`` command: train | evaluate | sample | plot | md | reference | targets | presets.
+"""The ``boltzflow`` command: train | evaluate | sample | free-energy | plot | md | reference | targets | presets.
 
 ``train``, ``evaluate`` and ``sample`` run data-parallel on ``--devices`` devices (default: all visible;
 boltzflow.sharding); on several hosts every host runs the same command with ``--coordinator HOST:PORT --num-hosts N
@@ -35,15 +35,21 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import yaml
 
 from boltzflow.allocator import retain_freed_memory
 from boltzflow.checkpoint import check_writable, write_atomic, write_json
 from boltzflow.config import load_config, presets
 from boltzflow.errors import BoltzflowError
+from boltzflow.estimators import resample
+from boltzflow.molecules.free_energy import (ALANINE_DIPEPTIDE_STATES, collective_variables, cv_values,
+                                             free_energy_surface, periodic_cvs, state_free_energies)
+from boltzflow.molecules.free_energy_plot import plot_free_energy_surface
 from boltzflow.molecules.md import geometric_temperatures, run_replica_exchange
 from boltzflow.molecules.openmm_engine import close_all
 from boltzflow.molecules.reference import load_reference, write_compact, write_reference
 from boltzflow.molecules.system import minimize
+from boltzflow.molecules.trajectory import FORMATS, is_trajectory, write_trajectory
 from boltzflow.run import fit, load
 from boltzflow.sharding import use_devices, writes_files
 from boltzflow.targets import make_target, targets_table
@@ -129,16 +135,91 @@ def _evaluate(args) -> None:
 
 
 def _sample(args) -> None:
-    out = Path(args.out if args.out.endswith(".npz") else args.out + ".npz")  # the name np.savez gives it
+    trajectory = is_trajectory(args.out)
+    out = Path(args.out if trajectory or args.out.endswith(".npz") else args.out + ".npz")  # np.savez's name
+    if args.resample is not None and not trajectory:
+        raise BoltzflowError(f"--resample writes a trajectory ({', '.join(FORMATS)}), not {out.name}; an .npz keeps "
+                             "the weighted samples")
+    if args.resample is not None and args.resample < 1:
+        raise BoltzflowError(f"--resample needs M >= 1 frames, got {args.resample}")
     run = load(args.run)
+    if trajectory:
+        _molecular(run, f"a trajectory ({out.name})")
     _check_writable(out)
     with use_devices(args.devices):
         x, log_w = run.sample(jax.random.key(args.seed), args.n)
     if not writes_files():
         return
     with _keeping(out, "the samples are not kept"):
-        write_atomic(out, lambda f: np.savez(f, x=x, log_w=log_w))
-    print(f"wrote {args.n} samples and log weights to {out}")
+        if not trajectory:
+            write_atomic(out, lambda f: np.savez(f, x=x, log_w=log_w))
+            print(f"wrote {args.n} samples and log weights to {out}")
+        elif args.resample is not None:
+            frames = resample(jax.random.key(args.seed + 1), x, log_w, args.resample)
+            write_trajectory(out, run.target.molecule, frames)
+            print(f"wrote {args.resample} unweighted frames, resampled from {args.n} weighted samples, to {out}")
+        else:
+            written = write_trajectory(out, run.target.molecule, x, log_w)
+            print(f"wrote {args.n} samples to {written[0]} and their log weights (log p - log q; frame i has weight "
+                  f"exp(log_w[i]) / sum) to {written[1]}")
+
+
+def _molecular(run, what: str) -> MoleculeTarget:
+    """The run's target if it is a molecule; else one line saying that ``what`` needs one."""
+    if not isinstance(run.target, MoleculeTarget):
+        raise BoltzflowError(f"{what} needs a molecular target; this run's target is {run.target.name!r}")
+    return run.target
+
+
+def _free_energy(args) -> None:
+    run = load(args.run)
+    target = _molecular(run, "free-energy")
+    cvs = collective_variables(target.molecule, args.cv or ["phi", "psi"])
+    periodic = periodic_cvs(cvs)
+    states = (_read_states(args.states) if args.states else
+              ALANINE_DIPEPTIDE_STATES if list(cvs) == ["phi", "psi"] else {})
+    out = Path(args.run)
+    for name in ("free_energy.npz", "free_energy.png"):
+        _check_writable(out / name)
+    with use_devices(args.devices):
+        x, log_w = run.sample(jax.random.key(args.seed), args.n)
+    if not writes_files():
+        return
+    values, key = cv_values(x, cvs), jax.random.key(args.seed + 1)
+    surface = free_energy_surface(key, values, log_w, target.kT, periodic=periodic, bins=args.bins,
+                                  n_bootstrap=args.bootstrap)
+    arrays = {"cv": list(surface.names), "edges_0": surface.edges[0], "edges_1": surface.edges[1],
+              "free_energy": surface.free_energy, "free_energy_se": surface.free_energy_se,
+              "probability": surface.probability, "kT": surface.kT, "n_effective": surface.n_effective}
+    lines = [f"free energies of {args.run} ({args.n} samples, ESS {surface.n_effective:.0f}; kT = {target.kT:.4g} "
+             f"kJ/mol; bootstrap errors, {args.bootstrap} replicates)"]
+    if states:
+        s = state_free_energies(key, values, log_w, target.kT, states, periodic=periodic, n_bootstrap=args.bootstrap)
+        arrays |= {"state": list(s.names), "state_probability": s.probability, "state_probability_se": s.probability_se,
+                   "state_free_energy": s.free_energy, "state_free_energy_se": s.free_energy_se,
+                   "state_difference": s.difference, "state_difference_se": s.difference_se}
+        ref = int(np.argmax(s.probability))
+        lines += [f"{name:16s} P = {p:.4g} +- {pse:.2g}   F - F({s.names[ref]}) = {d:8.3f} +- {dse:.3f} kJ/mol"
+                  for name, p, pse, d, dse in zip(s.names, s.probability, s.probability_se, s.difference[:, ref],
+                                                  s.difference_se[:, ref])]
+    with _keeping(f"the free energies to {out}", "the state free energies are printed above"):
+        print("\n".join(lines))
+        write_atomic(out / "free_energy.npz", lambda f: np.savez(f, **arrays))
+        plot_free_energy_surface(surface, out / "free_energy.png", states, periodic)
+    print(f"wrote {out / 'free_energy.npz'} and {out / 'free_energy.png'}")
+
+
+def _read_states(path: str) -> dict:
+    """``{state: {cv: [lo, hi]}}`` from a YAML file; one line if it is not that."""
+    try:
+        with open(path) as f:
+            states = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError) as e:
+        raise BoltzflowError(f"cannot read states from {path}: {e}") from None
+    if not (isinstance(states, dict) and states and all(isinstance(b, dict) and b for b in states.values())):
+        raise BoltzflowError(f"{path}: states must be a mapping NAME: {{CV: [lo, hi], ...}} (degrees for a torsion, nm "
+                             f"for a distance)")
+    return states
 
 
 def _check_writable(path: Path) -> None:
@@ -280,12 +361,32 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--ais", action="store_true", help="also evaluate AIS targeting p, started from the flow")
     e.add_argument("--seed", type=int, default=1)
     e.set_defaults(func=_evaluate)
-    s = sub.add_parser("sample", help="draw samples with importance log weights into an .npz file", parents=[scale])
+    s = sub.add_parser("sample", help="draw samples with importance log weights into an .npz file, or a trajectory "
+                                      "of a molecule", parents=[scale])
     s.add_argument("run")
     s.add_argument("--n", type=int, default=10_000)
-    s.add_argument("--out", default="samples.npz")
+    s.add_argument("--out", default="samples.npz",
+                   help="FILE.npz (x, log_w), or for a molecule a trajectory FILE.pdb / .dcd / .xtc / .h5 with the "
+                        "log weights in FILE.EXT.log_w.npy")
+    s.add_argument("--resample", type=int, metavar="M",
+                   help="write M unweighted frames (systematic importance resampling) instead: a trajectory only")
     s.add_argument("--seed", type=int, default=2)
     s.set_defaults(func=_sample)
+    fe = sub.add_parser("free-energy", help="free-energy surface and state free energies of a molecular run "
+                                            "(reweighted samples); writes DIR/free_energy.npz and .png",
+                        parents=[scale])
+    fe.add_argument("run")
+    fe.add_argument("--cv", nargs=2, metavar=("CV1", "CV2"),
+                    help="collective variables: named torsions or atom indices i,j (distance) / i,j,k,l (torsion); "
+                         "default phi psi")
+    fe.add_argument("--states", metavar="FILE.yaml",
+                    help="states as boxes NAME: {CV: [lo, hi]} (degrees / nm; lo > hi wraps a torsion through 180); "
+                         "default for phi psi: C7eq, alpha_R, C7ax_alpha_L")
+    fe.add_argument("--n", type=int, default=100_000, help="model samples")
+    fe.add_argument("--bins", type=int, default=60, help="bins per collective variable")
+    fe.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates for the standard errors")
+    fe.add_argument("--seed", type=int, default=3)
+    fe.set_defaults(func=_free_energy)
     pl = sub.add_parser("plot", help="(re)draw a run's plots")
     pl.add_argument("run")
     pl.set_defaults(func=_plot)

@@ -26,6 +26,12 @@ sample with weight 0: it still counts in n, so invalid samples lower the ESS and
   chunk, without holding them: ESS = s1^2 / (n s2), log Z^ = m + log(s1 / n), se from the sample variance
   (s2 - s1^2 / n) / (n - 1) of w e^(-m), E^[f] = sf / s1. They equal the functions above up to rounding.
   :func:`stream_sums` draws and merges such sums chunk by chunk.
+- Resampling (Kitagawa 1996): systematic resampling of n weighted samples draws one u ~ U(0, 1) and takes as
+  ancestors the samples at the positions (u + j) / n, j = 0..n-1, of the cumulative normalised weights, so sample i
+  gets floor or ceil of n W_i copies (:func:`systematic_resample`; SMC's groups, boltzflow.mcmc.anneal R1);
+  :func:`resample` draws m unweighted samples of p from n weighted ones: k = ceil(m / n) independent systematic
+  resamplings pooled, m of the k n ancestors kept uniformly without replacement, so sample i appears m W_i times on
+  average.                                                                                        (E4)
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from boltzflow.errors import BoltzflowError
 from boltzflow.sharding import to_host
 
 
@@ -52,6 +59,50 @@ def normalised_weights(log_w: jax.Array) -> jax.Array:
     any_ok = jnp.any(jnp.isfinite(lw))
     w = jax.nn.softmax(jnp.where(any_ok, lw, 0.0))
     return jnp.where(any_ok & jnp.isfinite(lw), w, 0.0)
+
+
+def systematic_resample(key: jax.Array, log_w: jax.Array) -> jax.Array:
+    """Ancestor indices (m,) of one systematic resampling (E4) of m samples with log weights ``log_w`` (m,); with no
+    finite weight the samples are kept."""
+    m = log_w.shape[0]
+    ok = jnp.isfinite(log_w)
+    w = normalised_weights(log_w)
+    positions = (jax.random.uniform(key, (), log_w.dtype) + jnp.arange(m, dtype=log_w.dtype)) / m
+    idx = jnp.searchsorted(jnp.cumsum(w), positions, side="right")
+    return jnp.where(jnp.any(ok), jnp.clip(idx, 0, m - 1), jnp.arange(m))
+
+
+def resample(key: jax.Array, x: np.ndarray, log_w: np.ndarray, m: int) -> np.ndarray:
+    """m unweighted samples of p from n weighted ones (E4): sample i appears m W_i times on average; m = n is one
+    systematic resampling. Non-finite log weights count as 0.
+
+    Args:
+        key: a JAX key.
+        x: samples ``(n, ...)``.
+        log_w: their importance log weights ``(n,)``, log p - log q up to a constant.
+        m: how many.
+
+    Returns:
+        ``(m, ...)``: rows of ``x`` (repeated where a weight is large), in the order of ``x``.
+
+    Example:
+        >>> x, log_w = run.sample(jax.random.key(1), 100_000)
+        >>> frames = resample(jax.random.key(2), x, log_w, 1000)
+    """
+    x, lw = np.asarray(x), np.asarray(log_w, np.float64).reshape(-1)
+    if lw.shape[0] != x.shape[0]:
+        raise BoltzflowError(f"{lw.shape[0]} log weights for {x.shape[0]} samples")
+    if int(m) < 1:
+        raise BoltzflowError(f"resample needs m >= 1, got {m}")
+    if not np.isfinite(lw).any():
+        raise BoltzflowError("no sample has a finite log weight: there is nothing to resample")
+    n, m = lw.shape[0], int(m)
+    keys = jax.random.split(key, -(-m // n) + 1)
+    with jax.enable_x64(True):  # the cumulative weights of many samples, in float64
+        lw64 = jnp.asarray(lw, jnp.float64)
+        pool = np.concatenate([np.asarray(systematic_resample(k, lw64)) for k in keys[1:]])
+    chosen = np.sort(np.asarray(jax.random.permutation(keys[0], pool.shape[0]))[:m])
+    return x[pool[chosen]]
 
 
 def effective_sample_size(log_w: jax.Array) -> jax.Array:

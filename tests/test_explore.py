@@ -12,7 +12,8 @@ from boltzflow.ais import build_ais
 from boltzflow.errors import BoltzflowError
 from boltzflow.explore import (Exploration, ExploreSettings, _gaussian, check_flow, explore, group_fraction, group_log_z,
                                mass_missing, unseen_mass)
-from boltzflow.mcmc.anneal import SMC, systematic_resample
+from boltzflow.estimators import systematic_resample
+from boltzflow.mcmc.anneal import SMC
 from boltzflow.mcmc.registry import make_kernel
 from boltzflow.targets import make_target
 from boltzflow.targets.far_modes import far_modes

@@ -68,7 +68,7 @@ import jax
 import jax.numpy as jnp
 
 from boltzflow.errors import BoltzflowError
-from boltzflow.estimators import effective_sample_size, normalised_weights
+from boltzflow.estimators import effective_sample_size, systematic_resample
 from boltzflow.mcmc.base import Kernel
 from boltzflow.mcmc.point import Point, annealed_log_prob
 from boltzflow.mcmc.step_size import LOG_CLIP
@@ -105,17 +105,6 @@ class AnnealInfo(NamedTuple):
     betas: jax.Array | None = None
     w_last: jax.Array | None = None
     levels_run: jax.Array | None = None
-
-
-def systematic_resample(key: jax.Array, log_w: jax.Array) -> jax.Array:
-    """Ancestor indices (m,) of one systematic resampling of m particles with log weights ``log_w`` (m,); a group
-    with no finite weight keeps its particles."""
-    m = log_w.shape[0]
-    ok = jnp.isfinite(log_w)
-    w = normalised_weights(log_w)
-    positions = (jax.random.uniform(key, (), log_w.dtype) + jnp.arange(m, dtype=log_w.dtype)) / m
-    idx = jnp.searchsorted(jnp.cumsum(w), positions, side="right")
-    return jnp.where(jnp.any(ok), jnp.clip(idx, 0, m - 1), jnp.arange(m))
 
 
 def _resample_groups(key, tree, log_w, offset, threshold: float, n_groups: int):

@@ -11,9 +11,15 @@ Nothing here knows about targets, flows or training (this layer sits below ``bol
 - :mod:`.md`: replica-exchange Langevin MD (BAOAB), batched and resumable: reference data.
 - :mod:`.reference`: reference sets (writing, loading, the shipped ones), basin populations with block errors.
 - :mod:`.metrics`: dihedrals, named torsions, histogram KL of torsion marginals and Ramachandran plots.
+- :mod:`.trajectory`: samples as a trajectory file (PDB, DCD, XTC, HDF5) with the topology, log weights beside it.
+- :mod:`.free_energy`: free-energy surfaces of two collective variables and state free energies from weighted
+  samples, with bootstrap errors (:mod:`.free_energy_plot` draws a surface; imported on its own: matplotlib).
 """
 
 from boltzflow.molecules.chirality import Chirality, find_stereocentres
+from boltzflow.molecules.free_energy import (ALANINE_DIPEPTIDE_STATES, FreeEnergySurface, StateFreeEnergies,
+                                             collective_variables, cv_values, free_energy_surface,
+                                             state_free_energies)
 from boltzflow.molecules.forcefield import ForceFieldParams, batched_energy, energy_terms, read_forcefield
 from boltzflow.molecules.md import geometric_temperatures, run_replica_exchange
 from boltzflow.molecules.metrics import (basin_populations, dihedral, histogram_kl, molecular_metrics, named_torsions,
@@ -21,6 +27,7 @@ from boltzflow.molecules.metrics import (basin_populations, dihedral, histogram_
 from boltzflow.molecules.openmm_engine import OpenMMEngine
 from boltzflow.molecules.reference import load_reference, write_compact, write_reference
 from boltzflow.molecules.system import MolecularSystem, load_system, minimize
+from boltzflow.molecules.trajectory import mdtraj_topology, write_trajectory
 from boltzflow.molecules.zmatrix import ZMatrix, build_zmatrix, cartesian_to_internal, internal_to_cartesian
 
 __all__ = ["Chirality", "find_stereocentres", "ForceFieldParams", "batched_energy", "energy_terms",
@@ -28,4 +35,6 @@ __all__ = ["Chirality", "find_stereocentres", "ForceFieldParams", "batched_energ
            "histogram_kl", "molecular_metrics", "named_torsions", "ramachandran_kl", "ramachandran_pairs",
            "torsion_angles", "torsion_kl", "OpenMMEngine", "load_reference", "write_compact", "write_reference",
            "MolecularSystem", "load_system", "minimize", "ZMatrix", "build_zmatrix", "cartesian_to_internal",
-           "internal_to_cartesian"]
+           "internal_to_cartesian", "ALANINE_DIPEPTIDE_STATES", "FreeEnergySurface", "StateFreeEnergies",
+           "collective_variables", "cv_values", "free_energy_surface", "state_free_energies", "mdtraj_topology",
+           "write_trajectory"]

@@ -1,0 +1,330 @@
+"""Free energies from importance-weighted samples of a molecule: a surface over two collective variables, and
+differences between states, each with bootstrap standard errors (NumPy, outside jit).
+
+**Collective variables** (CVs) of conformations x ``(n, 3N)`` in nm, by atom indices (0-based):
+
+- 4 atoms (i, j, k, l): the torsion (D1) of :mod:`boltzflow.molecules.metrics`, in degrees in (-180, 180],
+  periodic;
+- 2 atoms (i, j): the distance |x_j - x_i| in nm.
+
+A CV is named by one of the molecule's named torsions (``phi``, ``psi``, ...: metrics.named_torsions) or given by
+its atoms (``(4, 6, 8, 14)``, or the string ``"4,6,8,14"``).
+
+**Weights.** Samples x_i with log weights log w_i = log p(x_i) - log q(x_i) + c (any constant c; non-finite: weight
+0), and those with a non-finite CV value left out (weight 0), are self-normalised:
+
+    W_i = w_i / sum_j w_j.                                                                               (F1)
+
+**Probabilities and free energies** of a region A of CV space (a histogram bin, a state), kT in kJ/mol:
+
+    P(A) = sum_i W_i 1[cv(x_i) in A],                                                                    (F2)
+    F(A) = -kT log P(A),                                                                                 (F3)
+    Delta F_ij = F(A_i) - F(A_j) = -kT log(P(A_i) / P(A_j)).                                             (F4)
+
+The surface is (F3) over the bins of a regular grid in two CVs (torsions: [-180, 180]; distances: the range of the
+weighted samples), shifted so that its minimum is 0 (+inf in an empty bin). States are boxes, one interval
+(lo, hi] per CV (a CV not named: all of it); for a torsion, lo >= hi wraps through 180 (psi in (50, -120] is psi > 50
+or psi <= -120).
+
+**Standard errors** by the bootstrap: replicate r = 1..B draws n indices uniformly with replacement (from an
+explicit key: replicate r uses ``jax.random.fold_in(key, r)``), recomputes (F1)-(F4) on the weighted samples so
+drawn, and
+
+    se = std_r(estimate_r)  (ddof = 1).                                                                  (F5)
+
+It includes the variance of the weights (to first order it equals the delta-method error of the ratio (F2),
+kT sqrt(sum_i W_i^2 (1_i - P)^2) / P; estimators E3) and of the normalisation, and assumes independent samples,
+as a flow's are; for correlated ones (an MD chain) it is too small. The surface's se is that of -kT log P(bin),
+(F3) before the shift (the shift's own uncertainty is not in it); it is +inf where some replicate leaves the bin
+empty (too few samples there for an error bar) and NaN in an empty bin. The same key gives the same replicates to
+the surface and the states.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+
+from boltzflow.errors import BoltzflowError
+from boltzflow.molecules.metrics import dihedral, named_torsions, normalised_weights, wrap_angle
+from boltzflow.molecules.system import MolecularSystem
+
+#: Bootstrap replicates of (F5) by default: the standard error itself is then known to about 1 / sqrt(2 B) = 5 %.
+N_BOOTSTRAP = 200
+#: Bins per CV of the surface by default (6 degrees for a torsion).
+BINS = 60
+#: Alanine dipeptide's conformational states in (phi, psi), degrees, as boxes (lo, hi]: C7eq (with beta and PII)
+#: and alpha_R split phi <= 0 at psi = -120 and 50 (the low-density gaps, as metrics.basin_populations), and
+#: phi > 0 as one state, C7ax with alpha_L (0.3 % of the 300 K reference, too few samples to split).
+ALANINE_DIPEPTIDE_STATES = {
+    "C7eq": {"phi": (-180.0, 0.0), "psi": (50.0, -120.0)},
+    "alpha_R": {"phi": (-180.0, 0.0), "psi": (-120.0, 50.0)},
+    "C7ax_alpha_L": {"phi": (0.0, 180.0)},
+}
+
+
+def collective_variables(molecule: MolecularSystem, specs: Sequence) -> dict[str, tuple[int, ...]]:
+    """CVs by name or atoms (module docstring) as ``{name: atoms}``.
+
+    Args:
+        molecule: the molecule (for its named torsions and atom count).
+        specs: each a named torsion (``"phi"``), a tuple of 2 or 4 atom indices, or such indices as ``"4,6,8,14"``.
+
+    Returns:
+        ``{name: atoms}`` in the order given; CVs given by atoms are named ``torsion(i,j,k,l)`` or
+        ``distance(i,j)``.
+
+    Example:
+        >>> collective_variables(load_system("aldp_implicit"), ["phi", "psi", "1,14"])
+        {'phi': (4, 6, 8, 14), 'psi': (6, 8, 14, 16), 'distance(1,14)': (1, 14)}
+    """
+    named = named_torsions(molecule)
+    out = {}
+    for spec in specs:
+        if isinstance(spec, str) and spec in named:
+            out[spec] = named[spec]
+            continue
+        try:
+            atoms = tuple(int(a) for a in (spec.split(",") if isinstance(spec, str) else spec))
+        except (TypeError, ValueError):
+            raise BoltzflowError(f"collective variable {spec!r}: not a named torsion of {molecule.name} "
+                                 f"({', '.join(named) or 'none'}) nor 2 or 4 atom indices") from None
+        if len(atoms) not in (2, 4) or not all(0 <= a < molecule.n_atoms for a in atoms):
+            raise BoltzflowError(f"collective variable {spec!r}: need 2 (distance) or 4 (torsion) atom indices in "
+                                 f"0..{molecule.n_atoms - 1}")
+        out[f"{'torsion' if len(atoms) == 4 else 'distance'}({','.join(map(str, atoms))})"] = atoms
+    return out
+
+
+def cv_values(x, cvs: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarray]:
+    """Each CV of each conformation (module docstring): ``{name: (n,)}``, torsions in degrees, distances in nm.
+
+    Args:
+        x: conformations ``(n, 3N)`` in nm.
+        cvs: ``{name: atoms}`` as :func:`collective_variables` gives.
+
+    Returns:
+        ``{name: values (n,)}`` (float64).
+
+    Example:
+        >>> v = cv_values(x, {"phi": (4, 6, 8, 14)})     # v["phi"] in (-180, 180]
+    """
+    out = {}
+    for name, atoms in cvs.items():
+        if len(atoms) == 4:
+            out[name] = np.degrees(dihedral(x, *atoms))
+        else:
+            p = np.asarray(x, np.float64).reshape(len(x), -1, 3)
+            out[name] = np.linalg.norm(p[:, atoms[1]] - p[:, atoms[0]], axis=1)
+    return out
+
+
+def periodic_cvs(cvs: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """The names of the periodic CVs (torsions) of ``cvs``."""
+    return [name for name, atoms in cvs.items() if len(atoms) == 4]
+
+
+@dataclass(frozen=True)
+class FreeEnergySurface:
+    """(F3) on a grid of two CVs (module docstring).
+
+    Attributes:
+        names: the two CVs.
+        edges: bin edges of each, ``(bins + 1,)`` (degrees or nm).
+        free_energy: ``(bins, bins)`` kJ/mol, minimum 0, +inf in empty bins; ``[i, j]`` is bin i of the first CV,
+            bin j of the second.
+        free_energy_se: its bootstrap standard error (F5), of -kT log P (inf / NaN as the module docstring says).
+        probability: P of each bin (F2), summing to 1.
+        kT: kJ/mol.
+        n_effective: Kish's effective sample size 1 / sum_i W_i^2 of the weights.
+    """
+
+    names: tuple[str, str]
+    edges: tuple[np.ndarray, np.ndarray]
+    free_energy: np.ndarray
+    free_energy_se: np.ndarray
+    probability: np.ndarray
+    kT: float
+    n_effective: float
+
+
+@dataclass(frozen=True)
+class StateFreeEnergies:
+    """(F3), (F4) of states (module docstring), with bootstrap standard errors (F5).
+
+    Attributes:
+        names: the states.
+        probability, probability_se: P of each state (F2) ``(S,)``.
+        free_energy, free_energy_se: -kT log P of each state ``(S,)``, kJ/mol.
+        difference, difference_se: ``(S, S)`` Delta F_ij = F_i - F_j (F4), kJ/mol.
+        kT: kJ/mol.
+        n_effective: Kish's effective sample size 1 / sum_i W_i^2 of the weights.
+    """
+
+    names: tuple[str, ...]
+    probability: np.ndarray
+    probability_se: np.ndarray
+    free_energy: np.ndarray
+    free_energy_se: np.ndarray
+    difference: np.ndarray
+    difference_se: np.ndarray
+    kT: float
+    n_effective: float
+
+
+def _columns(values: Mapping[str, np.ndarray], names: Sequence[str], periodic: Collection[str]) -> np.ndarray:
+    """The CVs ``names`` as columns ``(n, d)``, periodic ones wrapped into (-180, 180]."""
+    missing = [k for k in names if k not in values]
+    if missing:
+        raise BoltzflowError(f"no values of the collective variable(s) {missing}; have {sorted(values)}")
+    cols = [np.asarray(values[k], np.float64).reshape(-1) for k in names]
+    if len({c.shape[0] for c in cols}) > 1:
+        raise BoltzflowError(f"collective variables differ in length: {[c.shape[0] for c in cols]}")
+    return np.stack([np.degrees(wrap_angle(np.radians(c))) if k in periodic else c for k, c in zip(names, cols)], 1)
+
+
+def _weights(columns: np.ndarray, log_w, kT: float) -> np.ndarray:
+    """(F1), with samples of a non-finite CV left out; one line if no weight is left."""
+    if not (np.isfinite(kT) and kT > 0):
+        raise BoltzflowError(f"kT must be a positive number of kJ/mol, got {kT}")
+    n = columns.shape[0]
+    w = np.ones(n) / n if log_w is None else normalised_weights(log_w, n)
+    w = np.where(np.all(np.isfinite(columns), axis=1), w, 0.0)
+    if not w.sum() > 0:
+        raise BoltzflowError("no sample has a positive weight and finite collective variables")
+    return w / w.sum()
+
+
+def _bootstrap(key: jax.Array, w: np.ndarray, masses, n_bootstrap: int) -> np.ndarray:
+    """(F2) of each bootstrap replicate (F5): ``(B, K)`` from ``masses`` (replicate weights (n,) -> (K,))."""
+    if n_bootstrap < 2:
+        raise BoltzflowError(f"the bootstrap needs at least 2 replicates, got {n_bootstrap}")
+    n = w.shape[0]
+    out = []
+    for r in range(n_bootstrap):
+        idx = np.asarray(jax.random.randint(jax.random.fold_in(key, r), (n,), 0, n))
+        wr = np.bincount(idx, minlength=n) * w
+        m, total = masses(wr), wr.sum()
+        out.append(m / total if total > 0 else np.full(m.shape, np.nan))
+    return np.asarray(out)
+
+
+def _spread(replicates: np.ndarray, estimate: np.ndarray) -> np.ndarray:
+    """(F5): std over the replicates (axis 0); inf where a replicate is not finite (a state or bin it left empty),
+    NaN where the estimate is not."""
+    finite = np.isfinite(replicates)
+    se = np.where(np.all(finite, axis=0), np.std(np.where(finite, replicates, 0.0), axis=0, ddof=1), np.inf)
+    return np.where(np.isfinite(estimate), se, np.nan)
+
+
+def _free_energy(p: np.ndarray, kT: float) -> np.ndarray:
+    """(F3), +inf where P = 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return -kT * np.log(p)
+
+
+def free_energy_surface(key: jax.Array, values: Mapping[str, np.ndarray], log_w, kT: float, *,
+                        names: Sequence[str] | None = None, periodic: Collection[str] = (), bins: int = BINS,
+                        n_bootstrap: int = N_BOOTSTRAP) -> FreeEnergySurface:
+    """The free-energy surface (F3) of two CVs from weighted samples, with bootstrap errors (F5).
+
+    Args:
+        key: a JAX key for the bootstrap.
+        values: ``{name: (n,)}`` CV values (:func:`cv_values`: torsions in degrees, distances in nm).
+        log_w: log importance weights ``(n,)`` (any constant offset), or None for equal weights (MD samples).
+        kT: kJ/mol (0.0083144626 T for T in kelvin).
+        names: the two CVs of ``values`` (default: its two keys).
+        periodic: names of the periodic CVs (torsions): binned over [-180, 180]; the others over their range.
+        bins: bins per CV.
+        n_bootstrap: bootstrap replicates.
+
+    Returns:
+        :class:`FreeEnergySurface`.
+
+    Example:
+        >>> s = free_energy_surface(jax.random.key(0), cv_values(x, cvs), log_w, target.kT, periodic=["phi", "psi"])
+    """
+    names = tuple(values if names is None else names)
+    if len(names) != 2:
+        raise BoltzflowError(f"a free-energy surface needs 2 collective variables, got {len(names)}: {names}")
+    cols = _columns(values, names, periodic)
+    w = _weights(cols, log_w, kT)
+    edges, index = [], []
+    for k, name in enumerate(names):
+        lo, hi = (-180.0, 180.0) if name in periodic else (cols[w > 0, k].min(), cols[w > 0, k].max())
+        e = np.linspace(lo, hi if hi > lo else lo + 1.0, bins + 1)
+        edges.append(e)
+        v = np.where(np.isfinite(cols[:, k]), cols[:, k], lo)
+        index.append(np.clip(np.searchsorted(e, v, side="left") - 1, 0, bins - 1))  # bin (e_b, e_b+1]
+    labels = index[0] * bins + index[1]
+    masses = lambda v: np.bincount(labels, weights=v, minlength=bins * bins)  # noqa: E731
+    p = masses(w)
+    f = _free_energy(p, kT)
+    se = _spread(_free_energy(_bootstrap(key, w, masses, n_bootstrap), kT), f)
+    return FreeEnergySurface(names, (edges[0], edges[1]), (f - f.min()).reshape(bins, bins),
+                             se.reshape(bins, bins), p.reshape(bins, bins), float(kT), float(1 / np.sum(w**2)))
+
+
+def state_indicators(values: Mapping[str, np.ndarray], states: Mapping[str, Mapping[str, Sequence[float]]],
+                     periodic: Collection[str] = ()) -> np.ndarray:
+    """Which samples lie in which state: ``(n, S)`` booleans, the states as boxes (lo, hi] per CV (module
+    docstring; a periodic CV's interval with lo >= hi wraps through 180)."""
+    if not states:
+        raise BoltzflowError("no states given")
+    named = sorted({cv for box in states.values() for cv in box})
+    cols = _columns(values, named, periodic)
+    out = []
+    for state, box in states.items():
+        inside = np.ones(cols.shape[0], bool)
+        for cv, interval in box.items():
+            if len(interval) != 2:
+                raise BoltzflowError(f"state {state!r}: {cv} needs an interval [lo, hi], got {list(interval)}")
+            lo, hi = map(float, interval)
+            v = cols[:, named.index(cv)]
+            if cv in periodic and lo >= hi:
+                inside &= (v > lo) | (v <= hi)
+            elif lo < hi:
+                inside &= (v > lo) & (v <= hi)
+            else:
+                raise BoltzflowError(f"state {state!r}: {cv} interval [{lo}, {hi}] is empty (lo >= hi wraps only for a "
+                                     "torsion)")
+        out.append(inside)
+    return np.stack(out, 1)
+
+
+def state_free_energies(key: jax.Array, values: Mapping[str, np.ndarray], log_w, kT: float,
+                        states: Mapping[str, Mapping[str, Sequence[float]]], *, periodic: Collection[str] = (),
+                        n_bootstrap: int = N_BOOTSTRAP) -> StateFreeEnergies:
+    """Free energies (F3) of states and their differences (F4), with bootstrap errors (F5).
+
+    Args:
+        key: a JAX key for the bootstrap.
+        values: ``{name: (n,)}`` CV values (:func:`cv_values`).
+        log_w: log importance weights ``(n,)`` (any constant offset), or None for equal weights.
+        kT: kJ/mol.
+        states: ``{state: {cv: (lo, hi)}}``, boxes (lo, hi] in the CVs' units (degrees, nm), e.g.
+            :data:`ALANINE_DIPEPTIDE_STATES`; they may overlap.
+        periodic: names of the periodic CVs (torsions).
+        n_bootstrap: bootstrap replicates.
+
+    Returns:
+        :class:`StateFreeEnergies`.
+
+    Example:
+        >>> s = state_free_energies(jax.random.key(0), cv_values(x, cvs), log_w, target.kT,
+        ...                         ALANINE_DIPEPTIDE_STATES, periodic=["phi", "psi"])
+        >>> s.difference[0, 1], s.difference_se[0, 1]              # F(C7eq) - F(alpha_R), kJ/mol
+    """
+    inside = state_indicators(values, states, periodic).astype(np.float64)
+    w = _weights(_columns(values, sorted(values), periodic), log_w, kT)
+    masses = lambda v: v @ inside  # noqa: E731
+    p = masses(w)
+    reps = _bootstrap(key, w, masses, n_bootstrap)
+    f, f_reps = _free_energy(p, kT), _free_energy(reps, kT)
+    with np.errstate(invalid="ignore"):  # inf - inf: a state without mass
+        diff, diff_reps = f[:, None] - f[None, :], f_reps[:, :, None] - f_reps[:, None, :]
+    return StateFreeEnergies(tuple(states), p, np.std(reps, axis=0, ddof=1), f, _spread(f_reps, f), diff,
+                             _spread(diff_reps, diff), float(kT), float(1 / np.sum(w**2)))

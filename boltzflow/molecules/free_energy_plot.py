@@ -1,0 +1,69 @@
+"""The picture of a free-energy surface (boltzflow.molecules.free_energy): F over two collective variables as
+colours, kJ/mol from 0 at the most probable bin, empty bins white, states outlined and named. Files only (Agg)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from boltzflow.molecules.free_energy import FreeEnergySurface  # noqa: E402
+
+
+def _intervals(interval: Sequence[float] | None, edges: np.ndarray) -> list[tuple[float, float]]:
+    """A state's interval on one axis as drawable pieces: all of it if not given, two if it wraps through 180."""
+    if interval is None:
+        return [(edges[0], edges[-1])]
+    lo, hi = map(float, interval)
+    pieces = [(lo, hi)] if lo < hi else [(lo, edges[-1]), (edges[0], hi)]
+    return [(max(a, edges[0]), min(b, edges[-1])) for a, b in pieces]  # within the picture
+
+
+def plot_free_energy_surface(surface: FreeEnergySurface, path: str | os.PathLike,
+                             states: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
+                             periodic: Sequence[str] = ()) -> Path:
+    """Draw ``surface`` (pcolormesh with a colour bar, kJ/mol) with ``states`` outlined, to a PNG file.
+
+    Args:
+        surface: from :func:`boltzflow.molecules.free_energy.free_energy_surface`.
+        path: the PNG file.
+        states: ``{state: {cv: (lo, hi)}}`` as :func:`~boltzflow.molecules.free_energy.state_free_energies` takes.
+        periodic: names of the periodic CVs (axes in degrees, ticks every 90).
+
+    Returns:
+        the path written.
+
+    Example:
+        >>> plot_free_energy_surface(surface, "free_energy.png", ALANINE_DIPEPTIDE_STATES, ["phi", "psi"])
+    """
+    (x_name, y_name), (ex, ey) = surface.names, surface.edges
+    fig, ax = plt.subplots(figsize=(5.6, 4.6))
+    f = np.ma.masked_invalid(surface.free_energy.T)
+    mesh = ax.pcolormesh(ex, ey, f, cmap="viridis", rasterized=True)
+    fig.colorbar(mesh, ax=ax, label="free energy (kJ/mol)")
+    for i, (name, box) in enumerate((states or {}).items()):
+        for x0, x1 in _intervals(box.get(x_name), ex):
+            for y0, y1 in _intervals(box.get(y_name), ey):
+                ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.2, ls="--",
+                                           color=f"C{i + 1}"))
+        x0, x1 = _intervals(box.get(x_name), ex)[0]
+        y0, y1 = _intervals(box.get(y_name), ey)[0]
+        ax.text(0.5 * (x0 + x1), 0.5 * (y0 + y1), name, color=f"C{i + 1}", ha="center", va="center", fontsize=9,
+                weight="bold", clip_on=True,
+                bbox={"facecolor": "white", "alpha": 0.7, "lw": 0, "pad": 1})
+    for axis, name, label in ((ax.xaxis, x_name, ax.set_xlabel), (ax.yaxis, y_name, ax.set_ylabel)):
+        label(f"{name} ({'degrees' if name in periodic else 'nm'})")
+        if name in periodic:
+            axis.set_ticks(np.arange(-180, 181, 90))
+    ax.set(xlim=(ex[0], ex[-1]), ylim=(ey[0], ey[-1]),
+           title=f"free energy, kT = {surface.kT:.3g} kJ/mol, ESS {surface.n_effective:.0f}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
