@@ -62,11 +62,13 @@ def main(argv=None) -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, help="training steps (default: the preset's)")
     ap.add_argument("--out", default="runs/far_modes_bench")
+    ap.add_argument("--explore", choices=["both", "on", "off"], default="both",
+                    help="train with the exploration-seeded buffer, without it, or both")
     args = ap.parse_args(argv)
     rows = []
     for ts in range(*args.targets):
         for seed in args.seeds:
-            for on in (True, False):
+            for on in {"both": (True, False), "on": (True,), "off": (False,)}[args.explore]:
                 run = Path(args.out) / f"t{ts}-s{seed}-{'on' if on else 'off'}"
                 r = one_run(run, ts, seed, on, args.steps)
                 jax.clear_caches()  # every run compiles its own closures: 26 runs' caches filled 24 GB
@@ -74,13 +76,16 @@ def main(argv=None) -> None:
                 rows.append({"target": ts, "seed": seed, "explore": on, "dim": f["dim"], "recovered": f["recovered"],
                              "found": f["found"], "truth": f["truth"], "ess": e["ess"],
                              "log_z_error": e["log_z_error"],
-                             "flag": mass_missing(e["unseen_mass"], e["unseen_mass_stderr"]),
+                             "flag": mass_missing(e["unseen_mass"], e["unseen_mass_stderr"],
+                                                  every_group=e.get("unseen_in_groups") == 1.0),
                              "looks": e.get("explore_looks", 1), "log_z_sigma": e.get("log_z_difference_sigma"),
                              "wall_s": f["wall_s"]})
                 print(json.dumps(rows[-1]), flush=True)
     (Path(args.out) / "summary.json").write_text(json.dumps(rows, indent=1))
     for on in (True, False):
         rs = [r for r in rows if r["explore"] == on]
+        if not rs:
+            continue
         missed = [r for r in rs if not r["recovered"]]
         fine = [r for r in rs if r["recovered"]]
         print(f"explore {'on ' if on else 'off'}: recovered {sum(r['recovered'] for r in rs)}/{len(rs)}; "

@@ -316,10 +316,11 @@ def _warnings(metrics: dict) -> list[str]:
             + (", kept from an earlier evaluation of this run" if metrics.get("explore_reused") else ""))
     out = []
     if metrics.get("mass_missing"):
+        every = " (every one of its independent groups does)" if metrics.get("unseen_in_groups") == 1 else ""
         out.append(f"WARNING: mass may be missing: an exploration without the model finds "
-                   f"{metrics['unseen_mass']:.3g} +- {metrics['unseen_mass_stderr']:.2g} of p where the model's "
-                   f"density is ten times too thin, which its own samples do not see; its ESS and log Z error bars "
-                   f"do not include that mass")
+                   f"{metrics['unseen_mass']:.3g} +- {metrics['unseen_mass_stderr']:.2g} of p{every} where the "
+                   f"model's density is ten times too thin, which its own samples do not see; its ESS and log Z error "
+                   f"bars do not include that mass")
     sigma = metrics.get("log_z_difference_sigma")
     if sigma is not None and sigma > 3:  # one-sided: mass the model misses makes its log Z the lower one
         out.append(f"WARNING: the exploration's log Z exceeds the model's by {metrics['log_z_difference']:.3g} "
@@ -329,7 +330,8 @@ def _warnings(metrics: dict) -> list[str]:
     if not metrics.get("explore_converged", True):
         return [f"WARNING: the missing-mass check could not conclude: {cost}, ran out before its reference was wide "
                 f"enough; give it more (explore: {{budget: N}}) or the target's extent (explore: {{bounds: ...}})"]
-    return [f"missing-mass check: no mass of p the model misses (none above 0.1 % of p at 3 standard errors); {cost}"]
+    return [f"missing-mass check: no mass of p the model misses (none above 0.1 % of p at 3 standard errors or in "
+            f"every group); {cost}"]
 
 
 def parser() -> argparse.ArgumentParser:

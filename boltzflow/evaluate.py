@@ -18,8 +18,9 @@ sampler q of a target p (log p unnormalised, log Z = log int exp(log p)), from n
   ``explore_log_z`` +- ``explore_log_z_stderr`` beside the model's, ``log_z_difference`` (exploration minus
   model) and ``log_z_difference_sigma`` (in combined standard errors); and the mass of the region where q is ten
   times too thin, by the exploration and by the model's own importance sampling (``thin_region_mass_explore``,
-  ``thin_region_mass_flow``), their difference ``unseen_mass`` +- ``unseen_mass_stderr`` and ``mass_missing``
-  (difference above 3 standard errors and 0.1 % of p): a model that never samples a mode reports a confident log Z
+  ``thin_region_mass_flow``), their difference ``unseen_mass`` +- ``unseen_mass_stderr``, the fraction of the
+  exploration's independent groups that see more than 0.1 % of p unseen (``unseen_in_groups``) and ``mass_missing``
+  (difference above 0.1 % of p and either above 3 standard errors or seen by every group: X5's sign test): a model that never samples a mode reports a confident log Z
   and ESS, but not this; where the difference is at 2-3 standard errors a second exploration is pooled with the
   first (``explore_looks`` 2; boltzflow.explore.check_flow, X6); ``explore_converged`` false (the budget or the
   rounds ran out before the reference was wide enough) means the check could not conclude;

@@ -101,9 +101,9 @@ def test_pooled_groups_of_different_sizes_count_once_each():
     sizes = [100] * 4 + [300] * 4
     log_z, _ = group_log_z(log_w, sizes)
     assert abs(log_z - math.log(1.5)) < 1e-12
-    frac, se = group_fraction(log_w, inside, sizes)
+    frac, se, per_group = group_fraction(log_w, inside, sizes)
     z_in = [inside[i:i + m].mean() * z for i, m, z in zip(np.cumsum([0] + sizes[:-1]), sizes, [1] * 4 + [2] * 4)]
-    assert abs(frac - sum(z_in) / 12) < 1e-12 and se > 0
+    assert abs(frac - sum(z_in) / 12) < 1e-12 and se > 0 and len(per_group) == 8
     with pytest.raises(ValueError, match="do not split"):
         group_log_z(log_w, [100] * 8)
 
@@ -218,12 +218,31 @@ def test_fab_buffer_starts_with_the_seed_samples_weighted_for_p_squared_over_q()
     assert int(buf.length) == 128 + 100
 
 
+def test_every_group_seeing_unseen_mass_is_evidence_even_when_one_outlier_inflates_the_error():
+    """The sign test of (X5): the groups of far-mode target 0's check (one at 34 % of a 3.5 % mode, the others at
+    1-8 %) put D at 2.8 standard errors, but all 8 groups see more than 0.1 % unseen: flagged, without a second
+    look. Seven of eight, or eight of eight at less than 0.1 % each, are not."""
+    flow_log_w = np.zeros(10_000)
+    outlier = [0.34, 0.013, 0.013, 0.013, 0.076, 0.011, 0.018, 0.036]
+    e, log_ratio = _look(outlier)
+    r = unseen_mass(e.log_w, 8, log_ratio, flow_log_w, 0.0)
+    assert r["unseen_mass"] < 3 * r["unseen_mass_stderr"] and r["unseen_in_groups"] == 1.0 and r["mass_missing"]
+    checked = check_flow(lambda k: _look(outlier), jax.random.key(0), flow_log_w, 0.0)
+    assert checked["mass_missing"] and checked["explore_looks"] == 1
+    for groups in ([0.0] + outlier[1:], [0.0008] * 8):
+        e, log_ratio = _look(groups, n_per_group=10_000)
+        r = unseen_mass(e.log_w, 8, log_ratio, flow_log_w, 0.0)
+        assert r["unseen_in_groups"] < 1.0 or r["unseen_mass"] < 1e-3
+        assert r["mass_missing"] is (r["unseen_mass"] > 3 * r["unseen_mass_stderr"] and r["unseen_mass"] > 1e-3)
+
+
 def test_missing_mass_must_be_significant_and_material():
     """The verdict of (X5): 0.03 % of p at 4 standard errors (a flow's tails thinner than p's, seen on well-trained
     flows) is not a missing mode; 1 % at 5 standard errors is; 1 % at 2.5 is not yet evidence."""
     assert not mass_missing(3e-4, 7e-5)
     assert mass_missing(0.01, 0.002) and not mass_missing(0.01, 0.004)
     assert mass_missing(3e-4, 7e-5, min_mass=1e-4)
+    assert mass_missing(0.01, 0.004, every_group=True) and not mass_missing(5e-4, 0.004, every_group=True)
 
 
 def _look(fractions, n_per_group=1000):
