@@ -326,7 +326,9 @@ def _warnings(metrics: dict) -> list[str]:
         out.append(f"WARNING: the exploration's log Z exceeds the model's by {metrics['log_z_difference']:.3g} "
                    f"({sigma:.1f} standard errors): mass may be missing")
     if out:
-        return out + [f"missing-mass check: {cost}"]
+        short = ("" if metrics.get("explore_converged", True) else
+                 " (it did not converge within its budget: more may be missing)")
+        return out + [f"missing-mass check: {cost}{short}"]
     if not metrics.get("explore_converged", True):
         return [f"WARNING: the missing-mass check could not conclude: {cost}, ran out before its reference was wide "
                 f"enough; give it more (explore: {{budget: N}}) or the target's extent (explore: {{bounds: ...}})"]

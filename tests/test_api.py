@@ -167,7 +167,8 @@ def test_the_public_names_are_typed_and_documented():
         assert "Returns:" in getattr(bf.Run, method).__doc__
 
 
-@pytest.mark.parametrize("name", [pytest.param("quick_gmm", marks=pytest.mark.slow), "snf_double_well"])
+@pytest.mark.parametrize("name", [pytest.param("quick_gmm", marks=pytest.mark.slow),
+                                  pytest.param("snf_double_well", marks=pytest.mark.slow)])
 def test_checkpoints_match_those_before_the_api(tmp_path, name):
     """The checkpoints of two presets (seed 3, a few steps), against fingerprints (per-array sums) recorded with
     the code before the library API: the sums agree to float rounding (on the machine that recorded them the

@@ -114,7 +114,12 @@ SAME_STEP_AS = {"aldp_fab": "aldp_fab_cpu", "aldp_fab_nobuffer": "aldp_fab_nobuf
                 "aldp_reverse_kl": "aldp_reverse_kl_cpu", "aldp_ml": "aldp_ml_cpu", "aldp_snf": "aldp_snf_cpu"}
 
 
-@pytest.mark.parametrize("name", __import__("boltzflow.config", fromlist=["presets"]).presets())
+#: the presets whose build takes longest here (20-30 s: an SNF on a molecule), left to the slow run
+SLOW_TO_BUILD = {"snf_aldp_vacuum", "aldp_snf_cpu"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TO_BUILD else n
+                                  for n in __import__("boltzflow.config", fromlist=["presets"]).presets()])
 def test_every_preset_builds_its_experiment_and_method(name, tmp_path):
     from boltzflow.config import config_from_dict, load_config
     from boltzflow.experiment import build_experiment, build_method
@@ -163,4 +168,5 @@ def test_the_report_gives_the_checks_verdict_and_cost_and_warns_when_mass_may_be
     assert "WARNING: the exploration's log Z exceeds the model's" in _table(low, "t")
     short = _table({**ok, "explore_converged": False}, "t")
     assert "WARNING: the missing-mass check could not conclude" in short and "no mass of p" not in short
+    assert "did not converge within its budget" in _table({**bad, "explore_converged": False}, "t")
     assert "WARNING" not in _table({"ess": 0.99, "log_z": 0.0}, "t")  # no check, no verdict

@@ -32,7 +32,7 @@ def test_systematic_resampling_gives_each_particle_floor_or_ceil_of_m_times_its_
     assert np.array_equal(np.asarray(systematic_resample(jax.random.key(2), jnp.full(4, -jnp.inf))), np.arange(4))
 
 
-@pytest.mark.parametrize("tuned", [False, True])
+@pytest.mark.parametrize("tuned", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_smc_log_z_is_unbiased_over_independent_runs(tuned):
     """SMC (adaptive levels, resampling) from N(0, 4^2 I) to an unnormalised N(m, 0.5^2 I) in 3-D with log Z = 1.3:
     the mean of Z^ / Z over 16 runs of 8 groups must be 1 within 4 standard errors of that mean (from the runs'
@@ -71,8 +71,8 @@ def test_smc_log_z_is_unbiased_over_independent_runs(tuned):
 
 def test_an_exploration_counts_every_target_evaluation_and_keeps_to_its_budget():
     """The target evaluations an exploration reports are the rows of x its log density was called on (counted by a
-    callback, so skipped levels are seen to cost nothing), and a budget bounds them: fewer final particles, and a
-    budget too small for the growth stops it unconverged, out of budget."""
+    callback, so skipped levels are seen to cost nothing), and a budget too small for the growth stops it
+    unconverged, out of budget (a budget that converges with fewer final particles: tests/test_explore_cache.py)."""
     t = GaussianMixture(np.array([[0.0, 0.0], [6.0, 0.0]]), 1.0, np.array([0.7, 0.3]))
     seen = []
 
@@ -85,9 +85,6 @@ def test_an_exploration_counts_every_target_evaluation_and_keeps_to_its_budget()
     assert e.converged and e.target_evals == sum(seen) == sum(r["target_evals"] for r in e.rounds)
     assert e.rounds[-1]["kind"] == "final" and len(e.log_w) == 8192  # 4096 per dimension, at least two dimensions
     assert all(r["levels"] < 100 for r in e.rounds)  # of MAX_LEVELS = 256: the levels each path needed, and 4
-    cheap = explore(jax.random.key(0), t.log_prob, 2, n=16384, budget=e.target_evals // 2)
-    assert cheap.converged and cheap.target_evals <= e.target_evals // 2 and len(cheap.log_w) < len(e.log_w)
-    assert abs(cheap.log_z) < 4 * cheap.log_z_stderr + 0.01
     tiny = explore(jax.random.key(0), t.log_prob, 2, n=16384, budget=e.rounds[0]["target_evals"] * 1.5)
     assert not tiny.converged and tiny.out_of_budget and len(tiny.rounds) == 1 and tiny.summary()["budget"] > 0
 

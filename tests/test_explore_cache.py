@@ -8,6 +8,7 @@ import pytest
 
 import boltzflow as bf
 from boltzflow.cli import main
+from boltzflow.explore_cache import load_exploration
 from boltzflow.targets import make_target
 
 #: a short reverse-KL run on the 4-mode mixture with the check on (its training spends 40 x 256 target evaluations)
@@ -17,17 +18,18 @@ CONFIG = {"target": "gmm4", "flow": {"type": "realnvp", "n_layers": 2, "hidden":
 
 
 def _fit(out, **explore):
-    cfg = bf.load_config(CONFIG, explore={"check": True, "n": 1024, "n_pilot": 512, **explore})
+    cfg = bf.load_config(CONFIG, explore={"check": True, "n": 2048, "n_pilot": 512, **explore})
     return bf.fit("gmm4", cfg, key=jax.random.key(0), out=out, progress=False)
 
 
 def test_the_check_keeps_its_exploration_in_the_run_and_reuses_it_for_the_same_target_only(tmp_path):
     out = tmp_path / "run"
-    run = _fit(out, budget=400_000)
+    run = _fit(out, budget=250_000)
     first = run.evaluate(jax.random.key(1), n=2000)
     assert first["explore_reused"] == 0 and (out / "explore_check.npz").is_file()
-    assert first["explore_converged"] and first["explore_budget"] == 400_000 and first["explore_particles"] == 1024
-    assert 0 < first["explore_target_evals"] <= 400_000 and first["explore_seconds"] > 0
+    # the budget, not n, sets the final round's particles
+    assert first["explore_converged"] and first["explore_budget"] == 250_000 and 512 < first["explore_particles"] < 2048
+    assert 0 < first["explore_target_evals"] <= 250_000 and first["explore_seconds"] > 0
     # another evaluation of the run, another key, a fresh process's view of it: the same exploration, not run again
     again = bf.load(out).evaluate(jax.random.key(2), n=2000)
     assert again["explore_reused"] == 1
@@ -41,9 +43,9 @@ def test_the_check_keeps_its_exploration_in_the_run_and_reuses_it_for_the_same_t
     assert other["explore_reused"] == 0
     diff = other["explore_log_z"] - first["explore_log_z"]
     assert abs(diff - 1.0) < 4 * np.hypot(other["explore_log_z_stderr"], first["explore_log_z_stderr"]), diff
-    # a file cut short is run again, silently (it is a cache)
+    # a file cut short is not taken (it is a cache: the exploration runs again)
     (out / "explore_check.npz").write_bytes(b"not an npz")
-    assert bf.load(out).evaluate(jax.random.key(2), n=2000)["explore_reused"] == 0
+    assert load_exploration(out / "explore_check.npz", {}, gmm4.log_prob) is None
 
 
 def test_by_default_the_check_spends_at_most_about_the_training_and_says_when_that_cannot_conclude(tmp_path, capsys):
@@ -57,8 +59,11 @@ def test_by_default_the_check_spends_at_most_about_the_training_and_says_when_th
     assert report["explore_budget"] == 40 * 256 and not report["explore_converged"]
     assert main(["evaluate", str(out), "--samples", "2000"]) == 0
     printed = capsys.readouterr().out
-    assert "WARNING: the missing-mass check could not conclude" in printed and "budget 1.02e+04" in printed
-    assert "no mass of p the model misses" not in printed
+    # 40 steps of reverse KL may well miss modes: then what the exploration found is still a warning, and the
+    # unconverged search is said beside it; never a verdict of "nothing missing"
+    assert ("WARNING: the missing-mass check could not conclude" in printed or
+            "WARNING: mass may be missing" in printed and "did not converge within its budget" in printed), printed
+    assert "budget 1.02e+04" in printed and "no mass of p the model misses" not in printed
 
 
 @pytest.mark.slow
