@@ -227,7 +227,7 @@ def main(argv=None) -> dict:
         x_flat = x.reshape(x.shape[0], -1)
         params = read_forcefield(molecule.openmm_system())
         energy = batched_energy(params)
-        has_gb = params.gb is not None
+        has_gb = params.gb is not None or any(f.kind == "CustomGBForce" for f in params.custom)
 
         jax_rows = {"float32": bench_jax(jax, jnp, energy, x_flat, batches, "float32", min_seconds, n_timings)}
         with jax.enable_x64(True):

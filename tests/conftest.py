@@ -38,18 +38,33 @@ def saved(monkeypatch):
     return figures
 
 
-def openmm_reference(molecule, x):
-    """Energies (kJ/mol, (n,)) and forces (kJ/mol/nm, (n, N, 3)) of conformations (n, N, 3) from one Context of the
-    molecule's System on OpenMM's Reference platform (float64)."""
+def openmm_reference(molecule, x, groups=None):
+    """Energies (kJ/mol, (n,)) and forces (kJ/mol/nm, (n, N, 3)) of conformations (n, N, 3) from one Context on
+    OpenMM's Reference platform (float64). ``molecule``: a boltzflow MolecularSystem or an openmm.System; ``groups``:
+    the force groups to evaluate (all by default)."""
     import openmm
 
-    context = openmm.Context(molecule.openmm_system(), openmm.VerletIntegrator(1e-3),
-                             openmm.Platform.getPlatformByName("Reference"))
+    system = molecule.openmm_system() if hasattr(molecule, "openmm_system") else molecule
+    context = openmm.Context(system, openmm.VerletIntegrator(1e-3), openmm.Platform.getPlatformByName("Reference"))
     energies, forces = [], []
     for xi in x:
         context.setPositions(xi)
-        state = context.getState(getEnergy=True, getForces=True)
+        state = context.getState(getEnergy=True, getForces=True, **({} if groups is None else {"groups": groups}))
         energies.append(state.getPotentialEnergy().value_in_unit(openmm.unit.kilojoule_per_mole))
         forces.append(state.getForces(asNumpy=True).value_in_unit(openmm.unit.kilojoule_per_mole
                                                                   / openmm.unit.nanometer))
     return np.asarray(energies), np.asarray(forces)
+
+
+def aldp_as_one_residue(topology):
+    """Alanine dipeptide's atoms and bonds as one residue. CHARMM36 has a template for the whole molecule (ALAD);
+    with ACE / ALA / NME as three residues openmm.app only reaches it after ~30 s of failed patch searches (and then
+    without its improper CustomTorsionForce)."""
+    import openmm.app as app
+
+    top = app.Topology()
+    res = top.addResidue("ALAD", top.addChain())
+    atoms = [top.addAtom(a.name, a.element, res) for a in topology.atoms()]
+    for a, b in topology.bonds():
+        top.addBond(atoms[a.index], atoms[b.index])
+    return top

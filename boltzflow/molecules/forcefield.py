@@ -12,39 +12,35 @@ and the energies they contribute (kJ/mol; r in nm, angles in rad):
   and over the exceptions (the 1-4 pairs, with the scaled charge product and LJ parameters as given; exceptions
   with zero charge product and zero epsilon are exclusions and contribute nothing). C_nb = 138.93545764438198
   kJ nm / (mol e^2), OpenMM's ONE_4PI_EPS0.
-- Generalized Born with the OBC Born radii (Onufriev, Bashford & Case 2004), in either of OpenMM's two forms:
+- ``GBSAOBCForce``, OpenMM's native generalized Born with the OBC Born radii (Onufriev, Bashford & Case 2004, OBC2
+  constants). Per particle: charge q, offset radius or = rho - 0.009 and scaled offset radius sr = s * or.
+  Born-radius integral over ordered pairs (i, j), j != i (asymmetric in i and j):
 
-  * the ``CustomGBForce`` that ``openmm.app`` builds for ``implicitSolvent=OBC1`` or ``OBC2`` (recognised by
-    rebuilding OpenMM's own template with the same dielectrics and comparing every expression; anything else is
-    refused). Per particle: charge q, offset radius or = rho - 0.009 and scaled offset radius sr = s * or.
-    Born-radius integral over ordered pairs (i, j), j != i (asymmetric in i and j):
+      I_i = sum_j  [r + sr_j > or_i] 1/2 (1/L - 1/U + (r - sr_j^2 / r) (1/U^2 - 1/L^2) / 4 + log(L/U) / (2 r))
+                   + [or_i < sr_j - r] 2 (1/or_i - 1/L),
+      U = r + sr_j,  L = max(or_i, |r - sr_j|),
 
-        I_i = sum_j  [r + sr_j > or_i] 1/2 (1/L - 1/U + (r - sr_j^2 / r) (1/U^2 - 1/L^2) / 4 + log(L/U) / (2 r)),
-        U = r + sr_j,  L = max(or_i, |r - sr_j|),
+      psi_i = I_i or_i,   B_i = 1 / (1/or_i - tanh(psi_i - 0.8 psi_i^2 + 4.85 psi_i^3) / rho_i);
 
-        psi_i = I_i or_i,   B_i = 1 / (1/or_i - tanh(a psi_i - b psi_i^2 + c psi_i^3) / rho_i),
-        (a, b, c) = (0.8, 0, 2.909125) for OBC1 (Amber igb = 2) and (1, 0.8, 4.85) for OBC2 (igb = 5);
+  energy, with C_nb as the constant and gamma = getSurfaceAreaEnergy():
 
-    energy (C_gb = 138.935485, the constant OpenMM writes into these expressions):
-
-        - 1/2 C_gb (1/eps_in - 1/eps_out) sum_i q_i^2 / B_i
-        - C_gb (1/eps_in - 1/eps_out) sum_{i<j} q_i q_j / sqrt(r^2 + B_i B_j exp(-r^2 / (4 B_i B_j)))
-        + 28.3919551 sum_i (rho_i + 0.14)^2 (rho_i / B_i)^6          (ACE surface term, if present)
-
-  * the native ``GBSAOBCForce`` (OBC2 constants, the same integral plus the Tinker term 2 (1/or_i - 1/L) when
-    atom i lies inside the scaled sphere of j, C_nb as the constant, surface term 4 pi gamma (rho + 0.14)^2
-    (rho / B)^6 with gamma = getSurfaceAreaEnergy()).
+      - 1/2 C_nb (1/eps_in - 1/eps_out) sum_i q_i^2 / B_i
+      - C_nb (1/eps_in - 1/eps_out) sum_{i<j} q_i q_j / sqrt(r^2 + B_i B_j exp(-r^2 / (4 B_i B_j)))
+      + 4 pi gamma sum_i (rho_i + 0.14)^2 (rho_i / B_i)^6
+- ``CustomBondForce``, ``CustomAngleForce``, ``CustomTorsionForce``, ``CustomExternalForce``,
+  ``CustomNonbondedForce`` and ``CustomGBForce`` (every implicit solvent openmm.app builds: HCT, OBC1, OBC2, GBn,
+  GBn2) by their own expressions (boltzflow.molecules.custom_forces);
+- ``CMAPTorsionForce`` (boltzflow.molecules.cmap).
 
 A force this module does not know (or a NonbondedForce with a cutoff, a periodic box, parameter offsets) raises a
 one-line :class:`BoltzflowError` naming it; ``CMMotionRemover`` has no energy and is skipped.
 
-Gradients come from autodiff. Distances use the "double where" so that the gradient is finite even where two atoms
-coincide (the energy there is infinite, and the target maps it to log p = -inf).
+Gradients come from autodiff. Distances use the "double where" (boltzflow.molecules.geometry) so that the gradient is
+finite even where two atoms coincide (the energy there is infinite, and the target maps it to log p = -inf).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 import jax
@@ -52,30 +48,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from boltzflow.errors import BoltzflowError
+from boltzflow.molecules.cmap import CMAPParams, cmap_energy, read_cmap
+from boltzflow.molecules.custom_forces import SUPPORTED as CUSTOM_FORCES
+from boltzflow.molecules.custom_forces import CustomForce, custom_energy, read_custom
+from boltzflow.molecules.geometry import Geometry, cross, dihedral_from_vectors, dot, norm
 
 #: OpenMM's 1 / (4 pi eps_0) in kJ nm / (mol e^2), used by NonbondedForce and GBSAOBCForce.
 COULOMB_NONBONDED = 138.93545764438198
-#: The constant openmm.app writes into its CustomGBForce expressions.
-COULOMB_GB = 138.935485
 #: OpenMM's dielectric offset and probe radius (nm) for OBC.
 DIELECTRIC_OFFSET = 0.009
 PROBE_RADIUS = 0.14
-OBC_CONSTANTS = {"OBC1": (0.8, 0.0, 2.909125), "OBC2": (1.0, 0.8, 4.85)}
 
 
 @dataclass(frozen=True, eq=False)
 class GBParams:
-    """OBC generalized Born parameters (module docstring)."""
+    """The native GBSAOBCForce's parameters (module docstring)."""
 
     charge: np.ndarray
     offset_radius: np.ndarray  # or = rho - 0.009
     scaled_radius: np.ndarray  # sr = s * or
-    alpha: float
-    beta: float
-    gamma: float
     prefactor: float  # C (1/eps_in - 1/eps_out)
-    surface: float  # coefficient of (rho + 0.14)^2 (rho / B)^6; 0 if no surface term
-    tinker_interior: bool  # GBSAOBCForce adds 2 (1/or - 1/L) when atom i is inside j's scaled sphere
+    surface: float  # coefficient of (rho + 0.14)^2 (rho / B)^6
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,6 +91,8 @@ class ForceFieldParams:
     pair_sigma: np.ndarray = field(repr=False)
     pair_eps4: np.ndarray = field(repr=False)  # 4 eps
     gb: GBParams | None = field(default=None, repr=False)
+    custom: tuple[CustomForce, ...] = field(default=(), repr=False)
+    cmap: tuple[CMAPParams, ...] = field(default=(), repr=False)
     forces: tuple[str, ...] = ()
 
 
@@ -169,41 +164,6 @@ def _nonbonded(f, u, n_atoms: int):
             np.asarray(eps4, np.float64))
 
 
-def _signature(f):
-    """Every expression and computation type of a CustomGBForce, for comparison with OpenMM's templates."""
-    cv = tuple(tuple(f.getComputedValueParameters(i)) for i in range(f.getNumComputedValues()))
-    en = tuple(tuple(f.getEnergyTermParameters(i)) for i in range(f.getNumEnergyTerms()))
-    pp = tuple(f.getPerParticleParameterName(i) for i in range(f.getNumPerParticleParameters()))
-    return pp, cv, en
-
-
-def _custom_gb(f, u, n_atoms: int) -> GBParams:
-    from openmm.app.internal import customgbforces
-
-    if f.getNumEnergyTerms() == 0:
-        raise BoltzflowError("CustomGBForce without energy terms is not supported by the jax engine")
-    text = f.getEnergyTermParameters(0)[0]
-    diel = {name: float(m.group(1)) for name in ("solventDielectric", "soluteDielectric")
-            if (m := re.search(name + r"=([-+0-9.eE]+)", text))}
-    if len(diel) != 2 or f.getNumGlobalParameters() or f.getNumTabulatedFunctions() or f.getNumExclusions():
-        raise BoltzflowError("this CustomGBForce is not one boltzflow's jax engine knows (it supports the OBC1 / "
-                             "OBC2 forms openmm.app builds); use engine: openmm")
-    sig = _signature(f)
-    for model, cls in (("OBC1", customgbforces.GBSAOBC1Force), ("OBC2", customgbforces.GBSAOBC2Force)):
-        for sa in (None, "ACE"):
-            ref = cls(solventDielectric=diel["solventDielectric"], soluteDielectric=diel["soluteDielectric"], SA=sa,
-                      cutoff=None, kappa=0.0)
-            if _signature(ref) != sig:
-                continue
-            rows = np.asarray([f.getParticleParameters(i) for i in range(n_atoms)], np.float64)
-            a, b, c = OBC_CONSTANTS[model]
-            return GBParams(charge=rows[:, 0], offset_radius=rows[:, 1], scaled_radius=rows[:, 2], alpha=a, beta=b,
-                            gamma=c, prefactor=COULOMB_GB * (1 / diel["soluteDielectric"] - 1 / diel["solventDielectric"]),
-                            surface=28.3919551 if sa else 0.0, tinker_interior=False)
-    raise BoltzflowError("this CustomGBForce is not one boltzflow's jax engine knows (it supports the OBC1 / OBC2 "
-                         "forms openmm.app builds, no salt, no cutoff); use engine: openmm")
-
-
 def _obc_force(f, u, n_atoms: int) -> GBParams:
     openmm = _openmm()
     if f.getNonbondedMethod() != openmm.GBSAOBCForce.NoCutoff:
@@ -212,12 +172,10 @@ def _obc_force(f, u, n_atoms: int) -> GBParams:
     q = np.asarray([_value(r[0], u.elementary_charge) for r in rows])
     rho = np.asarray([_value(r[1], u.nanometer) for r in rows])
     s = np.asarray([float(r[2]) for r in rows])
-    a, b, c = OBC_CONSTANTS["OBC2"]
     gamma_sa = _value(f.getSurfaceAreaEnergy(), u.kilojoule_per_mole / u.nanometer**2)
     return GBParams(charge=q, offset_radius=rho - DIELECTRIC_OFFSET, scaled_radius=s * (rho - DIELECTRIC_OFFSET),
-                    alpha=a, beta=b, gamma=c,
                     prefactor=COULOMB_NONBONDED * (1 / f.getSoluteDielectric() - 1 / f.getSolventDielectric()),
-                    surface=4 * np.pi * gamma_sa, tinker_interior=True)
+                    surface=4 * np.pi * gamma_sa)
 
 
 def read_forcefield(system) -> ForceFieldParams:
@@ -230,7 +188,7 @@ def read_forcefield(system) -> ForceFieldParams:
                  torsion_idx=np.zeros((0, 4), np.int64), torsion_n=np.zeros(0), torsion_phase=np.zeros(0),
                  torsion_k=np.zeros(0), pair_idx=np.zeros((0, 2), np.int64), pair_qq=np.zeros(0),
                  pair_sigma=np.zeros(0), pair_eps4=np.zeros(0))
-    parts, gb, names = {}, None, []
+    parts, gb, names, custom, cmap = {}, None, [], [], []
     concat = {}
     for f in system.getForces():
         name = type(f).__name__
@@ -245,69 +203,32 @@ def read_forcefield(system) -> ForceFieldParams:
             new = dict(zip(("torsion_idx", "torsion_n", "torsion_phase", "torsion_k"), _torsions(f, u)))
         elif isinstance(f, openmm.NonbondedForce):
             new = dict(zip(("pair_idx", "pair_qq", "pair_sigma", "pair_eps4"), _nonbonded(f, u, n)))
-        elif isinstance(f, (openmm.CustomGBForce, openmm.GBSAOBCForce)):
+        elif isinstance(f, openmm.GBSAOBCForce):
             if gb is not None:
-                raise BoltzflowError("a System with two generalized Born forces is not supported by the jax engine")
-            gb = _custom_gb(f, u, n) if isinstance(f, openmm.CustomGBForce) else _obc_force(f, u, n)
+                raise BoltzflowError("a System with two GBSAOBCForces is not supported by the jax engine")
+            gb = _obc_force(f, u, n)
+            continue
+        elif name in CUSTOM_FORCES:
+            custom.append(read_custom(f, n))
+            continue
+        elif isinstance(f, openmm.CMAPTorsionForce):
+            cmap.append(read_cmap(f))
             continue
         else:
             raise BoltzflowError(f"the jax engine does not support {name} (supported: HarmonicBondForce, "
-                                 "HarmonicAngleForce, PeriodicTorsionForce, NonbondedForce, OBC CustomGBForce, "
-                                 "GBSAOBCForce); use engine: openmm")
+                                 "HarmonicAngleForce, PeriodicTorsionForce, NonbondedForce, GBSAOBCForce, "
+                                 f"CMAPTorsionForce, {', '.join(CUSTOM_FORCES)}); use engine: openmm")
         for k, v in new.items():
             concat.setdefault(k, []).append(v)
     for k, v in empty.items():
         parts[k] = np.concatenate(concat[k]) if k in concat else v
-    return ForceFieldParams(n_atoms=n, gb=gb, forces=tuple(names), **parts)
+    return ForceFieldParams(n_atoms=n, gb=gb, custom=tuple(custom), cmap=tuple(cmap), forces=tuple(names), **parts)
 
 
 # ----------------------------------------------------------------------------------------------- energy terms
 #
-# Everything works on a batch (B, n_atoms, 3). Bond vectors are taken with small incidence matrices
-# (x_j - x_i = (e_j - e_i)^T X) rather than gathers: on a CPU the matmul and its transpose (the gradient) are several
-# times faster than a gather and its scatter-add. Pair terms use the dense n_atoms x n_atoms distance matrix with
-# parameter matrices that are zero where a pair does not interact.
-
-
-def _norm(v):
-    """|v| of a vector given as its three components (each (B, ...)), with a finite gradient at v = 0 (the "double
-    where")."""
-    sq = v[0] * v[0] + v[1] * v[1] + v[2] * v[2]
-    safe = jnp.where(sq > 0, sq, 1.0)
-    return jnp.where(sq > 0, jnp.sqrt(safe), 0.0)
-
-
-def _dot(u, v):
-    return u[0] * v[0] + u[1] * v[1] + u[2] * v[2]
-
-
-def _cross(u, v):
-    return (u[1] * v[2] - u[2] * v[1], u[2] * v[0] - u[0] * v[2], u[0] * v[1] - u[1] * v[0])
-
-
-def _incidence(n_atoms: int, tail: np.ndarray, head: np.ndarray) -> np.ndarray:
-    """(m, n_atoms) matrix whose row t maps positions to x[head_t] - x[tail_t]."""
-    m = np.zeros((len(tail), n_atoms))
-    m[np.arange(len(tail)), head] += 1.0
-    m[np.arange(len(tail)), tail] -= 1.0
-    return m
-
-
-def _vectors(matrix: np.ndarray, xyz: jax.Array):
-    """Bond vectors as three component arrays (B, m), from coordinates laid out (3, B, n_atoms)."""
-    v = jnp.einsum("mk,cbk->cbm", jnp.asarray(matrix, xyz.dtype), xyz)
-    return v[0], v[1], v[2]
-
-
-def _angle_from_vectors(u, v):
-    """Angle between u and v in [0, pi], by atan2(|u x v|, u . v) (accurate near 0 and pi)."""
-    return jnp.arctan2(_norm(_cross(u, v)), _dot(u, v))
-
-
-def _dihedral_from_vectors(b0, b1, b2):
-    """IUPAC dihedral from the bond vectors b0 = b - a, b1 = c - b, b2 = d - c, in (-pi, pi] (OpenMM's sign)."""
-    n1, n2 = _cross(b0, b1), _cross(b1, b2)
-    return jnp.arctan2(_norm(b1) * _dot(b0, n2), _dot(n1, n2))
+# Everything works on a batch (B, n_atoms, 3) through boltzflow.molecules.geometry. Pair terms use the dense
+# n_atoms x n_atoms distance matrix with parameter matrices that are zero where a pair does not interact.
 
 
 def _torsion_energy(params: ForceFieldParams, bonds, dtype):
@@ -319,11 +240,11 @@ def _torsion_energy(params: ForceFieldParams, bonds, dtype):
     b0, b1, b2 = bonds
     n, k, phase = params.torsion_n, params.torsion_k, params.torsion_phase
     if not (np.all(n == np.round(n)) and np.all((n >= 0) & (n <= 6))):
-        phi = _dihedral_from_vectors(b0, b1, b2)
+        phi = dihedral_from_vectors(b0, b1, b2)
         return jnp.sum(c(k) * (1 + jnp.cos(c(n) * phi - c(phase))), axis=-1)
-    n1, n2 = _cross(b0, b1), _cross(b1, b2)
-    x, y = _dot(n1, n2), _norm(b1) * _dot(b0, n2)
-    rho = _norm((x, y, jnp.zeros_like(x)))
+    n1, n2 = cross(b0, b1), cross(b1, b2)
+    x, y = dot(n1, n2), norm(b1) * dot(b0, n2)
+    rho = norm((x, y, jnp.zeros_like(x)))
     safe = jnp.where(rho > 0, rho, 1.0)
     cos1, sin1 = jnp.where(rho > 0, x / safe, 1.0), jnp.where(rho > 0, y / safe, 0.0)
     cos_k, sin_k = [jnp.ones_like(x)], [jnp.zeros_like(x)]
@@ -348,7 +269,8 @@ def _pair_matrix(n_atoms: int, idx: np.ndarray, values: np.ndarray) -> np.ndarra
 
 
 def _gb_energy(gb: GBParams, r, eye, dtype):
-    """OBC generalized Born energy from the distance matrices r (B, n, n) (diagonal set to 1; module docstring)."""
+    """The native GBSAOBCForce's energy from the distance matrices r (B, n, n) (diagonal set to 1; module
+    docstring)."""
     c = lambda a: jnp.asarray(a, dtype)  # noqa: E731
     q, orad, srad = c(gb.charge), c(gb.offset_radius), c(gb.scaled_radius)
     rho = orad + DIELECTRIC_OFFSET
@@ -357,21 +279,17 @@ def _gb_energy(gb: GBParams, r, eye, dtype):
     lower = jnp.maximum(or_i, jnp.abs(r - sr_j))
     inv_u, inv_l = 1 / upper, 1 / lower
     term = 0.5 * (inv_l - inv_u + 0.25 * (r - sr_j**2 / r) * (inv_u**2 - inv_l**2) + 0.5 * jnp.log(lower * inv_u) / r)
-    if gb.tinker_interior:
-        term = term + jnp.where(or_i < sr_j - r, 1 / or_i - inv_l, 0.0)
+    term = term + jnp.where(or_i < sr_j - r, 1 / or_i - inv_l, 0.0)
     integral = jnp.sum(jnp.where((~eye) & (upper > or_i), term, 0.0), axis=-1)
     psi = integral * orad
-    born = 1 / (1 / orad - jnp.tanh(gb.alpha * psi - gb.beta * psi**2 + gb.gamma * psi**3) / rho)
+    born = 1 / (1 / orad - jnp.tanh(psi - 0.8 * psi**2 + 4.85 * psi**3) / rho)
     self_e = -0.5 * gb.prefactor * jnp.sum(q**2 / born, axis=-1)
     bb = born[:, :, None] * born[:, None, :]
     r2 = jnp.where(eye, 0.0, r * r)
     f = jnp.sqrt(r2 + bb * jnp.exp(-r2 / (4 * bb)))
     qq = jnp.asarray(np.triu(np.outer(gb.charge, gb.charge), 1), dtype)  # each pair once
     pair_e = -gb.prefactor * jnp.sum(qq / f, axis=(-2, -1))
-    out = self_e + pair_e
-    if gb.surface:
-        out = out + gb.surface * jnp.sum((rho + PROBE_RADIUS) ** 2 * (rho / born) ** 6, axis=-1)
-    return out
+    return self_e + pair_e + gb.surface * jnp.sum((rho + PROBE_RADIUS) ** 2 * (rho / born) ** 6, axis=-1)
 
 
 def energy_terms(params: ForceFieldParams, pos: jax.Array) -> dict[str, jax.Array]:
@@ -381,25 +299,19 @@ def energy_terms(params: ForceFieldParams, pos: jax.Array) -> dict[str, jax.Arra
         raise BoltzflowError(f"positions must have shape (B, {params.n_atoms}, 3), got {pos.shape}")
     dtype, n = pos.dtype, params.n_atoms
     c = lambda a: jnp.asarray(a, dtype)  # noqa: E731
-    xyz = jnp.moveaxis(pos, -1, 0)  # (3, B, n): elementwise work vectorises along atoms and pairs, not along xyz
+    geo = Geometry(pos)
     out = {}
     if len(params.bond_k):
-        r = _norm(_vectors(_incidence(n, *params.bond_idx.T), xyz))
+        r = geo.distances(*params.bond_idx.T)
         out["bond"] = jnp.sum(0.5 * c(params.bond_k) * (r - c(params.bond_r0)) ** 2, axis=-1)
     if len(params.angle_k):
-        i, j, k = params.angle_idx.T
-        u, v = _vectors(_incidence(n, j, i), xyz), _vectors(_incidence(n, j, k), xyz)
-        theta = _angle_from_vectors(u, v)
+        theta = geo.angles(*params.angle_idx.T)
         out["angle"] = jnp.sum(0.5 * c(params.angle_k) * (theta - c(params.angle_theta0)) ** 2, axis=-1)
     if len(params.torsion_k):
         i, j, k, l = params.torsion_idx.T
-        bonds = [_vectors(_incidence(n, a, b), xyz) for a, b in ((i, j), (j, k), (k, l))]
-        out["torsion"] = _torsion_energy(params, bonds, dtype)
-    if len(params.pair_qq) or params.gb is not None:
-        eye = jnp.eye(n, dtype=bool)
-        diff = [jnp.where(eye, 1.0, comp[:, :, None] - comp[:, None, :]) for comp in xyz]
-        r = jnp.where(eye, 1.0, _norm(diff))  # (B, n, n); the diagonal is 1 and masked in every use
+        out["torsion"] = _torsion_energy(params, [geo.vectors(a, b) for a, b in ((i, j), (j, k), (k, l))], dtype)
     if len(params.pair_qq):
+        r, _ = geo.pair_distances()
         qq = c(_pair_matrix(n, params.pair_idx, params.pair_qq))
         sigma = c(_pair_matrix(n, params.pair_idx, params.pair_sigma))
         eps4 = c(_pair_matrix(n, params.pair_idx, params.pair_eps4))
@@ -408,7 +320,11 @@ def energy_terms(params: ForceFieldParams, pos: jax.Array) -> dict[str, jax.Arra
         out["coulomb"] = jnp.sum(qq * inv, axis=(-2, -1))
         out["lennard_jones"] = jnp.sum(eps4 * (s6 * s6 - s6), axis=(-2, -1))
     if params.gb is not None:
-        out["generalized_born"] = _gb_energy(params.gb, r, eye, dtype)
+        out["generalized_born"] = _gb_energy(params.gb, *geo.pair_distances(), dtype)
+    for k, force in enumerate(params.custom):
+        out[f"{force.kind}_{k}"] = custom_energy(force, geo)
+    for k, cmap in enumerate(params.cmap):
+        out[f"cmap_{k}"] = cmap_energy(cmap, geo)
     return out
 
 
