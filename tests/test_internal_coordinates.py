@@ -31,7 +31,7 @@ def _toluene():
             "name": "toluene"}
 
 
-SOURCES = {"aldp": "aldp_implicit", "toluene": _toluene()}
+SOURCES = {"aldp": "aldp_implicit", "toluene": _toluene(), "hostguest": {"openmmtools": "HostGuestVacuum"}}
 
 
 @functools.lru_cache(maxsize=None)
@@ -101,7 +101,9 @@ def test_zmatrix_places_every_atom_once_from_bonded_placed_atoms(mol):
     assert zm.dim == 3 * n - 6 == zm.n_bonds + zm.n_angles + zm.n_dihedrals
     assert len(zm.names) == zm.dim and len(set(zm.names)) == zm.dim
     assert m.elements[zm.order[0]] != "H" and m.elements[zm.order[1]] != "H" and m.elements[zm.order[2]] != "H"
-    bonded = {tuple(sorted(b)) for b in m.bonds.tolist()}
+    chemical = {tuple(sorted(b)) for b in m.bonds.tolist()}
+    bonded = chemical | {tuple(sorted(b)) for b in zm.links.tolist()}  # links join molecules (host-guest)
+    inter = zm.split(zm.intermolecular_mask)[2]
     pos = {a: p for p, a in enumerate(zm.order.tolist())}
     for p in range(1, n):
         i, j, k, l = zm.order[p], zm.j[p], zm.k[p], zm.l[p]
@@ -113,13 +115,15 @@ def test_zmatrix_places_every_atom_once_from_bonded_placed_atoms(mol):
             rel = zm.relative[p - 3]
             # a proper torsion's l is bonded to k (chain i-j-k-l); a sibling's l is bonded to j on the same axis
             assert tuple(sorted((l, j if rel else k))) in bonded
-            if rel:
+            if rel and not inter[p - 3]:
                 assert zm.j[pos[l]] == j and zm.k[pos[l]] == k and not zm.circular[p - 3]
-    # every rotatable bond (both atoms of degree > 1, not in a ring) carries exactly one circular torsion
+    # every intermolecular dihedral is circular; every rotatable bond (both atoms of degree > 1, not in a ring)
+    # carries exactly one circular torsion of its own molecule
+    assert np.all(zm.circular[inter])
     degree = np.bincount(m.bonds.reshape(-1), minlength=n)
     rings = ring_bonds(n, m.bonds)
-    rotatable = {b for b in bonded if degree[b[0]] > 1 and degree[b[1]] > 1 and b not in rings}
-    axes = [tuple(sorted(r[1:3])) for r in zm.dihedral_atoms[zm.circular].tolist()]
+    rotatable = {b for b in chemical if degree[b[0]] > 1 and degree[b[1]] > 1 and b not in rings}
+    axes = [tuple(sorted(r[1:3])) for r in zm.dihedral_atoms[zm.circular & ~inter].tolist()]
     assert sorted(axes) == sorted(rotatable)
 
 
@@ -149,8 +153,46 @@ def test_toluene_ring_torsions_are_not_circular():
     assert {j, k} == {5, 6} and m.elements[i] == "H"
 
 
+def test_host_guest_is_joined_by_one_link_with_six_intermolecular_coordinates():
+    m, zm, xmin, _ = _molecule("hostguest")
+    assert np.bincount(zm.component).tolist() == [126, 30] and zm.dim == 3 * m.n_atoms - 6
+    ((a, b),) = zm.links.tolist()
+    assert zm.component[a] != zm.component[b] and "H" not in (m.elements[a], m.elements[b])
+    # the closest heavy-atom pair of the two molecules in the starting structure
+    x = m.positions
+    heavy = np.array([e != "H" for e in m.elements])
+    host, guest = np.flatnonzero(heavy & (zm.component == 0)), np.flatnonzero(heavy & (zm.component == 1))
+    d = np.linalg.norm(x[host][:, None] - x[guest][None], axis=-1)
+    assert np.isclose(np.linalg.norm(x[a] - x[b]), d.min())
+    inter = zm.intermolecular_mask
+    b_, a_, d_ = zm.split(inter)
+    assert (b_.sum(), a_.sum(), d_.sum()) == (1, 2, 3)  # position (r, angle, dihedral), orientation (2 angles, 1)
+    assert np.all(zm.circular[d_])
+
+
+def test_several_small_molecules_get_six_coordinates_each():
+    """Three waters and an ion: 3 N - 6 coordinates, 6 intermolecular per extra water and 3 for the ion."""
+    rng = np.random.default_rng(5)
+    water = np.array([[0.0, 0, 0], [0.096, 0, 0], [-0.024, 0.093, 0]])
+    x = np.concatenate([water + [0.3 * w, 0, 0] + 0.01 * rng.normal(size=(3, 3)) for w in range(3)]
+                       + [np.array([[0.1, 0.3, 0.1]])])
+    bonds = [[3 * w, 3 * w + 1] for w in range(3)] + [[3 * w, 3 * w + 2] for w in range(3)]
+    elements = ["O", "H", "H"] * 3 + ["Na"]
+    zm = build_zmatrix(10, bonds, elements, positions=x)
+    assert zm.dim == 24 and len(zm.links) == 3 and int(zm.intermolecular_mask.sum()) == 6 + 6 + 3
+    with jax.enable_x64(True):
+        q = cartesian_to_internal(zm, jnp.asarray(x.reshape(1, -1)))
+        back = internal_to_cartesian(zm, *q)
+        np.testing.assert_allclose(_pairwise(back), _pairwise(x.reshape(1, -1)), atol=1e-12)
+        def embed(v):
+            return internal_to_cartesian(zm, *zm.split(v[None]))[0].reshape(-1, 3)
+        qs = jnp.concatenate(q, axis=-1)
+        got = _rigid_jacobian_logdet(embed, qs)
+        np.testing.assert_allclose(got, np.asarray(log_det_jacobian(q[0], q[1])), atol=1e-8)
+
+
 def test_zmatrix_rejects_bad_graphs():
-    with pytest.raises(BoltzflowError, match="not connected"):
+    with pytest.raises(BoltzflowError, match="components"):
         build_zmatrix(4, [[0, 1], [2, 3]])
     with pytest.raises(BoltzflowError, match="at least 3"):
         build_zmatrix(2, [[0, 1]])

@@ -25,7 +25,7 @@ from boltzflow.molecules.metrics import (
     torsion_kl,
 )
 from boltzflow.molecules.system import load_system, openmmtools_data_dir
-from boltzflow.plot import plot_ramachandran, plot_torsion_marginals
+from boltzflow.plot import plot_molecule_samples, plot_ramachandran, plot_torsion_marginals
 
 ALDP_NAMES = ["H1", "CH3", "H2", "H3", "C", "O", "N", "H", "CA", "HA", "CB", "HB1", "HB2", "HB3", "C", "O", "N", "H",
               "C", "H1", "H2", "H3"]
@@ -57,6 +57,50 @@ def _peptide(n_ala: int):
     bonds += [(c, n), (n, h), (n, cm)] + [(cm, add(f"H{k}", "H", r)) for k in (1, 2, 3)]
     return types.SimpleNamespace(atom_names=tuple(names), elements=tuple(elements), residue_index=np.array(residue),
                                  bonds=np.array(sorted(tuple(sorted(b)) for b in bonds)))
+
+
+def _chain(names, residues=None, residue_names=None):
+    """Topology (no OpenMM) of a saturated chain of heavy atoms named ``names`` (element: the name's first letter),
+    each filled up with hydrogens (C: 4 bonds, O: 2, N: 3), heavy atoms first, then each one's hydrogens."""
+    elements = [n[0] for n in names]
+    bonds = [(a, a + 1) for a in range(len(names) - 1)]
+    res = list(residues) if residues is not None else [0] * len(names)
+    atom_names, all_elements, all_res = list(names), list(elements), list(res)
+    for a, e in enumerate(elements):
+        for _ in range({"C": 4, "O": 2, "N": 3}[e] - sum(a in b for b in bonds)):
+            bonds.append((a, len(atom_names)))
+            atom_names.append(f"H{len(atom_names) - len(names) + 1}"), all_elements.append("H"), all_res.append(res[a])
+    rn = residue_names or {r: "MOL" for r in res}
+    return types.SimpleNamespace(atom_names=tuple(atom_names), elements=tuple(all_elements),
+                                 residue_index=np.array(all_res), residue_names=tuple(rn[r] for r in all_res),
+                                 bonds=np.array(sorted(bonds)))
+
+
+def _openmmtools(name):
+    pytest.importorskip("openmm", reason="openmmtools test systems need OpenMM")
+    if importlib.util.find_spec("openmmtools") is None:
+        pytest.skip("needs openmmtools")
+    return load_system({"openmmtools": name})
+
+
+def _in_no_ring(mol, j, k):
+    """Brute force: atoms j and k are no longer connected once the bond j - k is cut."""
+    nb = {a: set() for a in range(len(mol.atom_names))}
+    for a, b in np.asarray(mol.bonds).tolist():
+        if {a, b} != {j, k}:
+            nb[a].add(b), nb[b].add(a)
+    seen, todo = {j}, [j]
+    while todo:
+        for b in nb[todo.pop()] - seen:
+            seen.add(b), todo.append(b)
+    return k not in seen
+
+
+def _check_paths(mol, torsions):
+    bonds = {tuple(sorted(b)) for b in np.asarray(mol.bonds).tolist()}
+    for name, (i, j, k, l) in torsions.items():  # noqa: E741
+        assert len({i, j, k, l}) == 4, name
+        assert {tuple(sorted(p)) for p in ((i, j), (j, k), (k, l))} <= bonds, name
 
 
 def _aldp():
@@ -124,6 +168,59 @@ def test_named_torsions_of_a_longer_peptide_are_numbered():
         assert [names[a] for a in t[f"psi_{k}"]] == ["N", "CA", "C", "N"]
         assert mol.residue_index[t[f"phi_{k}"][1]] == k and mol.residue_index[t[f"psi_{k}"][1]] == k
     assert ramachandran_pairs(mol) == [("phi_1", "psi_1"), ("phi_2", "psi_2"), ("phi_3", "psi_3")]
+    assert len(t) == 3 + 3 + 4 + 5  # no other rotatable bond: the rest end in an H or a carbonyl O
+
+
+def test_rotatable_bonds_of_chains_are_named_once():
+    # butane: the two methyls are gammas, the central bond a torsion C1-C2-C3-C4
+    butane = _chain(["C1", "C2", "C3", "C4"])
+    t = named_torsions(butane)
+    assert t == {"gamma1": (4, 0, 1, 2), "gamma2": (11, 3, 2, 1), "torsion C2-C3": (0, 1, 2, 3)}
+    # ethane and methanol: no methyl with a second heavy atom beyond it, so their one rotatable bond is a torsion,
+    # its end atoms the lowest-index hydrogens
+    assert named_torsions(_chain(["C1", "C2"])) == {"torsion C1-C2": (2, 0, 1, 5)}
+    assert named_torsions(_chain(["C1", "O1"])) == {"torsion C1-O1": (2, 0, 1, 5)}
+    # propan-1-ol: heavy atoms before hydrogens at each end
+    t = named_torsions(_chain(["C1", "C2", "C3", "O1"]))
+    assert t == {"gamma1": (4, 0, 1, 2), "torsion C2-C3": (0, 1, 2, 3), "torsion C3-O1": (1, 2, 3, 11)}
+    # two residues: the residue (name and number from 1) prefixes the names; a bond between residues names both
+    mol = _chain(["C1", "C2", "C3", "C1", "C2", "C3"], [0, 0, 0, 1, 1, 1], {0: "LIG", 1: "ETX"})
+    t = named_torsions(mol)
+    assert list(t) == ["gamma1", "gamma2", "torsion LIG1:C2-C3", "torsion LIG1:C3-ETX2:C1", "torsion ETX2:C1-C2"]
+    assert t["torsion LIG1:C3-ETX2:C1"] == (1, 2, 3, 4)
+    # repeated atom names: the atom indices keep the names unique
+    hexane = _chain(["C"] * 6)
+    assert [k for k in named_torsions(hexane) if k.startswith("torsion")] == [
+        "torsion C-C [1-2]", "torsion C-C [2-3]", "torsion C-C [3-4]"]
+    for m in (butane, mol, hexane):
+        _check_paths(m, named_torsions(m))
+
+
+def test_named_torsions_of_toluene():
+    mol = _openmmtools("TolueneVacuum")
+    t = named_torsions(mol)
+    # the methyl C7 is gamma1 (H6-C7-C6-C4); the ring bonds are not rotatable, the C-H bonds end in an H
+    assert t == {"gamma1": (12, 6, 5, 3)}
+    assert [mol.atom_names[a] for a in t["gamma1"]] == ["H6", "C7", "C6", "C4"]
+    ring = [b for b in mol.bonds.tolist() if not _in_no_ring(mol, *b)]
+    assert len(ring) == 6 and all(mol.elements[a] == "C" and mol.elements[b] == "C" for a, b in ring)
+
+
+def test_named_torsions_of_host_guest():
+    mol = _openmmtools("HostGuestVacuum")  # cucurbit[7]uril (CUC) and a guest (B2) with two CH2-OH arms
+    t = named_torsions(mol)
+    assert t == {"torsion B22:C3-C10": (127, 128, 136, 137), "torsion B22:C4-C9": (126, 129, 134, 135),
+                 "torsion B22:C9-O1": (129, 134, 135, 152), "torsion B22:C10-O2": (128, 136, 137, 155)}
+    _check_paths(mol, t)
+    assert len(set(t)) == len(t)
+    assert all(mol.residue_names[a] == "B2" for q in t.values() for a in q)
+    assert [[mol.atom_names[a] for a in q] for q in t.values()] == [
+        ["C2", "C3", "C10", "O2"], ["C1", "C4", "C9", "O1"], ["C4", "C9", "O1", "H15"], ["C3", "C10", "O2", "H18"]]
+    # every bond between two non-terminal atoms in no ring is one of them (the host's are all in rings)
+    nb = np.bincount(mol.bonds.ravel(), minlength=mol.n_atoms)
+    rotatable = {tuple(b) for b in mol.bonds.tolist() if nb[b[0]] > 1 and nb[b[1]] > 1 and _in_no_ring(mol, *b)}
+    assert rotatable == {tuple(sorted(q[1:3])) for q in t.values()}
+    assert ramachandran_pairs(mol) == []
 
 
 def test_named_torsions_of_the_built_in_alanine_dipeptide():
@@ -268,6 +365,25 @@ def test_molecular_metrics_of_alanine_dipeptide():
     for bad in ({k: v for k, v in angles.items() if k != "phi"}, {**angles, "phi": angles["phi"][:10]}):
         with pytest.raises(BoltzflowError, match="torsion angles must be"):
             molecular_metrics(mol, ref, bad)
+
+
+@pytest.mark.parametrize("system", ["TolueneVacuum", "HostGuestVacuum"])
+def test_molecular_metrics_and_plots_of_a_molecule_without_a_backbone(system, tmp_path, saved):
+    from boltzflow.molecules.chirality import Chirality
+
+    mol = _openmmtools(system)
+    rng = np.random.default_rng(11)
+    x0 = mol.positions.reshape(1, -1)
+    ref = x0 + 0.01 * rng.normal(size=(2000, x0.shape[1]))
+    model = x0 + 0.01 * rng.normal(size=(2000, x0.shape[1]))
+    m = molecular_metrics(mol, ref, model, rng.normal(size=2000))
+    torsions = named_torsions(mol)
+    assert set(m) == {f"kl_{k}{s}" for k in torsions for s in ("", "_reweighted")}
+    assert all(np.isfinite(v) for v in m.values()) and not any("ramachandran" in k for k in m)
+    target = types.SimpleNamespace(molecule=mol, chirality=Chirality.from_system(mol))
+    paths = plot_molecule_samples(target, model, rng.normal(size=2000), tmp_path, reference_x=ref)
+    assert [p.name for p in paths] == ["torsions.png"]
+    assert [ax.get_xlabel() for ax in saved[0].axes] == [r"$\gamma_{1}$" if k == "gamma1" else k for k in torsions]
 
 
 # ------------------------------------------------------------------------------------------- basins, blocks

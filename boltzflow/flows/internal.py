@@ -4,7 +4,8 @@ The layer sits last in the forward direction (latent -> data): the flow below it
 normalised internal coordinates and this layer builds the molecule from them, in nm, flattened to (n, 3N):
 
     q = q_min + s * z          (bonds s = 0.005 nm, angles s = 0.15 rad, non-circular dihedrals s = 0.2 rad;
-                                circular dihedrals s = 1: their z is the angle phi - phi_min itself)
+                                circular dihedrals s = 1: their z is the angle phi - phi_min itself; between
+                                molecules, the link's length s = 0.05 nm and angles s = 0.3 rad, as they move more)
     x = X(q)                   canonical frame: first atom at the origin, second on +x, third in the xy plane
 
 where q_min are the internal coordinates of the energy minimum (:func:`boltzflow.molecules.system.minimize`, done
@@ -51,6 +52,8 @@ class InternalCoordinates(Layer):
         reference: the structure z = 0 stands for, ``(N, 3)`` or ``(3N,)`` nm. Default for a MolecularSystem: its
             energy minimum from the starting positions; required with a ZMatrix.
         bond_scale, angle_scale, dihedral_scale: the normalisation scales s (nm, rad, rad).
+        link_bond_scale, link_angle_scale: the scales of the bonds and angles between molecules (several molecules:
+            :mod:`boltzflow.molecules.zmatrix`).
         root: first atom of the Z-matrix (default: the heavy-atom graph centre; MolecularSystem only).
 
     The layer has no trainable parameters: the reference and scales are static (hashable) fields.
@@ -62,7 +65,8 @@ class InternalCoordinates(Layer):
     reference: tuple[float, ...] = eqx.field(static=True)
 
     def __init__(self, source, reference=None, *, bond_scale: float = 0.005, angle_scale: float = 0.15,
-                 dihedral_scale: float = 0.2, root: int | None = None):
+                 dihedral_scale: float = 0.2, link_bond_scale: float = 0.05, link_angle_scale: float = 0.3,
+                 root: int | None = None):
         if isinstance(source, MolecularSystem):
             zm = ZMatrix.from_system(source, root=root)
             if reference is None:
@@ -74,7 +78,8 @@ class InternalCoordinates(Layer):
         else:
             raise BoltzflowError(f"InternalCoordinates needs a MolecularSystem or a ZMatrix, got "
                                  f"{type(source).__name__}")
-        for name, s in (("bond_scale", bond_scale), ("angle_scale", angle_scale), ("dihedral_scale", dihedral_scale)):
+        for name, s in (("bond_scale", bond_scale), ("angle_scale", angle_scale), ("dihedral_scale", dihedral_scale),
+                        ("link_bond_scale", link_bond_scale), ("link_angle_scale", link_angle_scale)):
             if not (isinstance(s, (int, float)) and s > 0 and math.isfinite(s)):
                 raise BoltzflowError(f"{name} must be a positive number, got {s!r}")
         ref = np.asarray(reference, np.float64)
@@ -87,7 +92,9 @@ class InternalCoordinates(Layer):
         bonds, angles, _ = zm.split(ic)
         if not (np.all(np.isfinite(ic)) and bonds.min() > 0 and np.sin(angles).min() > 1e-3):
             raise BoltzflowError("the reference structure is degenerate (overlapping atoms or a straight angle)")
-        scale = np.concatenate([np.full(zm.n_bonds, float(bond_scale)), np.full(zm.n_angles, float(angle_scale)),
+        inter_b, inter_a, _ = zm.split(zm.intermolecular_mask)
+        scale = np.concatenate([np.where(inter_b, float(link_bond_scale), float(bond_scale)),
+                                np.where(inter_a, float(link_angle_scale), float(angle_scale)),
                                 np.where(zm.circular, 1.0, float(dihedral_scale))])
         self.zmatrix = zm
         self.reference_ic = tuple(float(v) for v in ic)

@@ -24,7 +24,23 @@ never from fixed indices:
   H - C - X - Y with H the methyl's lowest-index hydrogen, X its heavy neighbour and Y the lowest-index heavy
   neighbour of X other than C that is not a terminal atom (has a heavy neighbour besides X); so for alanine
   dipeptide gamma1 = H1-CH3-C-N (ACE), gamma2 = HB1-CB-CA-N (ALA), gamma3 = H1-C-N-C (NME), as in the
-  internal-coordinate Z-matrix of the Boltzmann-generator / FAB alanine dipeptide flows.
+  internal-coordinate Z-matrix of the Boltzmann-generator / FAB alanine dipeptide flows;
+- ``torsion <j>-<k>``, one per other rotatable bond j - k: a bond in no ring (a bridge of the bond graph) whose
+  two atoms each have a neighbour besides the other, hydrogens counted (so hydroxyl, amine and thiol rotations
+  count, as the methyl rotations do; a terminal atom, a carbonyl O or any H, has nothing to turn), and that is not
+  the axis j - k of a torsion named above (phi, psi, omega, gamma). Its atoms are i - j - k - l with j < k (atom
+  indices), i the first neighbour of j other than k and l the first neighbour of k other than j, heavy atoms
+  before hydrogens, then the lowest index. In a molecule of one residue ``<j>`` and ``<k>`` are the atom names
+  (``torsion C3-C10``); in a molecule of several the residue, as ``<residue name><n>`` with n counting the
+  residues from 1 in topology order (mdtraj's way of writing a residue; not the PDB's residue numbers, which the
+  system does not keep), comes before them once when both atoms are in it (``torsion B22:C3-C10``: atoms C3 and
+  C10 of residue B2, the 2nd) and before each atom otherwise (``torsion LIG1:C4-ALA2:CB``). Two bonds that would
+  get the same name (repeated atom names) both get their atom indices appended (``torsion C-C [3-7]``). They come
+  after the gammas, in the order of (j, k). Alanine dipeptide has none (its only bonds between two non-terminal
+  atoms are the phi, psi, omega and methyl axes), nor has toluene (its methyl is gamma1; its other bonds are in
+  the ring or end in an H). Bond orders are not read: a double bond outside a ring (C=C, an amide C-N outside a
+  peptide backbone) is named too, its marginal a narrow one; a torsion about a bond next to a linear group
+  (alkyne, nitrile) is ill-defined.
 
 One torsion of a kind is named plainly (``phi``); several are numbered from 1 along the atom order (``phi_1``,
 ``phi_2``, ...). A methyl rotation is 3-fold symmetric (the three hydrogens are equivalent, so its marginal has
@@ -51,6 +67,8 @@ rough choice, sitting in the low-density gaps; move them with ``alpha_r_psi``.
 
 from __future__ import annotations
 
+from collections import Counter
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,6 +76,7 @@ import numpy as np
 from boltzflow import estimators
 from boltzflow.errors import BoltzflowError
 from boltzflow.molecules.system import MolecularSystem
+from boltzflow.molecules.zmatrix import ring_bonds
 
 #: eps of (K1), as in FAB's evaluation.
 EPS = 1e-10
@@ -238,9 +257,42 @@ def _methyls(molecule) -> list[tuple[int, int, int, int]]:
     return out
 
 
+def _rotatable(molecule, axes: set[tuple[int, int]]) -> dict[str, tuple[int, int, int, int]]:
+    """``torsion <j>-<k>`` of each rotatable bond whose axis is not in ``axes`` (module docstring)."""
+    names, elements = molecule.atom_names, molecule.elements
+    res = np.asarray(molecule.residue_index).tolist()
+    res_names = getattr(molecule, "residue_names", None)
+    nb = _neighbours(molecule)
+    several = len(set(res)) > 1
+
+    def first(a, other):
+        return min((b for b in nb[a] if b != other), key=lambda b: (elements[b] == "H", b))
+
+    number = {r: n for n, r in enumerate(sorted(set(res)), 1)}
+
+    def residue(a):
+        return f"{res_names[a] if res_names is not None else ''}{number[res[a]]}"
+
+    rings = ring_bonds(len(molecule.atom_names), molecule.bonds)
+    bonds = sorted({(min(j, k), max(j, k)) for j, k in np.asarray(molecule.bonds).tolist()} - rings)
+    quads = [(first(j, k), j, k, first(k, j)) for j, k in bonds
+             if len(nb[j]) > 1 and len(nb[k]) > 1 and (j, k) not in axes]
+    labels = []
+    for _, j, k, _ in quads:
+        if not several:
+            labels.append(f"torsion {names[j]}-{names[k]}")
+        elif res[j] == res[k]:
+            labels.append(f"torsion {residue(j)}:{names[j]}-{names[k]}")
+        else:
+            labels.append(f"torsion {residue(j)}:{names[j]}-{residue(k)}:{names[k]}")
+    count = Counter(labels)
+    return {(f"{lab} [{q[1]}-{q[2]}]" if count[lab] > 1 else lab): q for lab, q in zip(labels, quads)}
+
+
 def named_torsions(molecule: MolecularSystem) -> dict[str, tuple[int, int, int, int]]:
-    """Backbone phi / psi / omega and methyl rotations gamma1, gamma2, ... found from the topology (module
-    docstring). Works on anything with ``atom_names``, ``elements``, ``residue_index`` and ``bonds``."""
+    """Backbone phi / psi / omega, methyl rotations gamma1, gamma2, ... and the other rotatable bonds' torsions
+    (``torsion C3-C10``, ...) found from the topology (module docstring). Works on anything with ``atom_names``,
+    ``elements``, ``residue_index`` and ``bonds`` (and ``residue_names`` for the residues in the names)."""
     out: dict[str, tuple[int, int, int, int]] = {}
     bb = _backbone(molecule)
     _numbered("phi", [p for p, _ in bb if p is not None], out)
@@ -248,6 +300,7 @@ def named_torsions(molecule: MolecularSystem) -> dict[str, tuple[int, int, int, 
     _numbered("omega", _omegas(molecule), out)
     for n, q in enumerate(_methyls(molecule), 1):
         out[f"gamma{n}"] = q
+    out.update(_rotatable(molecule, {(min(q[1], q[2]), max(q[1], q[2])) for q in out.values()}))
     return {k: tuple(int(a) for a in v) for k, v in out.items()}
 
 

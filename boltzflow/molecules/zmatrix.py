@@ -1,4 +1,4 @@
-"""Internal coordinates of any connected molecule: a Z-matrix built from the bond graph, and the maps both ways.
+"""Internal coordinates of a molecule, or of several: a Z-matrix built from the bond graph, and the maps both ways.
 
 Building the Z-matrix (:func:`build_zmatrix`)
 ---------------------------------------------
@@ -8,7 +8,8 @@ placement, its length is implied by the others). Choices, all deterministic:
 
 - root: among heavy (non-hydrogen) atoms, the graph centre (least eccentricity: short placement chains keep
   errors small), ties broken by the smallest largest branch, then the lowest index;
-- the neighbours of an atom are visited heavy atoms first, then larger branches first (the branch of neighbour v
+- the neighbours of an atom are visited its own molecule's first (see "Several molecules"), heavy atoms first, then
+  larger branches first (the branch of neighbour v
   of u is the set of atoms reached from v without passing u), then by index, so the frame and the first torsion
   about each bond follow the molecule's main chain (for alanine dipeptide: root CA, frame CA-N-C, and the first
   torsions are exactly phi = C-N-CA-C, psi = N-CA-C-N and the omegas).
@@ -25,6 +26,23 @@ the bond graph). Every rotatable bond gets exactly one circular dihedral.
 
 So N atoms have 3N - 6 internal coordinates, N - 1 bonds, N - 2 angles and N - 3 dihedrals (in this order), each
 listed in placement order; the six rigid-body degrees of freedom are dropped.
+
+Several molecules (a host and its guest, a peptide and a ligand, a solute with a few waters): the bond graph has
+several connected components, and each extra component is joined to the rest by one *link*, a bond of the Z-matrix
+that is no chemical bond: between the two heavy atoms, one in the component and one in the components already
+joined, that are closest in the given positions (components joined in order of that distance, starting from the
+one holding the root; the root is the graph centre of the largest component by default). With A1 the link's near
+end, A2 and A3 atoms placed before it on its side, B1 the far end, B2 and B3 B1's first two children:
+
+    position:     link length |B1 - A1|,  angle B1-A1-A2,  dihedral B1-A1-A2-A3        (spherical coordinates)
+    orientation:  angle B2-B1-A1,  dihedral B2-B1-A1-A2,  dihedral B3-B1-B2-A1         (Euler-like angles)
+
+B1's later children are then placed about the axis B1-B2 like the root's (B1 starts its molecule), and every other
+dihedral prefers a reference atom of its own molecule, so each extra component adds exactly these 6 coordinates of
+its relative position and orientation to its own 3 N_c - 6 (5 for a diatomic, 3 for an ion), and the Jacobian below
+is unchanged (it never asked for chemical bonds, only for a tree). The coordinates whose atoms lie in more than one
+component are *intermolecular* (:attr:`ZMatrix.intermolecular_mask`); their dihedrals are circular (the components
+turn freely against each other).
 
 Cartesian -> internal (:func:`cartesian_to_internal`)
 -----------------------------------------------------
@@ -91,6 +109,8 @@ class ZMatrix:
         circular: ``(N - 3,)`` bool: dihedral p = 3 .. N-1 is a free torsion about a rotatable bond.
         relative: ``(N - 3,)`` bool: dihedral measured from a sibling on the same axis (l bonded to j, not k).
         atom_labels: one label per atom (``"CA:8"``), used in :attr:`names`.
+        component: ``(N,)`` connected component (molecule) of each atom, by atom index; all 0 for one molecule.
+        links: ``(m, 2)`` the Z-matrix bonds that join components (no chemical bond), one per extra component.
     """
 
     order: np.ndarray
@@ -100,17 +120,24 @@ class ZMatrix:
     circular: np.ndarray
     relative: np.ndarray
     atom_labels: tuple[str, ...] = field(repr=False)
+    component: np.ndarray | None = field(default=None, repr=False)
+    links: np.ndarray | None = field(default=None, repr=False)
+
+    _ARRAYS = ("order", "j", "k", "l", "circular", "relative", "component", "links")
 
     def __post_init__(self):
-        for name in ("order", "j", "k", "l", "circular", "relative"):
+        if self.component is None:
+            object.__setattr__(self, "component", np.zeros(len(self.order), np.int64))
+        if self.links is None:
+            object.__setattr__(self, "links", np.zeros((0, 2), np.int64))
+        for name in self._ARRAYS:
             arr = np.array(getattr(self, name))
             arr.setflags(write=False)
             object.__setattr__(self, name, arr)
 
     # value semantics, so that a ZMatrix can be a static field of a jitted module
     def _key(self):
-        return tuple(getattr(self, n).tobytes() for n in ("order", "j", "k", "l", "circular", "relative")) + (
-            self.atom_labels,)
+        return tuple(getattr(self, n).tobytes() for n in self._ARRAYS) + (self.atom_labels,)
 
     def __eq__(self, other):
         return isinstance(other, ZMatrix) and self._key() == other._key()
@@ -155,6 +182,16 @@ class ZMatrix:
         return np.stack([self.order[3:], self.j[3:], self.k[3:], self.l[3:]], axis=1)
 
     @property
+    def intermolecular_mask(self) -> np.ndarray:
+        """``(3N - 6,)`` bool over the coordinate vector: coordinates whose atoms lie in more than one component."""
+        c = self.component
+
+        def spans(atoms):
+            return np.asarray([len(set(c[row].tolist())) > 1 for row in atoms], bool).reshape(-1)
+
+        return np.concatenate([spans(self.bond_atoms), spans(self.angle_atoms), spans(self.dihedral_atoms)])
+
+    @property
     def circular_mask(self) -> np.ndarray:
         """``(3N - 6,)`` bool over the coordinate vector (bonds, angles, dihedrals): the circular dihedrals."""
         return np.concatenate([np.zeros(self.n_bonds + self.n_angles, bool), self.circular])
@@ -188,8 +225,10 @@ class ZMatrix:
 
     @classmethod
     def from_system(cls, molecule, root: int | None = None) -> "ZMatrix":
-        """The Z-matrix of a :class:`~boltzflow.molecules.system.MolecularSystem` (its bonds and elements)."""
-        return build_zmatrix(molecule.n_atoms, molecule.bonds, molecule.elements, molecule.atom_names, root=root)
+        """The Z-matrix of a :class:`~boltzflow.molecules.system.MolecularSystem` (its bonds and elements; its
+        starting positions choose the links between molecules, if it holds several)."""
+        return build_zmatrix(molecule.n_atoms, molecule.bonds, molecule.elements, molecule.atom_names, root=root,
+                             positions=molecule.positions)
 
 
 def _adjacency(n_atoms: int, bonds) -> list[list[int]]:
@@ -229,42 +268,92 @@ def _distances(adj, start: int) -> list[int]:
     return dist
 
 
-def _reachable_without_edge(adj, a: int, b: int) -> set[int]:
-    seen, stack = {a}, [a]
-    while stack:
-        u = stack.pop()
-        for v in adj[u]:
-            if {u, v} == {a, b} or v in seen:
+def _bridges(nb) -> set[tuple[int, int]]:
+    """Bonds (j < k) in no ring: the bridges of the bond graph (Tarjan's low-link, iterative, O(atoms + bonds))."""
+    n = len(nb)
+    order, low = [-1] * n, [0] * n
+    out, t = set(), 0
+    for root in range(n):
+        if order[root] >= 0:
+            continue
+        order[root] = low[root] = t
+        t += 1
+        stack = [(root, -1, iter(sorted(nb[root])))]
+        while stack:
+            a, parent, it = stack[-1]
+            b = next(it, None)
+            if b is None:
+                stack.pop()
+                if parent >= 0:
+                    low[parent] = min(low[parent], low[a])
+                    if low[a] > order[parent]:
+                        out.add((min(a, parent), max(a, parent)))
+            elif b == parent:
                 continue
-            seen.add(v)
-            stack.append(v)
-    return seen
+            elif order[b] >= 0:
+                low[a] = min(low[a], order[b])
+            else:
+                order[b] = low[b] = t
+                t += 1
+                stack.append((b, a, iter(sorted(nb[b]))))
+    return out
 
 
 def ring_bonds(n_atoms: int, bonds) -> set[tuple[int, int]]:
-    """Bonds (sorted pairs) that lie in a ring: those whose atoms stay connected without them (not bridges)."""
+    """Bonds (sorted pairs) that lie in a ring: every bond that is not a bridge of the bond graph."""
     adj = _adjacency(n_atoms, bonds)
-    return {(a, b) for a in range(n_atoms) for b in adj[a] if a < b and b in _reachable_without_edge(adj, a, b)}
+    return {(a, b) for a in range(n_atoms) for b in adj[a] if a < b} - _bridges(adj)
 
 
-def build_zmatrix(n_atoms: int, bonds, elements=None, atom_names=None, root: int | None = None) -> ZMatrix:
-    """A Z-matrix for a connected molecule from its bond graph (choices in the module docstring).
+def _components(adj) -> np.ndarray:
+    """Connected component of each atom, numbered by their lowest atom index."""
+    comp = np.full(len(adj), -1, np.int64)
+    count = 0
+    for a in range(len(adj)):
+        if comp[a] < 0:
+            comp[np.asarray(_distances(adj, a)) >= 0] = count
+            count += 1
+    return comp
+
+
+def _links(comp: np.ndarray, start: int, is_h, positions) -> list[tuple[int, int]]:
+    """One link per extra component (module docstring): repeatedly the closest heavy-atom pair between the joined
+    components and an unjoined one."""
+    x = np.asarray(positions, np.float64).reshape(len(comp), 3)
+    heavy = np.asarray([not h for h in is_h])
+    joined, links = {start}, []
+    while len(joined) < comp.max() + 1:
+        inside = np.isin(comp, list(joined))
+        a_set = np.flatnonzero(inside & heavy) if np.any(inside & heavy) else np.flatnonzero(inside)
+        b_set = np.flatnonzero(~inside & heavy) if np.any(~inside & heavy) else np.flatnonzero(~inside)
+        d = np.linalg.norm(x[a_set][:, None] - x[b_set][None], axis=-1)
+        ia, ib = np.unravel_index(np.argmin(d), d.shape)
+        links.append((int(a_set[ia]), int(b_set[ib])))
+        joined.add(int(comp[b_set[ib]]))
+    return links
+
+
+def build_zmatrix(n_atoms: int, bonds, elements=None, atom_names=None, root: int | None = None,
+                  positions=None) -> ZMatrix:
+    """A Z-matrix for a molecule, or several, from the bond graph (choices in the module docstring).
 
     Args:
         n_atoms: number of atoms N (>= 3).
         bonds: ``(m, 2)`` bonded atom pairs.
         elements: element symbols (hydrogens are "H"); default: all heavy.
         atom_names: names for the labels (default: the element or "A"); labels are ``"name:index"``.
-        root: the first atom (default: the heavy-atom graph centre).
+        root: the first atom (default: the heavy-atom graph centre of the largest molecule).
+        positions: ``(N, 3)`` a structure; needed only when the bond graph has several components (it chooses the
+            links between them).
+
+    Example:
+        >>> build_zmatrix(4, [[0, 1], [1, 2], [2, 3]]).dim
+        6
     """
     n_atoms = int(n_atoms)
     if n_atoms < 3:
         raise BoltzflowError(f"internal coordinates need at least 3 atoms, got {n_atoms}")
     adj = _adjacency(n_atoms, bonds)
-    reached = sum(d >= 0 for d in _distances(adj, 0))
-    if reached < n_atoms:
-        raise BoltzflowError(f"the bond graph is not connected ({reached} of {n_atoms} atoms reachable from atom "
-                             "0); internal coordinates need one molecule")
     elements = tuple(elements) if elements is not None else ("",) * n_atoms
     if len(elements) != n_atoms:
         raise BoltzflowError(f"{len(elements)} elements for {n_atoms} atoms")
@@ -272,13 +361,29 @@ def build_zmatrix(n_atoms: int, bonds, elements=None, atom_names=None, root: int
     if len(names) != n_atoms:
         raise BoltzflowError(f"{len(names)} atom names for {n_atoms} atoms")
     is_h = [str(e).upper() in ("H", "D") for e in elements]
+    comp = _components(adj)
+    if root is not None and not 0 <= int(root) < n_atoms:
+        raise BoltzflowError(f"root atom {root} out of range for {n_atoms} atoms")
+    links = []
+    if comp.max() > 0:
+        if positions is None:
+            raise BoltzflowError(f"the bond graph has {comp.max() + 1} components (molecules); joining them needs "
+                                 "a structure (positions)")
+        sizes = np.bincount(comp)
+        start = int(comp[root]) if root is not None else int(np.argmax(sizes))
+        if root is None:  # the graph centre of the largest component (before the links join the others)
+            members = [a for a in range(n_atoms) if comp[a] == start]
+            heavy = [a for a in members if not is_h[a]] or members
+            root = min(heavy, key=lambda a: (max(_distances(adj, a)), a))
+        links = _links(comp, start, is_h, positions)
+        for a, b in links:
+            adj[a] = sorted(adj[a] + [b])
+            adj[b] = sorted(adj[b] + [a])
     branch = {(u, v): _reach(adj, v, u) for u in range(n_atoms) for v in adj[u]}
 
     if root is None:
         heavy = [a for a in range(n_atoms) if not is_h[a]] or list(range(n_atoms))
         root = min(heavy, key=lambda a: (max(_distances(adj, a)), max(branch[(a, v)] for v in adj[a]), a))
-    elif not 0 <= int(root) < n_atoms:
-        raise BoltzflowError(f"root atom {root} out of range for {n_atoms} atoms")
     root = int(root)
 
     # breadth-first placement order, visiting heavy atoms, then bigger branches, first
@@ -286,16 +391,22 @@ def build_zmatrix(n_atoms: int, bonds, elements=None, atom_names=None, root: int
     order, queue = [root], deque([root])
     while queue:
         u = queue.popleft()
-        for v in sorted(adj[u], key=lambda v: (is_h[v], -branch[(u, v)], v)):
+        for v in sorted(adj[u], key=lambda v: (comp[v] != comp[u], is_h[v], -branch[(u, v)], v)):
             if v not in parent:
                 parent[v] = u
                 order.append(v)
                 queue.append(v)
     pos = {a: p for p, a in enumerate(order)}
+    first_child = {}
+    for a in order[1:]:
+        first_child.setdefault(parent[a], a)
     rings = ring_bonds(n_atoms, bonds)
 
     def rotatable(a, b):
         return len(adj[a]) > 1 and len(adj[b]) > 1 and (min(a, b), max(a, b)) not in rings
+
+    def intermolecular(*atoms):
+        return len({int(comp[a]) for a in atoms}) > 1
 
     J, K, L = [-1] * n_atoms, [-1] * n_atoms, [-1] * n_atoms
     circ, rel = [], []
@@ -307,14 +418,17 @@ def build_zmatrix(n_atoms: int, bonds, elements=None, atom_names=None, root: int
         J[p] = j
         if p == 1:
             continue
-        k = parent[j] if parent[j] >= 0 else order[1]  # j is the root: the second atom is its placed neighbour
+        if parent[j] < 0 or comp[parent[j]] != comp[j]:  # j starts its molecule (the root, or a link's far end):
+            k = first_child[j] if i != first_child[j] else parent[j]  # its later children hang off its first one
+        else:
+            k = parent[j]
         K[p] = k
         axis = (j, k)
         if axis in first_on_axis:  # a later sibling on this axis: dihedral from the first one
             if p == 2:
                 raise AssertionError("the third atom opens a new axis")
             L[p] = first_on_axis[axis]
-            circ.append(False)
+            circ.append(intermolecular(i, j, k, L[p]))
             rel.append(True)
             continue
         first_on_axis[axis] = i
@@ -322,21 +436,22 @@ def build_zmatrix(n_atoms: int, bonds, elements=None, atom_names=None, root: int
             continue
         cands = [a for a in adj[k] if a != j and pos[a] < p]
         if cands:  # proper torsion i-j-k-l: k's parent if it has one, else the earliest placed heavy atom
-            L[p] = min(cands, key=lambda a: (a != parent[k], is_h[a], pos[a]))
-            circ.append(rotatable(j, k))
+            L[p] = min(cands, key=lambda a: (comp[a] != comp[i], a != parent[k], is_h[a], pos[a]))
+            circ.append(rotatable(j, k) or intermolecular(i, j, k, L[p]))
             rel.append(False)
-        else:  # cannot happen for a BFS tree (see module docstring); an improper reference as a fallback
+        else:  # a second child of a link's far end (its orientation's third angle), else an improper reference
             cands = [a for a in adj[j] if a not in (i, k) and pos[a] < p]
             if not cands:
                 raise BoltzflowError(f"no dihedral reference for atom {i}")
             L[p] = min(cands, key=lambda a: pos[a])
-            circ.append(False)
+            circ.append(intermolecular(i, j, k, L[p]))
             rel.append(True)
 
     return ZMatrix(order=np.asarray(order, np.int64), j=np.asarray(J, np.int64), k=np.asarray(K, np.int64),
                    l=np.asarray(L, np.int64), circular=np.asarray(circ, bool).reshape(-1),
                    relative=np.asarray(rel, bool).reshape(-1),
-                   atom_labels=tuple(f"{names[a]}:{a}" for a in range(n_atoms)))
+                   atom_labels=tuple(f"{names[a]}:{a}" for a in range(n_atoms)), component=comp,
+                   links=np.asarray(links, np.int64).reshape(-1, 2))
 
 
 # ---------------------------------------------------------------------------------------------------------------
