@@ -114,8 +114,9 @@ SAME_STEP_AS = {"aldp_fab": "aldp_fab_cpu", "aldp_fab_nobuffer": "aldp_fab_nobuf
                 "aldp_reverse_kl": "aldp_reverse_kl_cpu", "aldp_ml": "aldp_ml_cpu", "aldp_snf": "aldp_snf_cpu"}
 
 
-#: the presets whose build takes longest here (20-30 s: an SNF on a molecule), left to the slow run
-SLOW_TO_BUILD = {"snf_aldp_vacuum", "aldp_snf_cpu"}
+#: the presets whose build takes longest here (20-60 s: an SNF on a molecule, FAB on a 156-atom host and guest), left
+#: to the slow run
+SLOW_TO_BUILD = {"snf_aldp_vacuum", "aldp_snf_cpu", "hostguest_fab_cpu"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TO_BUILD else n

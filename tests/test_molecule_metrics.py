@@ -19,6 +19,7 @@ from boltzflow.molecules.metrics import (
     dihedral,
     molecular_metrics,
     named_torsions,
+    pose_rmsd,
     ramachandran_kl,
     ramachandran_pairs,
     torsion_angles,
@@ -221,6 +222,24 @@ def test_named_torsions_of_host_guest():
     rotatable = {tuple(b) for b in mol.bonds.tolist() if nb[b[0]] > 1 and nb[b[1]] > 1 and _in_no_ring(mol, *b)}
     assert rotatable == {tuple(sorted(q[1:3])) for q in t.values()}
     assert ramachandran_pairs(mol) == []
+
+
+def test_pose_rmsd_is_rigid_motion_invariant_and_sees_the_guest_move():
+    mol = _openmmtools("HostGuestVacuum")
+    rng = np.random.default_rng(0)
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    rot = q * np.sign(np.diag(r)) * np.sign(np.linalg.det(q * np.sign(np.diag(r))))  # a proper rotation
+    x0 = mol.positions
+    moved = x0 @ rot.T + rng.normal(size=3)  # the whole complex turned and shifted: still the starting pose
+    guest = np.asarray(mol.residue_names) == "B2"
+    shifted = x0.copy()
+    shifted[guest] += [0.3, 0.0, 0.0]  # the guest pulled 0.3 nm out of the cavity
+    rmsd = pose_rmsd(np.stack([x0, moved, shifted @ rot.T]), mol)
+    assert rmsd.shape == (3, 1)
+    np.testing.assert_allclose(rmsd[:2, 0], 0, atol=1e-9)
+    np.testing.assert_allclose(rmsd[2, 0], 0.3, atol=1e-9)
+    toluene = _openmmtools("TolueneVacuum")  # one molecule: no pose
+    assert pose_rmsd(toluene.positions[None], toluene).shape == (1, 0)
 
 
 def test_named_torsions_of_the_built_in_alanine_dipeptide():

@@ -5,7 +5,8 @@ normalised internal coordinates and this layer builds the molecule from them, in
 
     q = q_min + s * z          (bonds s = 0.005 nm, angles s = 0.15 rad, non-circular dihedrals s = 0.2 rad;
                                 circular dihedrals s = 1: their z is the angle phi - phi_min itself; between
-                                molecules, the link's length s = 0.05 nm and angles s = 0.3 rad, as they move more)
+                                molecules, the link's length s = 0.05 nm and the angles and dihedrals that reach
+                                across it s = 0.3 rad, as they move more)
     x = X(q)                   canonical frame: first atom at the origin, second on +x, third in the xy plane
 
 where q_min are the internal coordinates of the energy minimum (:func:`boltzflow.molecules.system.minimize`, done
@@ -52,8 +53,8 @@ class InternalCoordinates(Layer):
         reference: the structure z = 0 stands for, ``(N, 3)`` or ``(3N,)`` nm. Default for a MolecularSystem: its
             energy minimum from the starting positions; required with a ZMatrix.
         bond_scale, angle_scale, dihedral_scale: the normalisation scales s (nm, rad, rad).
-        link_bond_scale, link_angle_scale: the scales of the bonds and angles between molecules (several molecules:
-            :mod:`boltzflow.molecules.zmatrix`).
+        link_bond_scale, link_angle_scale: the scales of the link's length and of the angles and dihedrals between
+            molecules (several molecules: :mod:`boltzflow.molecules.zmatrix`).
         root: first atom of the Z-matrix (default: the heavy-atom graph centre; MolecularSystem only).
 
     The layer has no trainable parameters: the reference and scales are static (hashable) fields.
@@ -92,10 +93,11 @@ class InternalCoordinates(Layer):
         bonds, angles, _ = zm.split(ic)
         if not (np.all(np.isfinite(ic)) and bonds.min() > 0 and np.sin(angles).min() > 1e-3):
             raise BoltzflowError("the reference structure is degenerate (overlapping atoms or a straight angle)")
-        inter_b, inter_a, _ = zm.split(zm.intermolecular_mask)
+        inter_b, inter_a, inter_d = zm.split(zm.intermolecular_mask)
         scale = np.concatenate([np.where(inter_b, float(link_bond_scale), float(bond_scale)),
                                 np.where(inter_a, float(link_angle_scale), float(angle_scale)),
-                                np.where(zm.circular, 1.0, float(dihedral_scale))])
+                                np.where(zm.circular, 1.0, np.where(inter_d, float(link_angle_scale),
+                                                                    float(dihedral_scale)))])
         self.zmatrix = zm
         self.reference_ic = tuple(float(v) for v in ic)
         self.scales = tuple(float(v) for v in scale)

@@ -59,6 +59,10 @@ The model histogram may carry self-normalised importance weights W_i proportiona
 with no positive weight (or no reference sample) the KL is NaN, without a warning. Angles outside (-pi, pi] are
 wrapped into it; a sample whose angle is not finite is left out (as fab-torch drops NaN dihedrals).
 
+**Poses** (:func:`pose_rmsd`) of a system of several molecules (a host and its guest, a protein and a ligand): each
+molecule but the largest is in its *starting pose* when, after the largest is superposed on the starting structure
+(Kabsch, heavy atoms), its heavy atoms lie within an RMSD of 0.2 nm of theirs (docking's usual 2 Angstrom).
+
 **Basins** (:func:`basin_populations`) of alanine dipeptide's Ramachandran plot: the half-planes phi <= 0
 (C7eq / beta / PII and alpha_R) and phi > 0 (alpha_L / C7ax, the rare side), and within phi <= 0 the split
 alpha_R = {psi in [-120 deg, 50 deg)} against beta = the rest (C7eq, beta, PII). The psi limits are the usual
@@ -76,7 +80,7 @@ import numpy as np
 from boltzflow import estimators
 from boltzflow.errors import BoltzflowError
 from boltzflow.molecules.system import MolecularSystem
-from boltzflow.molecules.zmatrix import ring_bonds
+from boltzflow.molecules.zmatrix import components, ring_bonds
 
 #: eps of (K1), as in FAB's evaluation.
 EPS = 1e-10
@@ -313,6 +317,36 @@ def ramachandran_pairs(molecule: MolecularSystem) -> list[tuple[str, str]]:
 
 # ---------------------------------------------------------------------------------------------------------------
 # weights and histograms
+
+
+#: RMSD (nm) within which a molecule is in its starting pose (module docstring).
+POSE_RMSD = 0.2
+
+
+def pose_rmsd(x, molecule: MolecularSystem) -> np.ndarray:
+    """``(n, C - 1)`` heavy-atom RMSD (nm) of each molecule but the largest from its starting pose, after the largest
+    is superposed on the starting structure (module docstring); ``(n, 0)`` for one molecule.
+
+    Example:
+        >>> in_pose = pose_rmsd(x, molecule) <= POSE_RMSD  # doctest: +SKIP
+    """
+    X = _positions(x)
+    comp = components(molecule.n_atoms, molecule.bonds)
+    heavy = np.asarray([e != "H" for e in molecule.elements])
+    host = int(np.argmax(np.bincount(comp)))
+    fit = np.flatnonzero((comp == host) & heavy)
+    ref = np.asarray(molecule.positions, np.float64)
+    p_mean, q_mean = X[:, fit].mean(axis=1, keepdims=True), ref[fit].mean(axis=0)
+    h = np.einsum("nmi,mj->nij", X[:, fit] - p_mean, ref[fit] - q_mean)
+    u, _, vt = np.linalg.svd(h)
+    flip = np.sign(np.linalg.det(np.einsum("nji,nkj->nik", vt, u)))  # det(V U^T): no reflection
+    d = np.ones((len(X), 3))
+    d[:, 2] = flip
+    rot = np.einsum("nji,nj,nkj->nik", vt, d, u)  # R = V diag(1, 1, det) U^T maps centred X onto the reference
+    moved = np.einsum("nij,naj->nai", rot, X - p_mean) + q_mean
+    out = [np.sqrt(np.mean(np.sum((moved[:, a] - ref[a]) ** 2, axis=-1), axis=1))
+           for a in (np.flatnonzero((comp == c) & heavy) for c in np.unique(comp) if c != host)]
+    return np.stack(out, axis=1) if out else np.zeros((len(X), 0))
 
 
 def normalised_weights(log_w, n: int | None = None) -> np.ndarray | None:

@@ -41,8 +41,9 @@ B1's later children are then placed about the axis B1-B2 like the root's (B1 sta
 dihedral prefers a reference atom of its own molecule, so each extra component adds exactly these 6 coordinates of
 its relative position and orientation to its own 3 N_c - 6 (5 for a diatomic, 3 for an ion), and the Jacobian below
 is unchanged (it never asked for chemical bonds, only for a tree). The coordinates whose atoms lie in more than one
-component are *intermolecular* (:attr:`ZMatrix.intermolecular_mask`); their dihedrals are circular (the components
-turn freely against each other).
+component are *intermolecular* (:attr:`ZMatrix.intermolecular_mask`). Their dihedrals are not circular: a complex
+is taken to stay near its starting pose (a guest in its host, a ligand in its pocket), and a flow starts there
+rather than at a uniformly random orientation, which would put nearly every sample into the host.
 
 Cartesian -> internal (:func:`cartesian_to_internal`)
 -----------------------------------------------------
@@ -305,8 +306,12 @@ def ring_bonds(n_atoms: int, bonds) -> set[tuple[int, int]]:
     return {(a, b) for a in range(n_atoms) for b in adj[a] if a < b} - _bridges(adj)
 
 
+def components(n_atoms: int, bonds) -> np.ndarray:
+    """``(N,)`` connected component (molecule) of each atom of a bond graph, numbered by their lowest atom index."""
+    return _components(_adjacency(n_atoms, bonds))
+
+
 def _components(adj) -> np.ndarray:
-    """Connected component of each atom, numbered by their lowest atom index."""
     comp = np.full(len(adj), -1, np.int64)
     count = 0
     for a in range(len(adj)):
@@ -402,11 +407,8 @@ def build_zmatrix(n_atoms: int, bonds, elements=None, atom_names=None, root: int
         first_child.setdefault(parent[a], a)
     rings = ring_bonds(n_atoms, bonds)
 
-    def rotatable(a, b):
-        return len(adj[a]) > 1 and len(adj[b]) > 1 and (min(a, b), max(a, b)) not in rings
-
-    def intermolecular(*atoms):
-        return len({int(comp[a]) for a in atoms}) > 1
+    def rotatable(a, b):  # a chemical bond (not a link) in no ring between two atoms of degree > 1
+        return len(adj[a]) > 1 and len(adj[b]) > 1 and comp[a] == comp[b] and (min(a, b), max(a, b)) not in rings
 
     J, K, L = [-1] * n_atoms, [-1] * n_atoms, [-1] * n_atoms
     circ, rel = [], []
@@ -428,7 +430,7 @@ def build_zmatrix(n_atoms: int, bonds, elements=None, atom_names=None, root: int
             if p == 2:
                 raise AssertionError("the third atom opens a new axis")
             L[p] = first_on_axis[axis]
-            circ.append(intermolecular(i, j, k, L[p]))
+            circ.append(False)
             rel.append(True)
             continue
         first_on_axis[axis] = i
@@ -437,14 +439,14 @@ def build_zmatrix(n_atoms: int, bonds, elements=None, atom_names=None, root: int
         cands = [a for a in adj[k] if a != j and pos[a] < p]
         if cands:  # proper torsion i-j-k-l: k's parent if it has one, else the earliest placed heavy atom
             L[p] = min(cands, key=lambda a: (comp[a] != comp[i], a != parent[k], is_h[a], pos[a]))
-            circ.append(rotatable(j, k) or intermolecular(i, j, k, L[p]))
+            circ.append(rotatable(j, k) and len({int(comp[a]) for a in (i, j, k, L[p])}) == 1)
             rel.append(False)
         else:  # a second child of a link's far end (its orientation's third angle), else an improper reference
             cands = [a for a in adj[j] if a not in (i, k) and pos[a] < p]
             if not cands:
                 raise BoltzflowError(f"no dihedral reference for atom {i}")
             L[p] = min(cands, key=lambda a: pos[a])
-            circ.append(intermolecular(i, j, k, L[p]))
+            circ.append(False)
             rel.append(True)
 
     return ZMatrix(order=np.asarray(order, np.int64), j=np.asarray(J, np.int64), k=np.asarray(K, np.int64),

@@ -41,8 +41,13 @@ conventions, and the phi > 0 population of the reweighted model beside the refer
   (boltzflow.molecules.metrics.frame_log_jacobian). On alanine dipeptide's reference that term averages
   -5.78 nats (nm units), so the frame value is about 5.78 nats below ``mean_log_q_reference``.
 
+A system of several molecules (a host and its guest) adds ``pose_fraction`` and ``pose_fraction_reweighted``
+(``_1``, ``_2``, ... with several guests): the fraction of the model's samples, raw and importance-weighted, in which
+each molecule but the largest is in its starting pose (heavy-atom RMSD <= 0.2 nm after the largest is superposed,
+boltzflow.molecules.metrics.pose_rmsd).
+
 Of each model sample the report keeps the named torsions' angles (float32), its handedness and log weight: 37 bytes
-a sample for alanine dipeptide's 7 torsions. Pictures: Ramachandran plot and torsion marginals
+a sample for alanine dipeptide's 7 torsions (and the pose RMSDs, 4 bytes each, for several molecules). Pictures: Ramachandran plot and torsion marginals
 (boltzflow.plot.plot_molecule_samples).
 """
 
@@ -58,8 +63,8 @@ import numpy as np
 from boltzflow.errors import BoltzflowError
 from boltzflow.molecules.forcefield import batched_energy, read_forcefield
 from boltzflow.molecules.chirality import Chirality
-from boltzflow.molecules.metrics import (basin_populations, frame_log_jacobian, molecular_metrics, named_torsions,
-                                         torsion_angles)
+from boltzflow.molecules.metrics import (POSE_RMSD, basin_populations, frame_log_jacobian, molecular_metrics,
+                                         named_torsions, normalised_weights, pose_rmsd, torsion_angles)
 from boltzflow.molecules.openmm_engine import OpenMMEngine
 from boltzflow.molecules.reference import builtin_reference, load_reference
 from boltzflow.molecules.system import MolecularSystem, load_system
@@ -145,7 +150,8 @@ class MoleculeTarget(Target):
         """The named torsions' angles ``(n, T)`` (float32) instead of x, the mask and the log weights (float64)."""
         angles = torsion_angles(rows["x"], self.torsions)
         columns = np.array([angles[name] for name in self.torsions], np.float32).reshape(len(angles), len(rows["x"]))
-        return {"angles": columns.T, "chiral": rows["chiral"], "log_w": np.asarray(rows["log_w"], np.float64)}
+        return {"angles": columns.T, "chiral": rows["chiral"], "log_w": np.asarray(rows["log_w"], np.float64),
+                "pose_rmsd": pose_rmsd(rows["x"], self.molecule).astype(np.float32)}
 
     def metrics(self, s: ModelSamples) -> dict:
         """The molecular metrics (module docstring) of the model's samples, those of the other handedness left
@@ -154,6 +160,12 @@ class MoleculeTarget(Target):
         out = super().metrics(s) | {"chirality_fraction": float(chiral.mean())}
         model = {name: s.kept["angles"][chiral, i] for i, name in enumerate(self.torsions)}
         log_w = s.kept["log_w"][chiral]
+        in_pose = s.kept["pose_rmsd"][chiral] <= POSE_RMSD
+        weights = normalised_weights(log_w)
+        for c in range(in_pose.shape[1]):
+            suffix = f"_{c + 1}" if in_pose.shape[1] > 1 else ""
+            out[f"pose_fraction{suffix}"] = float(in_pose[:, c].mean())
+            out[f"pose_fraction{suffix}_reweighted"] = float(np.sum(weights * in_pose[:, c]))
         if self.reference_path is None:
             return out
         ref_x = load_reference(self.reference_path)["x"]
