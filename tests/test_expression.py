@@ -115,3 +115,12 @@ def test_free_names_and_errors_are_one_line():
         assert "\n" not in str(e.value)
     with pytest.raises(BoltzflowError, match="'s'"):
         evaluate(parse("r*s"), {"r": 1.0})
+
+
+def test_a_quotient_by_a_power_keeps_a_finite_float32_gradient():
+    """a / r^12 at r = 0.02 nm: autodiff of the quotient would square r^12 (underflow in float32, then 0 * inf)."""
+    node = parse("a/r^12 - b/r^6")
+    g = jax.grad(lambda r: evaluate(node, {"r": r, "a": 1e-6, "b": 1e-3}))(jnp.float32(0.02))
+    expected = -12e-6 * 0.02**-13 + 6e-3 * 0.02**-7
+    assert g.dtype == jnp.float32 and np.isfinite(float(g))
+    np.testing.assert_allclose(float(g), expected, rtol=1e-5)

@@ -244,6 +244,11 @@ def evaluate(node: Node, env: Mapping[str, object], functions: Mapping[str, Call
                                      "boltzflow's jax engine provides here")
             v = env[n.name]
             out = v if isinstance(v, jax.Array) else np.asarray(v, np.float64)
+        elif n.name == "/" and _is_integer_power(n.args[1]) and _traced(ev(n.args[1].args[0])):
+            # x / y^k as x * y^-k: the same value, and a gradient k x y^-(k+1) that stays finite in float32 where
+            # autodiff of the quotient would square y^k (r^24 underflows below r = 0.026 nm: 0 * inf = NaN)
+            base, k = ev(n.args[1].args[0]), int(n.args[1].args[1].value)
+            out = lift(ev(n.args[0])) * base ** (-k)
         else:
             args = [ev(a) for a in n.args]
             want = _ARITY.get(n.name, 1)
@@ -281,6 +286,16 @@ def evaluate(node: Node, env: Mapping[str, object], functions: Mapping[str, Call
         return out
 
     return ev(node)
+
+
+def _traced(v) -> bool:
+    return isinstance(v, jax.Array)
+
+
+def _is_integer_power(node: Node) -> bool:
+    """node is y ^ k with k a literal integer in [1, 64]."""
+    return (node.kind == "call" and node.name == "^" and node.args[1].kind == "num"
+            and node.args[1].value == round(node.args[1].value) and 1 <= node.args[1].value <= 64)
 
 
 def _int_const(b) -> bool:
