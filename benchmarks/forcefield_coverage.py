@@ -21,7 +21,7 @@ import openmm
 import openmm.app as app
 
 from boltzflow.molecules.forcefield import batched_energy, read_forcefield
-from boltzflow.molecules.system import openmmtools_data_dir
+from boltzflow.molecules.system import as_one_residue, openmmtools_data_dir
 
 ALDP = os.path.join(openmmtools_data_dir(), "alanine-dipeptide-gbsa", "alanine-dipeptide")
 SYSTEMS = {
@@ -36,15 +36,6 @@ SYSTEMS = {
 }
 
 
-def _one_residue(topology):
-    top = app.Topology()
-    res = top.addResidue("ALAD", top.addChain())
-    atoms = [top.addAtom(a.name, a.element, res) for a in topology.atoms()]
-    for a, b in topology.bonds():
-        top.addBond(atoms[a.index], atoms[b.index])
-    return top
-
-
 def build(kind, what, kwargs):
     if kind == "prmtop":
         prmtop = app.AmberPrmtopFile(ALDP + ".prmtop")
@@ -53,7 +44,7 @@ def build(kind, what, kwargs):
     pdb = app.PDBFile(ALDP + ".pdb")
     top = pdb.topology
     if what[0].startswith("charmm"):  # CHARMM's whole-molecule template; three residues take ~30 s to match
-        top = _one_residue(top)
+        top = as_one_residue(top, "ALAD")
         kwargs = {**kwargs, "residueTemplates": {next(top.residues()): "ALAD"}}
     system = app.ForceField(*what).createSystem(top, nonbondedMethod=app.NoCutoff, constraints=None, **kwargs)
     return system, pdb.positions

@@ -54,17 +54,3 @@ def openmm_reference(molecule, x, groups=None):
         forces.append(state.getForces(asNumpy=True).value_in_unit(openmm.unit.kilojoule_per_mole
                                                                   / openmm.unit.nanometer))
     return np.asarray(energies), np.asarray(forces)
-
-
-def aldp_as_one_residue(topology):
-    """Alanine dipeptide's atoms and bonds as one residue. CHARMM36 has a template for the whole molecule (ALAD);
-    with ACE / ALA / NME as three residues openmm.app only reaches it after ~30 s of failed patch searches (and then
-    without its improper CustomTorsionForce)."""
-    import openmm.app as app
-
-    top = app.Topology()
-    res = top.addResidue("ALAD", top.addChain())
-    atoms = [top.addAtom(a.name, a.element, res) for a in topology.atoms()]
-    for a, b in topology.bonds():
-        top.addBond(atoms[a.index], atoms[b.index])
-    return top

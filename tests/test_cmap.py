@@ -10,12 +10,12 @@ import pytest
 openmm = pytest.importorskip("openmm", reason="OpenMM is not installed (pip install 'boltzflow[molecules]')")
 app = pytest.importorskip("openmm.app")
 
-from conftest import aldp_as_one_residue, openmm_reference  # noqa: E402
+from conftest import openmm_reference  # noqa: E402
 
 from boltzflow.errors import BoltzflowError  # noqa: E402
 from boltzflow.molecules.cmap import cmap_energy, read_cmap  # noqa: E402
 from boltzflow.molecules.geometry import Geometry  # noqa: E402
-from boltzflow.molecules.system import openmmtools_data_dir  # noqa: E402
+from boltzflow.molecules.system import as_one_residue, openmmtools_data_dir  # noqa: E402
 
 EPS = 1e-9  # rad: "just next to" a grid line or the +-pi seam
 
@@ -141,7 +141,7 @@ def aldp():
                                 pytest.param("charmm36_2024.xml", marks=pytest.mark.slow)])  # its XML takes ~5 s
 def test_forcefield_cmap_matches_openmm(aldp, ff):
     topology, x0 = aldp
-    top = aldp_as_one_residue(topology) if ff.startswith("charmm") else topology
+    top = as_one_residue(topology, "ALAD") if ff.startswith("charmm") else topology
     system = app.ForceField(ff).createSystem(top, nonbondedMethod=app.NoCutoff, constraints=None)
     x = _aldp_conformations(topology, x0, _cmap_force(system))
     params, e64 = _check(system, x)

@@ -12,11 +12,11 @@ import pytest
 openmm = pytest.importorskip("openmm", reason="OpenMM is not installed (pip install 'boltzflow[molecules]')")
 import openmm.app as app  # noqa: E402
 
-from conftest import aldp_as_one_residue, openmm_reference  # noqa: E402
+from conftest import openmm_reference  # noqa: E402
 
 from boltzflow.errors import BoltzflowError  # noqa: E402
 from boltzflow.molecules.forcefield import batched_energy, energy_terms, read_forcefield  # noqa: E402
-from boltzflow.molecules.system import openmmtools_data_dir  # noqa: E402
+from boltzflow.molecules.system import as_one_residue, openmmtools_data_dir  # noqa: E402
 
 ALDP = os.path.join(openmmtools_data_dir(), "alanine-dipeptide-gbsa", "alanine-dipeptide")
 
@@ -67,7 +67,7 @@ def _aldp_from_xml(*files, **kwargs):
     pdb = app.PDBFile(ALDP + ".pdb")
     top = pdb.topology
     if files[0].startswith("charmm"):  # the whole-molecule template ALAD (charmm36.xml also matches AANM)
-        top = aldp_as_one_residue(top)
+        top = as_one_residue(top, "ALAD")
         kwargs["residueTemplates"] = {next(top.residues()): "ALAD"}
     system = app.ForceField(*files).createSystem(top, nonbondedMethod=app.NoCutoff, constraints=None,
                                                  **kwargs)

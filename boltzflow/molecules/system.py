@@ -103,6 +103,24 @@ def openmmtools_data_dir() -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], "data")
 
 
+def as_one_residue(topology, name: str):
+    """The same atoms and bonds as one residue called ``name``: for force fields with a template for a whole small
+    molecule (CHARMM36's ALAD, alanine dipeptide), which openmm.app otherwise reaches only after ~30 s of failed
+    patch searches over the residues.
+
+    Example:
+        >>> top = as_one_residue(app.PDBFile("aldp.pdb").topology, "ALAD")  # doctest: +SKIP
+        >>> app.ForceField("charmm36_2024.xml").createSystem(top)  # doctest: +SKIP
+    """
+    app = _openmm().app
+    top = app.Topology()
+    res = top.addResidue(name, top.addChain())
+    atoms = [top.addAtom(a.name, a.element, res) for a in topology.atoms()]
+    for a, b in topology.bonds():
+        top.addBond(atoms[a.index], atoms[b.index])
+    return top
+
+
 def _check_file(path: str, what: str) -> str:
     if not isinstance(path, (str, os.PathLike)) or not os.path.isfile(path):
         raise BoltzflowError(f"{what}: no such file {path!r}")
