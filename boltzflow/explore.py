@@ -56,6 +56,7 @@ particles (a small budget): give ``bounds``, or a larger ``budget``.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -257,6 +258,23 @@ def parse_bounds(bounds, dim: int) -> tuple[np.ndarray, np.ndarray]:
     return box[:, 0], box[:, 1]
 
 
+@functools.lru_cache(maxsize=8)
+def _round_runner(log_p, kernel: str, kernel_options: tuple, n_groups: int, n_intermediate: int, dtype):
+    """The jitted SMC round of :func:`explore` and its kernel. SMC runs in standardized coordinates
+    y = (x - c) / s, from N(0, I) to p_y(y) = p(c + s y) prod_i s_i (same Z), where one step size suits every
+    dimension and every round; c and s are traced: one compilation per particle count."""
+    kern = make_kernel(kernel, **dict(kernel_options))
+    smc = SMC(RESAMPLE_BELOW, n_groups, CESS, levels_at_end=LEVELS_AT_END, tune_rate=TUNE_RATE)
+
+    def run(k, c, s, m):
+        ais = build_ais(lambda y: log_p(c + s * y) + jnp.sum(jnp.log(s)), kern, n_intermediate, smc=smc,
+                        step_size=STEP_SIZE)
+        res = ais.run(k, ais.init_state(c.dtype), *_gaussian(jnp.zeros_like(c), jnp.ones_like(s)), m)[0]
+        return res._replace(x=c + s * res.x, log_p=res.log_p - jnp.sum(jnp.log(s)))
+
+    return jax.jit(run, static_argnums=3), kern
+
+
 def explore(key, log_p, dim: int, n: int = 4096, n_groups: int = 8, bounds=None, budget: float | None = None,
             n_pilot: int = PILOT_PARTICLES, scale: float = 1.0, growth: float = 2.0, factor: float = 10.0,
             max_rounds: int = 6, n_intermediate: int = MAX_LEVELS, kernel: str = "hmc", tol: float = 0.005,
@@ -292,18 +310,12 @@ def explore(key, log_p, dim: int, n: int = 4096, n_groups: int = 8, bounds=None,
         raise BoltzflowError(f"explore.budget must be a positive number of target evaluations, got {budget!r}")
     if kernel == "hmc":
         kernel_options = {"n_leapfrog": 5, **kernel_options}
-    kern = make_kernel(kernel, **kernel_options)
-    smc = SMC(RESAMPLE_BELOW, n_groups, CESS, levels_at_end=LEVELS_AT_END, tune_rate=TUNE_RATE)
-
-    # SMC runs in standardized coordinates y = (x - c) / s, from N(0, I) to p_y(y) = p(c + s y) prod_i s_i (same Z),
-    # where one step size suits every dimension and every round; c and s are traced: one compilation per size
-    def run(k, c, s, m):
-        ais = build_ais(lambda y: log_p(c + s * y) + jnp.sum(jnp.log(s)), kern, n_intermediate, smc=smc,
-                        step_size=STEP_SIZE)
-        res = ais.run(k, ais.init_state(dtype), *_gaussian(jnp.zeros_like(c), jnp.ones_like(s)), m)[0]
-        return res._replace(x=c + s * res.x, log_p=res.log_p - jnp.sum(jnp.log(s)))
-
-    run = jax.jit(run, static_argnums=3)
+    try:  # one compilation per target and settings in a process (the seeding, the check's looks, evaluate again)
+        run, kern = _round_runner(log_p, kernel, tuple(sorted(kernel_options.items())), n_groups, n_intermediate,
+                                  jnp.dtype(dtype))
+    except TypeError:  # an unhashable log_p or option: compiled for this call only
+        run, kern = _round_runner.__wrapped__(log_p, kernel, tuple(sorted(kernel_options.items())), n_groups,
+                                              n_intermediate, jnp.dtype(dtype))
     t0 = time.perf_counter()
     evals = 0
 
