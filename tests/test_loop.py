@@ -239,3 +239,22 @@ def test_flow_and_target_evaluations_are_counted_per_method(tmp_path):
     ml = {**base, "flow": {"type": "realnvp", "n_layers": 2, "hidden": 8}, "method": {"name": "forward_kl"}}
     s = bf.fit(None, config_from_dict(ml), out=tmp_path / "ml", progress=False).summary
     assert s["flow_evals"] == 3 * n and s["target_evals"] == 0
+
+
+def test_non_finite_updates_are_never_applied_however_many_come_in_a_row():
+    """optax applies a non-finite update after ``max_consecutive_errors`` in a row; ours skips every one (a run whose
+    buffer held one pathological sample had all its parameters turned to NaN after 50)."""
+    import optax
+
+    from boltzflow.train.state import make_optimizer
+
+    opt = make_optimizer(TrainSettings(steps=10, lr=1e-2, warmup_steps=0))
+    params = {"w": jnp.ones(3)}
+    state = opt.init(params)
+    for _ in range(60):
+        updates, state = opt.update({"w": jnp.array([jnp.nan, 1.0, jnp.inf])}, state, params)
+        params = optax.apply_updates(params, updates)
+    assert np.all(np.asarray(params["w"]) == 1.0) and int(state.total_notfinite) == 60
+    updates, state = opt.update({"w": jnp.ones(3)}, state, params)  # a finite gradient still trains
+    assert np.all(np.isfinite(np.asarray(optax.apply_updates(params, updates)["w"])))
+    assert not np.all(np.asarray(optax.apply_updates(params, updates)["w"]) == 1.0)

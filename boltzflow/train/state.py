@@ -114,7 +114,9 @@ def make_optimizer(train: TrainSettings) -> optax.GradientTransformation:
         end_value=train.lr * train.final_lr_fraction,
     )
     opt = optax.chain(optax.clip_by_global_norm(train.clip_norm), optax.adam(schedule))
-    return optax.apply_if_finite(opt, max_consecutive_errors=50)
+    # never applied, however many come in a row: optax applies a non-finite update after max_consecutive_errors,
+    # which turned every parameter to NaN in a far-mode training whose buffer held one sample of log q ~ -1e36
+    return optax.apply_if_finite(opt, max_consecutive_errors=2**31 - 1)
 
 
 def initial_state(model, optimizer, method: Method, key, ema_decay: float | None) -> TrainState:
