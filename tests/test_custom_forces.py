@@ -74,7 +74,8 @@ def _aldp_from_xml(*files, **kwargs):
     return system, pdb.positions
 
 
-SLOW = pytest.mark.slow  # the default run keeps GBn2 (tables), CHARMM36 (2024) and ff19SB; the rest with -m slow
+SLOW = pytest.mark.slow  # the default run keeps GBn2 (tables), ff19SB (CMAP) and the synthetic forces (CHARMM's
+#                         kinds: tabulated CustomNonbondedForce, CustomBond/TorsionForce); the rest with -m slow
 
 
 @pytest.mark.parametrize("model", [pytest.param(m, marks=SLOW) for m in ("hct", "obc1", "obc2", "gbn")] + ["gbn2"])
@@ -95,8 +96,8 @@ def test_gbn2_with_salt_and_from_a_prmtop():
         _assert_matches_openmm(system, _conformations(system, app.AmberInpcrdFile(ALDP + ".crd").positions, n=8))
 
 
-@pytest.mark.parametrize("files", [pytest.param(("charmm36.xml",), marks=SLOW), ("charmm36_2024.xml",),
-                                   ("amber19-all.xml",)])
+@pytest.mark.parametrize("files", [pytest.param(("charmm36.xml",), marks=SLOW),
+                                   pytest.param(("charmm36_2024.xml",), marks=SLOW), ("amber19-all.xml",)])
 def test_charmm36_and_amber19_with_cmap(files):
     system, positions = _aldp_from_xml(*files)
     names = {type(f).__name__ for f in system.getForces()}

@@ -98,7 +98,8 @@ def test_report_has_the_frame_convention_beside_the_cartesian_one(tmp_path):
     target = make_target({"name": "aldp_implicit", "reference": str(tmp_path / "ref.npz")})
     angles = np.stack([np.zeros(20, np.float32)] * len(target.torsions), axis=1)
     samples = ModelSamples(n=20, chunk=20, weights=None, kept={"angles": angles, "chiral": np.ones(20, bool),
-                                                                "log_w": np.zeros(20)},
+                                                                "log_w": np.zeros(20),
+                                                                "pose_rmsd": np.zeros((20, 0), np.float32)},
                            log_q=lambda v: -jnp.sum(v ** 2, axis=-1), key=jax.random.key(0),
                            reference_key=jax.random.key(1))
     report = target.metrics(samples)

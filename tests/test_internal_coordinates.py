@@ -42,7 +42,8 @@ def _molecule(name):
     return m, ZMatrix.from_system(m), xmin, InternalCoordinates(m, reference=xmin)
 
 
-@pytest.fixture(params=list(SOURCES))
+@pytest.fixture(params=[pytest.param(name, marks=pytest.mark.slow) if name == "hostguest" else name
+                        for name in SOURCES])  # host-guest's own test runs by default; these with -m slow
 def mol(request):
     return _molecule(request.param)
 
