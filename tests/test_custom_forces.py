@@ -199,3 +199,17 @@ def test_what_the_engine_cannot_read_is_named_in_one_line():
     with pytest.raises(BoltzflowError, match="mystery") as e:
         energy_terms(read_forcefield(system), jnp.zeros((1, 6, 3)))
     assert "\n" not in str(e.value)
+
+
+@SLOW
+def test_a_pdb_typed_by_a_whole_molecule_template_keeps_its_residues():
+    """``{"pdb", "forcefield", "template"}``: CHARMM36 types alanine dipeptide by its ALAD template, and the molecule
+    keeps the PDB's three residues (so phi and psi are found)."""
+    from boltzflow.molecules.metrics import named_torsions
+    from boltzflow.molecules.system import load_system
+
+    mol = load_system({"pdb": ALDP + ".pdb", "forcefield": ["charmm36_2024.xml"], "template": "ALAD"})
+    assert "CMAPTorsionForce" in mol.force_names() and sorted(set(mol.residue_names)) == ["ACE", "ALA", "NME"]
+    assert {"phi", "psi"} <= set(named_torsions(mol))
+    with pytest.raises(BoltzflowError, match="could not build"):
+        load_system({"pdb": ALDP + ".pdb", "forcefield": ["charmm36_2024.xml"], "template": "NOSUCH"})

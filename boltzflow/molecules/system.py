@@ -7,7 +7,9 @@
   Both are read with ``openmm.app`` from the prmtop / crd files that openmmtools ships; openmmtools itself is not
   imported (its pymbar import can switch JAX to 64 bits);
 - ``{"prmtop": PATH, "inpcrd": PATH, "implicit_solvent": None | "OBC1" | "OBC2" | "GBn" | "GBn2" | "HCT"}``;
-- ``{"pdb": PATH, "forcefield": [XML, ...]}`` (``openmm.app.ForceField`` files, e.g. ``amber99sb.xml``);
+- ``{"pdb": PATH, "forcefield": [XML, ...]}`` (``openmm.app.ForceField`` files, e.g. ``amber99sb.xml``), with
+  ``"template": NAME`` to type the whole molecule by one residue template of the force field (CHARMM36's ``ALAD``
+  for alanine dipeptide: :func:`as_one_residue`); the topology keeps the PDB's residues;
 - ``{"openmmtools": "ClassName", **kwargs}``: an openmmtools test system (``constraints=None`` is passed unless
   given; the JAX float mode is restored after the import; a keyword the class does not take is refused, not
   ignored).
@@ -141,16 +143,21 @@ def _from_prmtop(prmtop_path: str, inpcrd_path: str, implicit_solvent, name: str
     return system, prmtop.topology, positions, name
 
 
-def _from_pdb(pdb_path: str, forcefield, name: str):
+def _from_pdb(pdb_path: str, forcefield, name: str, template: str | None = None):
     openmm = _openmm()
     app = openmm.app
     pdb = _read_pdb(app, _check_file(pdb_path, "pdb"))
     files = [forcefield] if isinstance(forcefield, str) else list(forcefield or [])
     if not files:
         raise BoltzflowError("a pdb molecule needs 'forcefield': a list of OpenMM force-field XML files")
+    topology, options = pdb.topology, {}
+    if template is not None:  # the force field types the whole molecule by this template; the PDB keeps its residues
+        topology = as_one_residue(pdb.topology, str(template))
+        options["residueTemplates"] = {next(topology.residues()): str(template)}
     try:
         ff = app.ForceField(*files)
-        system = ff.createSystem(pdb.topology, nonbondedMethod=app.NoCutoff, constraints=None, rigidWater=False)
+        system = ff.createSystem(topology, nonbondedMethod=app.NoCutoff, constraints=None, rigidWater=False,
+                                 **options)
     except (ValueError, OSError, Exception) as e:  # OpenMM raises plain Exceptions for template mismatches
         raise BoltzflowError(f"OpenMM could not build {pdb_path!r} with {files}: {e}") from None
     return system, pdb.topology, pdb.getPositions(asNumpy=True), name
@@ -277,7 +284,7 @@ def load_system(source) -> MolecularSystem:
     if len(kinds) != 1:
         raise BoltzflowError(f"a molecule dict needs exactly one of prmtop, pdb, openmmtools; got keys {sorted(src)}")
     kind = kinds[0]
-    allowed = {"prmtop": {"prmtop", "inpcrd", "implicit_solvent"}, "pdb": {"pdb", "forcefield"}}.get(kind)
+    allowed = {"prmtop": {"prmtop", "inpcrd", "implicit_solvent"}, "pdb": {"pdb", "forcefield", "template"}}.get(kind)
     if allowed is not None and set(src) - allowed:
         raise BoltzflowError(f"molecule from {kind}: unknown keys {sorted(set(src) - allowed)}; "
                              f"valid: {sorted(allowed)}")
@@ -287,7 +294,8 @@ def load_system(source) -> MolecularSystem:
         parts = _from_prmtop(src["prmtop"], src["inpcrd"], src.get("implicit_solvent"),
                              name or os.path.splitext(os.path.basename(src["prmtop"]))[0])
     elif kind == "pdb":
-        parts = _from_pdb(src["pdb"], src.get("forcefield"), name or os.path.splitext(os.path.basename(src["pdb"]))[0])
+        parts = _from_pdb(src["pdb"], src.get("forcefield"), name or os.path.splitext(os.path.basename(src["pdb"]))[0],
+                          src.get("template"))
     else:
         cls = src.pop("openmmtools")
         parts = _from_openmmtools(cls, src, name or cls)
