@@ -8,11 +8,11 @@ placement, its length is implied by the others). Choices, all deterministic:
 
 - root: among heavy (non-hydrogen) atoms, the graph centre (least eccentricity: short placement chains keep
   errors small), ties broken by the smallest largest branch, then the lowest index;
-- the neighbours of an atom are visited its own molecule's first (see "Several molecules"), heavy atoms first, then
-  larger branches first (the branch of neighbour v
-  of u is the set of atoms reached from v without passing u), then by index, so the frame and the first torsion
-  about each bond follow the molecule's main chain (for alanine dipeptide: root CA, frame CA-N-C, and the first
-  torsions are exactly phi = C-N-CA-C, psi = N-CA-C-N and the omegas).
+- the neighbours of an atom are visited: those of its own molecule first (see "Several molecules"), then heavy
+  atoms first, then larger branches first (the branch of neighbour v of u is the set of atoms reached from v without
+  passing u), then by index, so the frame and the first torsion about each bond follow the molecule's main chain
+  (for alanine dipeptide: root CA, frame CA-N-C, and the first torsions are exactly phi = C-N-CA-C, psi = N-CA-C-N
+  and the omegas).
 
 Atom i at placement position p >= 1 is placed by its bond to j (its BFS parent); from p = 2 on also by the angle
 i-j-k, where k is j's parent (or, when j is the root, the second atom); from p = 3 on also by the dihedral i-j-k-l.
