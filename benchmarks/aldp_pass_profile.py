@@ -13,7 +13,8 @@ space AIS runs in (the internal coordinates below the flow's last layer):
 - ``log_p_grad``: the target's log p with its gradient in that space (internal -> Cartesian, the force field), one
   batch; ``energy_grad``: the force field alone on Cartesian positions;
 - ``sample``: the flow's forward pass drawing a batch with its log q;
-- ``update``: one gradient step of FAB's buffer loss on a batch.
+
+Beside each part: the cores it kept busy (process CPU time over wall-clock time while it ran).
 
 The sums (1 + K L) (log_q_grad + log_p_grad) + sample and n_updates x update are what a step would cost if nothing
 but those evaluations took time; the rest is the AIS and buffer bookkeeping.
@@ -35,13 +36,18 @@ from boltzflow.experiment import build_experiment, build_method
 from boltzflow.train.state import make_optimizer
 
 
-def timed(fn, *args, repeats: int) -> float:
+CORES: dict[str, float] = {}  # part -> process CPU seconds per wall-clock second while it ran
+
+
+def timed(fn, *args, repeats: int, name: str) -> float:
     jax.block_until_ready(fn(*args))  # compile and warm up
     times = []
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     for _ in range(repeats):
         t = time.perf_counter()
         jax.block_until_ready(fn(*args))
         times.append(time.perf_counter() - t)
+    CORES[name] = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
     return statistics.median(times)
 
 
@@ -63,31 +69,32 @@ def main(argv=None) -> None:
     sample = eqx.filter_jit(lambda m, k: space.sample_and_log_q(m, k, n))
     x, _ = sample(model, key)
     parts = {
-        "sample": timed(sample, model, key, repeats=args.repeats),
+        "sample": timed(sample, model, key, repeats=args.repeats, name="sample"),
         "log_q_grad": timed(eqx.filter_jit(jax.value_and_grad(lambda v, m: jnp.sum(space.log_q(m, v)))), x, model,
-                            repeats=args.repeats),
-        "log_p_grad": timed(jax.jit(jax.value_and_grad(lambda v: jnp.sum(space.log_p(v)))), x, repeats=args.repeats),
+                            repeats=args.repeats, name="log_q_grad"),
+        "log_p_grad": timed(jax.jit(jax.value_and_grad(lambda v: jnp.sum(space.log_p(v)))), x, repeats=args.repeats,
+                            name="log_p_grad"),
     }
     if hasattr(target, "energy_kj"):
         xc = jnp.asarray(target.molecule.positions.reshape(1, -1), x.dtype) + 0.01 * jax.random.normal(
             key, (n, target.dim), x.dtype)
         parts["energy_grad"] = timed(jax.jit(jax.value_and_grad(lambda v: jnp.sum(target.energy_kj(v)))), xc,
-                                     repeats=args.repeats)
+                                     repeats=args.repeats, name="energy_grad")
     ais_state = ais.init_state(x.dtype)
     parts["ais_pass"] = timed(eqx.filter_jit(lambda m, k: ais.run(k, ais_state,
                                                                   lambda kk, mm: space.sample_and_log_q(m, kk, mm),
                                                                   lambda v: space.log_q(m, v), n, adapt=True)[0].log_w),
-                              model, key, repeats=args.repeats)
+                              model, key, repeats=args.repeats, name="ais_pass")
     params = eqx.filter(model, eqx.is_inexact_array)
     opt_state = optimizer.init(params)
     state = method.init(key, model)
     step = eqx.filter_jit(method.step)
-    parts["fab_step"] = timed(lambda k: step(model, opt_state, state, k), key, repeats=args.repeats)
+    parts["fab_step"] = timed(lambda k: step(model, opt_state, state, k), key, repeats=args.repeats, name="fab_step")
     evals = ais.evals_per_sample
     print(f"{args.preset}: batch {n}, AIS {cfg.ais.n_intermediate} intermediate distributions, {cfg.ais.kernel} "
           f"({evals} gradient evaluations of log q and log p per sample), {settings.n_updates} updates per step")
     for name, t in parts.items():
-        print(f"  {name:12s} {1e3 * t:9.1f} ms")
+        print(f"  {name:12s} {1e3 * t:9.1f} ms   {CORES[name]:.2f} cores")
     model_ais = evals * (parts["log_q_grad"] + parts["log_p_grad"]) + parts["sample"]
     print(f"  AIS pass as {evals} x (log_q_grad + log_p_grad) + sample: {1e3 * model_ais:.1f} ms "
           f"({100 * evals * parts['log_q_grad'] / parts['ais_pass']:.0f} % flow, "
