@@ -294,7 +294,8 @@ def _gb_energy(gb: GBParams, r, eye, dtype):
 
 def energy_terms(params: ForceFieldParams, pos: jax.Array) -> dict[str, jax.Array]:
     """Each term's energy (kJ/mol) of a batch of conformations ``pos`` (B, n_atoms, 3) in nm, each ``(B,)``; same
-    dtype as ``pos``."""
+    dtype as ``pos``. Keys: ``bond``, ``angle``, ``torsion``, ``coulomb``, ``lennard_jones``, ``generalized_born``
+    (GBSAOBCForce), ``<CustomForceClass>_<k>`` and ``cmap_<k>`` for the k-th custom force / CMAP force read."""
     if pos.ndim != 3 or pos.shape[1:] != (params.n_atoms, 3):
         raise BoltzflowError(f"positions must have shape (B, {params.n_atoms}, 3), got {pos.shape}")
     dtype, n = pos.dtype, params.n_atoms
