@@ -83,7 +83,9 @@ def _expressions(depth: int):
     return st.one_of(leaf, binary, paren, power, neg, func, two)
 
 
-@settings(max_examples=30, deadline=None)  # 400 run once by hand: all agree
+# derandomized: the same 30 expressions every run (400 random ones agreed once by hand); a random draw once made
+# OpenMM's Context constructor busy for minutes (in Lepton, on one expression)
+@settings(max_examples=30, deadline=None, derandomize=True)
 @given(_expressions(3))
 def test_random_expressions_agree_with_openmm(expression):
     r = np.array([0.45, 1.3, 2.2])
