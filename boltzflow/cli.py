@@ -43,7 +43,7 @@ from boltzflow.config import load_config, presets
 from boltzflow.errors import BoltzflowError
 from boltzflow.estimators import resample
 from boltzflow.molecules.free_energy import (ALANINE_DIPEPTIDE_STATES, collective_variables, cv_values,
-                                             free_energy_surface, periodic_cvs, state_free_energies)
+                                             free_energy_surface, periodic_cvs, state_free_energies, time_blocks)
 from boltzflow.molecules.free_energy_plot import plot_free_energy_surface
 from boltzflow.molecules.md import geometric_temperatures, run_replica_exchange
 from boltzflow.molecules.openmm_engine import close_all
@@ -198,14 +198,35 @@ def _free_energy(args) -> None:
         arrays |= {"state": list(s.names), "state_probability": s.probability, "state_probability_se": s.probability_se,
                    "state_free_energy": s.free_energy, "state_free_energy_se": s.free_energy_se,
                    "state_difference": s.difference, "state_difference_se": s.difference_se}
-        ref = int(np.argmax(s.probability))
-        lines += [f"{name:16s} P = {p:.4g} +- {pse:.2g}   F - F({s.names[ref]}) = {d:8.3f} +- {dse:.3f} kJ/mol"
-                  for name, p, pse, d, dse in zip(s.names, s.probability, s.probability_se, s.difference[:, ref],
-                                                  s.difference_se[:, ref])]
+        top = int(np.argmax(s.probability))
+        lines += [f"{name:16s} P = {p:.4g} +- {pse:.2g}   F - F({s.names[top]}) = {d:8.3f} +- {dse:.3f} kJ/mol"
+                  for name, p, pse, d, dse in zip(s.names, s.probability, s.probability_se, s.difference[:, top],
+                                                  s.difference_se[:, top])]
+    reference = None
+    if target.reference_path is not None:  # the same free energies of the reference MD, block-bootstrapped
+        md = load_reference(target.reference_path)
+        ref_values = cv_values(md["x"], cvs)
+        blocks = time_blocks(md["chain"]) if "chain" in md else None
+        reference = free_energy_surface(key, ref_values, None, target.kT, periodic=periodic, bins=args.bins,
+                                        n_bootstrap=args.bootstrap, blocks=blocks)
+        arrays |= {"reference_free_energy": reference.free_energy, "reference_free_energy_se": reference.free_energy_se}
+        if states:
+            r = state_free_energies(key, ref_values, None, target.kT, states, periodic=periodic,
+                                    n_bootstrap=args.bootstrap, blocks=blocks)
+            arrays |= {"reference_state_probability": r.probability, "reference_state_difference": r.difference,
+                       "reference_state_difference_se": r.difference_se}
+            lines += [f"reference MD {target.reference_path} ({len(md['x'])} samples; errors by a bootstrap of "
+                      f"{'time blocks' if blocks is not None else 'samples'}):"]
+            gap = s.difference[:, top] - r.difference[:, top]
+            gap_se = np.hypot(s.difference_se[:, top], r.difference_se[:, top])
+            lines += [f"{name:16s} P = {p:.4g}   F - F({s.names[top]}) = {d:8.3f} +- {dse:.3f} kJ/mol   model - "
+                      f"reference = {g:+.3f} +- {gse:.3f}"
+                      for name, p, d, dse, g, gse in zip(r.names, r.probability, r.difference[:, top],
+                                                         r.difference_se[:, top], gap, gap_se)]
     with _keeping(f"the free energies to {out}", "the state free energies are printed above"):
         print("\n".join(lines))
         write_atomic(out / "free_energy.npz", lambda f: np.savez(f, **arrays))
-        plot_free_energy_surface(surface, out / "free_energy.png", states, periodic)
+        plot_free_energy_surface(surface, out / "free_energy.png", states, periodic, reference=reference)
     print(f"wrote {out / 'free_energy.npz'} and {out / 'free_energy.png'}")
 
 
@@ -252,7 +273,8 @@ def _md(args) -> None:
         spec["temperature"] = args.temperature
     target = make_target(spec)
     if not isinstance(target, MoleculeTarget):
-        raise BoltzflowError(f"md needs a molecular target (aldp_implicit, aldp_vacuum, molecule), got {args.target!r}")
+        raise BoltzflowError(f"md needs a molecular target (aldp_implicit, aldp_vacuum, ace_ala3_nme_implicit, "
+                             f"molecule), got {args.target!r}")
     t0 = target.temperature
     temps = geometric_temperatures(t0, args.t_max or t0, args.replicas if args.t_max else 1)
     dt_ps = args.dt_fs * 1e-3
@@ -396,7 +418,7 @@ def parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=_plot)
     m = sub.add_parser("md", help="reference samples of a molecular target by replica-exchange Langevin MD "
                                   "(resumable)")
-    m.add_argument("target", help="molecular target preset (aldp_implicit, aldp_vacuum)")
+    m.add_argument("target", help="molecular target preset (aldp_implicit, aldp_vacuum, ace_ala3_nme_implicit)")
     m.add_argument("--temperature", type=float, help="kelvin (default: the target's)")
     m.add_argument("--t-max", type=float, help="highest replica temperature (default: no replica exchange)")
     m.add_argument("--replicas", type=int, default=8, help="temperatures from T to --t-max, geometric")

@@ -8,7 +8,8 @@ import pytest
 
 from boltzflow.errors import BoltzflowError
 from boltzflow.molecules.free_energy import (ALANINE_DIPEPTIDE_STATES, collective_variables, cv_values,
-                                             free_energy_surface, periodic_cvs, state_free_energies)
+                                             free_energy_surface, periodic_cvs, state_free_energies,
+                                             time_blocks)
 from boltzflow.molecules.metrics import dihedral
 
 KT = 2.494  # kJ/mol, 300 K
@@ -84,6 +85,45 @@ def test_bootstrap_errors_match_the_spread_of_independent_replicates():
     spread, mean_se = np.std(estimates, axis=0, ddof=1), np.mean(errors, axis=0)
     # the spread of 40 replicates is known to about 11 %: a factor 1.5 is 4 of its standard errors
     assert np.all(spread / mean_se < 1.5) and np.all(spread / mean_se > 1 / 1.5), spread / mean_se
+
+
+def _sticky_chains(seed, n_chains=8, saves=1000, stay=0.8):
+    """MD-like correlated samples of the von Mises density, laid out as `boltzflow md` saves them (all chains at a
+    save, save after save): each chain keeps its value with probability ``stay`` (integrated correlation time
+    (1 + stay) / (1 - stay) = 9 saves), else draws afresh from the exact density; the first save is exact, so each chain is stationary."""
+    rng = np.random.default_rng(seed)
+    fresh = np.stack([np.degrees(rng.vonmises(np.radians(MU[k]), KAPPA[k], (saves, n_chains))) for k in range(2)])
+    keep = rng.random((saves, n_chains)) < stay
+    keep[0] = False
+    last = np.maximum.accumulate(np.where(keep, 0, np.arange(saves)[:, None]), axis=0)  # the save last drawn afresh
+    cols = np.take_along_axis(fresh, last[None], axis=1)
+    chain = np.tile(np.arange(n_chains), saves)
+    return {"a": cols[0].reshape(-1), "b": cols[1].reshape(-1)}, chain
+
+
+def test_block_bootstrap_errors_of_correlated_samples_match_the_spread_of_independent_runs():
+    """A plain bootstrap of correlated samples is too small by about sqrt(tau) = 3; blocks of 50 saves (>> tau) give
+    the spread of 40 independent runs within a factor 1.5 (4 of its standard errors, as above)."""
+    estimates, block_se, plain_se = [], [], []
+    for r in range(40):
+        values, chain = _sticky_chains(200 + r)
+        blocks = time_blocks(chain)
+        s = state_free_energies(jax.random.key(r), values, None, KT, STATES, periodic=["a", "b"], n_bootstrap=100,
+                                blocks=blocks)
+        plain = state_free_energies(jax.random.key(r), values, None, KT, STATES, periodic=["a", "b"], n_bootstrap=100)
+        estimates.append([s.difference[0, 1], s.probability[2]])
+        block_se.append([s.difference_se[0, 1], s.probability_se[2]])
+        plain_se.append([plain.difference_se[0, 1], plain.probability_se[2]])
+    spread = np.std(estimates, axis=0, ddof=1)
+    assert np.all(spread / np.mean(block_se, axis=0) < 1.5) and np.all(spread / np.mean(block_se, axis=0) > 1 / 1.5)
+    assert np.all(spread / np.mean(plain_se, axis=0) > 2)
+    assert blocks.shape == chain.shape and set(np.unique(blocks)) == set(range(20))
+    assert np.all(blocks.reshape(1000, 8) == (np.arange(1000) // 50)[:, None])
+
+
+def test_time_blocks_needs_chains_side_by_side():
+    with pytest.raises(BoltzflowError, match="side by side"):
+        time_blocks(np.array([0, 0, 1, 1]))
 
 
 def test_the_log_weights_offset_changes_nothing():

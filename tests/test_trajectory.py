@@ -151,6 +151,11 @@ def test_free_energy_command_writes_the_surface_and_prints_the_states(run, tmp_p
         assert list(f["cv"]) == ["phi", "psi"] and f["free_energy"].shape == (24, 24)
         assert list(f["state"]) == ["C7eq", "alpha_R", "C7ax_alpha_L"] and f["state_difference"].shape == (3, 3)
         assert np.isclose(f["kT"], run.target.kT)
+        # beside the model's, the shipped MD reference's, its errors from a bootstrap of time blocks
+        assert f["reference_free_energy"].shape == (24, 24) and f["reference_state_difference"].shape == (3, 3)
+        np.testing.assert_allclose(f["reference_state_probability"][2], 0.0030, atol=2e-4)  # phi > 0 of 48,000
+        assert np.all(f["reference_state_difference_se"][[0, 1], [1, 0]] > 0)
+    assert "reference MD" in printed and "time blocks" in printed and printed.count("model - reference") == 3
     assert (tmp_path / "free_energy.png").stat().st_size > 1000
 
     states = tmp_path / "states.yaml"

@@ -34,7 +34,9 @@ drawn, and
 
 It includes the variance of the weights (to first order it equals the delta-method error of the ratio (F2),
 kT sqrt(sum_i W_i^2 (1_i - P)^2) / P; estimators E3) and of the normalisation, and assumes independent samples,
-as a flow's are; for correlated ones (an MD chain) it is too small. The surface's se is that of -kT log P(bin),
+as a flow's are. Correlated ones (MD) take a block bootstrap: each replicate draws G blocks of samples (contiguous
+stretches of time, :func:`time_blocks`) with replacement instead of n samples, which holds while blocks are longer
+than the correlation time. The surface's se is that of -kT log P(bin),
 (F3) before the shift (the shift's own uncertainty is not in it); it is +inf where some replicate leaves the bin
 empty (too few samples there for an error bar) and NaN in an empty bin. The same key gives the same replicates to
 the surface and the states.
@@ -54,6 +56,8 @@ from boltzflow.molecules.system import MolecularSystem
 
 #: Bootstrap replicates of (F5) by default: the standard error itself is then known to about 1 / sqrt(2 B) = 5 %.
 N_BOOTSTRAP = 200
+#: Blocks of the block bootstrap of MD samples (:func:`time_blocks`), as metrics.block_standard_error's.
+N_BLOCKS = 20
 #: Bins per CV of the surface by default (6 degrees for a torsion).
 BINS = 60
 #: Alanine dipeptide's conformational states in (phi, psi), degrees, as boxes (lo, hi]: C7eq (with beta and PII)
@@ -198,15 +202,32 @@ def _weights(columns: np.ndarray, log_w, kT: float) -> np.ndarray:
     return w / w.sum()
 
 
-def _bootstrap(key: jax.Array, w: np.ndarray, masses, n_bootstrap: int) -> np.ndarray:
-    """(F2) of each bootstrap replicate (F5): ``(B, K)`` from ``masses`` (replicate weights (n,) -> (K,))."""
+def time_blocks(chain, n_blocks: int = N_BLOCKS) -> np.ndarray:
+    """Block labels ``(n,)`` for the block bootstrap of MD samples laid out as ``boltzflow md`` saves them (all
+    chains at each save, save after save; ``chain`` ``(n,)`` the chain of each sample): ``n_blocks`` contiguous
+    stretches of saves, every chain's samples of a stretch in one block."""
+    chain = np.asarray(chain).reshape(-1)
+    n_chains = int(chain.max()) + 1
+    if chain.shape[0] % n_chains or np.any(chain != np.arange(chain.shape[0]) % n_chains):
+        raise BoltzflowError(f"chain numbers are not {n_chains} chains side by side, save after save")
+    saves = chain.shape[0] // n_chains
+    return np.repeat(np.arange(saves) * n_blocks // saves, n_chains)
+
+
+def _bootstrap(key: jax.Array, w: np.ndarray, masses, n_bootstrap: int, blocks=None) -> np.ndarray:
+    """(F2) of each bootstrap replicate (F5): ``(B, K)`` from ``masses`` (replicate weights (n,) -> (K,)); with
+    ``blocks`` (a label 0..G-1 per sample) each replicate draws G blocks, not n samples."""
     if n_bootstrap < 2:
         raise BoltzflowError(f"the bootstrap needs at least 2 replicates, got {n_bootstrap}")
     n = w.shape[0]
+    labels = np.arange(n) if blocks is None else np.asarray(blocks).reshape(-1)
+    if labels.shape[0] != n:
+        raise BoltzflowError(f"{labels.shape[0]} block labels for {n} samples")
+    g = int(labels.max()) + 1
     out = []
     for r in range(n_bootstrap):
-        idx = np.asarray(jax.random.randint(jax.random.fold_in(key, r), (n,), 0, n))
-        wr = np.bincount(idx, minlength=n) * w
+        idx = np.asarray(jax.random.randint(jax.random.fold_in(key, r), (g,), 0, g))
+        wr = np.bincount(idx, minlength=g)[labels] * w
         m, total = masses(wr), wr.sum()
         out.append(m / total if total > 0 else np.full(m.shape, np.nan))
     return np.asarray(out)
@@ -228,7 +249,7 @@ def _free_energy(p: np.ndarray, kT: float) -> np.ndarray:
 
 def free_energy_surface(key: jax.Array, values: Mapping[str, np.ndarray], log_w, kT: float, *,
                         names: Sequence[str] | None = None, periodic: Collection[str] = (), bins: int = BINS,
-                        n_bootstrap: int = N_BOOTSTRAP) -> FreeEnergySurface:
+                        n_bootstrap: int = N_BOOTSTRAP, blocks=None) -> FreeEnergySurface:
     """The free-energy surface (F3) of two CVs from weighted samples, with bootstrap errors (F5).
 
     Args:
@@ -240,6 +261,8 @@ def free_energy_surface(key: jax.Array, values: Mapping[str, np.ndarray], log_w,
         periodic: names of the periodic CVs (torsions): binned over [-180, 180]; the others over their range.
         bins: bins per CV.
         n_bootstrap: bootstrap replicates.
+        blocks: for correlated samples (MD), a block label per sample (:func:`time_blocks`): the bootstrap
+            resamples blocks; None: independent samples (a flow's).
 
     Returns:
         :class:`FreeEnergySurface`.
@@ -263,7 +286,7 @@ def free_energy_surface(key: jax.Array, values: Mapping[str, np.ndarray], log_w,
     masses = lambda v: np.bincount(labels, weights=v, minlength=bins * bins)  # noqa: E731
     p = masses(w)
     f = _free_energy(p, kT)
-    se = _spread(_free_energy(_bootstrap(key, w, masses, n_bootstrap), kT), f)
+    se = _spread(_free_energy(_bootstrap(key, w, masses, n_bootstrap, blocks), kT), f)
     return FreeEnergySurface(names, (edges[0], edges[1]), (f - f.min()).reshape(bins, bins),
                              se.reshape(bins, bins), p.reshape(bins, bins), float(kT), float(1 / np.sum(w**2)))
 
@@ -297,7 +320,7 @@ def state_indicators(values: Mapping[str, np.ndarray], states: Mapping[str, Mapp
 
 def state_free_energies(key: jax.Array, values: Mapping[str, np.ndarray], log_w, kT: float,
                         states: Mapping[str, Mapping[str, Sequence[float]]], *, periodic: Collection[str] = (),
-                        n_bootstrap: int = N_BOOTSTRAP) -> StateFreeEnergies:
+                        n_bootstrap: int = N_BOOTSTRAP, blocks=None) -> StateFreeEnergies:
     """Free energies (F3) of states and their differences (F4), with bootstrap errors (F5).
 
     Args:
@@ -309,6 +332,7 @@ def state_free_energies(key: jax.Array, values: Mapping[str, np.ndarray], log_w,
             :data:`ALANINE_DIPEPTIDE_STATES`; they may overlap.
         periodic: names of the periodic CVs (torsions).
         n_bootstrap: bootstrap replicates.
+        blocks: a block label per sample for correlated samples (as :func:`free_energy_surface`'s).
 
     Returns:
         :class:`StateFreeEnergies`.
@@ -322,7 +346,7 @@ def state_free_energies(key: jax.Array, values: Mapping[str, np.ndarray], log_w,
     w = _weights(_columns(values, sorted(values), periodic), log_w, kT)
     masses = lambda v: v @ inside  # noqa: E731
     p = masses(w)
-    reps = _bootstrap(key, w, masses, n_bootstrap)
+    reps = _bootstrap(key, w, masses, n_bootstrap, blocks)
     f, f_reps = _free_energy(p, kT), _free_energy(reps, kT)
     with np.errstate(invalid="ignore"):  # inf - inf: a state without mass
         diff, diff_reps = f[:, None] - f[None, :], f_reps[:, :, None] - f_reps[:, None, :]

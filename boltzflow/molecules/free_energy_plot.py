@@ -27,14 +27,16 @@ def _intervals(interval: Sequence[float] | None, edges: np.ndarray) -> list[tupl
 
 def plot_free_energy_surface(surface: FreeEnergySurface, path: str | os.PathLike,
                              states: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
-                             periodic: Sequence[str] = ()) -> Path:
-    """Draw ``surface`` (pcolormesh with a colour bar, kJ/mol) with ``states`` outlined, to a PNG file.
+                             periodic: Sequence[str] = (), reference: FreeEnergySurface | None = None) -> Path:
+    """Draw ``surface`` (pcolormesh with a colour bar, kJ/mol) with ``states`` outlined, to a PNG file; with a
+    ``reference`` surface (MD's), the two side by side on one colour scale.
 
     Args:
         surface: from :func:`boltzflow.molecules.free_energy.free_energy_surface`.
         path: the PNG file.
         states: ``{state: {cv: (lo, hi)}}`` as :func:`~boltzflow.molecules.free_energy.state_free_energies` takes.
         periodic: names of the periodic CVs (axes in degrees, ticks every 90).
+        reference: the same CVs' surface from reference samples, drawn on the right.
 
     Returns:
         the path written.
@@ -42,11 +44,23 @@ def plot_free_energy_surface(surface: FreeEnergySurface, path: str | os.PathLike
     Example:
         >>> plot_free_energy_surface(surface, "free_energy.png", ALANINE_DIPEPTIDE_STATES, ["phi", "psi"])
     """
+    panels = [(surface, "model, reweighted")] + ([(reference, "reference MD")] if reference is not None else [])
+    finite = np.concatenate([p.free_energy[np.isfinite(p.free_energy)] for p, _ in panels])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.6), squeeze=False)
+    for ax, (panel, what) in zip(axes[0], panels):
+        mesh = _draw(ax, panel, states, periodic, vmax=float(finite.max()) if finite.size else None)
+        ax.set_title(f"{what}: free energy, kT = {panel.kT:.3g} kJ/mol, ESS {panel.n_effective:.0f}", fontsize=9)
+    fig.colorbar(mesh, ax=list(axes[0]), label="free energy (kJ/mol)")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def _draw(ax, surface: FreeEnergySurface, states, periodic, vmax: float | None):
+    """One surface with its states outlined on ``ax``; the mesh, for the colour bar."""
     (x_name, y_name), (ex, ey) = surface.names, surface.edges
-    fig, ax = plt.subplots(figsize=(5.6, 4.6))
     f = np.ma.masked_invalid(surface.free_energy.T)
-    mesh = ax.pcolormesh(ex, ey, f, cmap="viridis", rasterized=True)
-    fig.colorbar(mesh, ax=ax, label="free energy (kJ/mol)")
+    mesh = ax.pcolormesh(ex, ey, f, cmap="viridis", rasterized=True, vmin=0.0, vmax=vmax)
     for i, (name, box) in enumerate((states or {}).items()):
         for x0, x1 in _intervals(box.get(x_name), ex):
             for y0, y1 in _intervals(box.get(y_name), ey):
@@ -61,9 +75,5 @@ def plot_free_energy_surface(surface: FreeEnergySurface, path: str | os.PathLike
         label(f"{name} ({'degrees' if name in periodic else 'nm'})")
         if name in periodic:
             axis.set_ticks(np.arange(-180, 181, 90))
-    ax.set(xlim=(ex[0], ex[-1]), ylim=(ey[0], ey[-1]),
-           title=f"free energy, kT = {surface.kT:.3g} kJ/mol, ESS {surface.n_effective:.0f}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    ax.set(xlim=(ex[0], ex[-1]), ylim=(ey[0], ey[-1]))
+    return mesh
