@@ -90,16 +90,18 @@ def test_frame_log_jacobian_on_the_shipped_reference(aldp):
 
 def test_report_has_the_frame_convention_beside_the_cartesian_one(tmp_path):
     """MoleculeTarget.metrics on a small reference: mean_log_q_reference_frame - mean_log_q_reference is the mean
-    frame term over the reference."""
+    frame term over the reference; mean_log_p_reference is E_ref[log p~] less the weights' log Z (here 2.5: all
+    log weights 2.5), on both scales, and forward_kl_reference its distance from mean_log_q_reference."""
+    from boltzflow.estimators import WeightSums
     from boltzflow.targets import make_target
 
     x = load_reference(builtin_reference("aldp_implicit", 300.0))["x"][::960]  # 50 conformations
     np.savez(tmp_path / "ref.npz", x=x)
     target = make_target({"name": "aldp_implicit", "reference": str(tmp_path / "ref.npz")})
     angles = np.stack([np.zeros(20, np.float32)] * len(target.torsions), axis=1)
-    samples = ModelSamples(n=20, chunk=20, weights=None, kept={"angles": angles, "chiral": np.ones(20, bool),
-                                                                "log_w": np.zeros(20),
-                                                                "pose_rmsd": np.zeros((20, 0), np.float32)},
+    kept = {"angles": angles, "chiral": np.ones(20, bool), "log_w": np.zeros(20),
+            "pose_rmsd": np.zeros((20, 0), np.float32)}
+    samples = ModelSamples(n=20, chunk=20, weights=WeightSums.of(jnp.full(20, 2.5)), kept=kept,
                            log_q=lambda v: -jnp.sum(v ** 2, axis=-1), key=jax.random.key(0),
                            reference_key=jax.random.key(1))
     report = target.metrics(samples)
@@ -109,3 +111,9 @@ def test_report_has_the_frame_convention_beside_the_cartesian_one(tmp_path):
     np.testing.assert_allclose(report["mean_log_q_reference_frame"] - report["mean_log_q_reference"], expected,
                                rtol=0, atol=1e-4)
     assert -5.9 < expected < -5.6
+    log_p = np.mean(np.asarray(target.log_prob(jnp.asarray(x)), np.float64))
+    np.testing.assert_allclose(report["mean_log_p_reference"], log_p - 2.5, rtol=1e-6)
+    np.testing.assert_allclose(report["mean_log_p_reference_frame"] - report["mean_log_p_reference"], expected,
+                               rtol=0, atol=1e-4)
+    np.testing.assert_allclose(report["forward_kl_reference"],
+                               report["mean_log_p_reference"] - report["mean_log_q_reference"], rtol=1e-12)

@@ -39,7 +39,12 @@ conventions, and the phi > 0 population of the reweighted model beside the refer
   the FAB paper's E_p[log q] (its Table 2; fab-torch's alanine dipeptide transform, frame atoms CA, N, C):
   log q_frame = log q(x) + log(b1^2 b2 sin a), b1 = |N - CA|, b2 = |C - CA|, a = angle(N, CA, C)
   (boltzflow.molecules.metrics.frame_log_jacobian). On alanine dipeptide's reference that term averages
-  -5.78 nats (nm units), so the frame value is about 5.78 nats below ``mean_log_q_reference``.
+  -5.78 nats (nm units), so the frame value is about 5.78 nats below ``mean_log_q_reference``;
+- ``mean_log_p_reference`` (and ``_frame``): E_ref[log p~] - log Z_hat, p~ = exp(-u) and log Z_hat this report's
+  importance estimate: -H(p), the entropy of the reference's distribution on the same scale, which no model's
+  E_p[log q] exceeds; ``forward_kl_reference`` = mean_log_p_reference - mean_log_q_reference = KL(p || q) (scale-
+  free; an upper bound for an SNF, whose log q is a lower bound). Since E_p[log q] = -H(p) - KL(p || q), an
+  E_p[log q] measured on another reference set (another temperature, another MD) is comparable only through these.
 
 A system of several molecules (a host and its guest) adds ``pose_fraction`` and ``pose_fraction_reweighted``
 (``_1``, ``_2``, ... with several guests): the fraction of the model's samples, raw and importance-weighted, in which
@@ -47,8 +52,8 @@ each molecule but the largest is in its starting pose (heavy-atom RMSD <= 0.2 nm
 boltzflow.molecules.metrics.pose_rmsd).
 
 Of each model sample the report keeps the named torsions' angles (float32), its handedness and log weight: 37 bytes
-a sample for alanine dipeptide's 7 torsions (and the pose RMSDs, 4 bytes each, for several molecules). Pictures: Ramachandran plot and torsion marginals
-(boltzflow.plot.plot_molecule_samples).
+a sample for alanine dipeptide's 7 torsions (and the pose RMSDs, 4 bytes each, for several molecules). Pictures:
+Ramachandran plot and torsion marginals (boltzflow.plot.plot_molecule_samples).
 """
 
 from __future__ import annotations
@@ -171,11 +176,19 @@ class MoleculeTarget(Target):
         ref_x = load_reference(self.reference_path)["x"]
         ref = torsion_angles(ref_x, self.torsions)
         out.update(molecular_metrics(self.molecule, ref, model, log_w))
-        log_q_ref = np.asarray(s.log_q(jnp.asarray(ref_x, jnp.result_type(float))), np.float64)
+        xs = jnp.asarray(ref_x, jnp.result_type(float))
+        log_q_ref = np.asarray(s.log_q(xs), np.float64)
+        log_p = jax.jit(self.log_prob)
+        log_p_ref = np.concatenate([np.asarray(log_p(xs[i:i + s.chunk]), np.float64)
+                                    for i in range(0, len(xs), s.chunk)])
         out["mean_log_q_reference"] = float(np.mean(log_q_ref))
+        out["mean_log_p_reference"] = float(np.mean(log_p_ref) - s.weights.log_z()[0])
+        out["forward_kl_reference"] = out["mean_log_p_reference"] - out["mean_log_q_reference"]
         if "phi" in self.torsions:  # canonical frame of the FAB paper: CA at the origin, N on +x, C in the xy plane
             _, n, ca, c = self.torsions["phi"]
-            out["mean_log_q_reference_frame"] = float(np.mean(log_q_ref + frame_log_jacobian(ref_x, (ca, n, c))))
+            frame = float(np.mean(frame_log_jacobian(ref_x, (ca, n, c))))
+            out["mean_log_q_reference_frame"] = out["mean_log_q_reference"] + frame
+            out["mean_log_p_reference_frame"] = out["mean_log_p_reference"] + frame
         if "phi" in self.torsions and "psi" in self.torsions:
             out["phi_positive_reweighted"] = basin_populations(model["phi"], model["psi"], log_w)["phi_positive"]
             out["phi_positive_reference"] = basin_populations(ref["phi"], ref["psi"])["phi_positive"]
