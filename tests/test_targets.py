@@ -497,9 +497,9 @@ def test_make_target_presets():
     assert make_target(t) is t
     names = [i.name for i in list_targets()]
     for n in ("double_well", "many_well", "gmm40", "funnel", "smiley", "dog", "text", "aldp_implicit", "aldp_vacuum",
-              "molecule"):
+              "ace_ala3_nme_implicit", "molecule"):
         assert n in names
-    molecules = {"aldp_implicit", "aldp_vacuum", "molecule"}
+    molecules = {"aldp_implicit", "aldp_vacuum", "ace_ala3_nme_implicit", "molecule"}
     assert all(i.description for i in list_targets())
     assert all(i.log_z_known and i.exact_samples for i in list_targets() if i.name not in molecules)
     assert not any(i.log_z_known or i.exact_samples for i in list_targets() if i.name in molecules)

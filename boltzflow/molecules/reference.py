@@ -22,13 +22,11 @@ import numpy as np
 from boltzflow.errors import BoltzflowError
 from boltzflow.molecules.metrics import (basin_populations, block_standard_error, named_torsions, ramachandran_pairs,
                                          torsion_angles)
-from boltzflow.molecules.system import MolecularSystem
+from boltzflow.molecules.system import DATA, MolecularSystem
 from boltzflow.molecules.zmatrix import ZMatrix
 
 REFERENCE = "reference.npz"
 SUMMARY = "reference.json"
-#: Reference sets shipped with boltzflow: ``data/{molecule}_{temperature:g}K.npz`` (+ ``.json`` summary).
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 
 def builtin_reference(molecule: str, temperature: float) -> str | None:

@@ -3,9 +3,11 @@
 :func:`load_system` reads a molecule from
 
 - a built-in name: ``"aldp_implicit"`` (alanine dipeptide, Amber ff96 + OBC1 implicit solvent, as openmmtools'
-  ``AlanineDipeptideImplicit(constraints=None)`` builds it) or ``"aldp_vacuum"`` (``AlanineDipeptideVacuum``).
-  Both are read with ``openmm.app`` from the prmtop / crd files that openmmtools ships; openmmtools itself is not
-  imported (its pymbar import can switch JAX to 64 bits);
+  ``AlanineDipeptideImplicit(constraints=None)`` builds it) or ``"aldp_vacuum"`` (``AlanineDipeptideVacuum``),
+  both read with ``openmm.app`` from the prmtop / crd files that openmmtools ships (openmmtools itself is not
+  imported: its pymbar import can switch JAX to 64 bits); ``"ace_ala3_nme_implicit"``, Ace-(Ala)3-Nme from
+  boltzflow's own PDB (built by :mod:`boltzflow.molecules.peptide` and minimised) with ``amber96.xml`` +
+  ``implicit/obc1.xml``, the force field of ``aldp_implicit`` (the same energies on alanine dipeptide);
 - ``{"prmtop": PATH, "inpcrd": PATH, "implicit_solvent": None | "OBC1" | "OBC2" | "GBn" | "GBn2" | "HCT"}``;
 - ``{"pdb": PATH, "forcefield": [XML, ...]}`` (``openmm.app.ForceField`` files, e.g. ``amber99sb.xml``), with
   ``"template": NAME`` to type the whole molecule by one residue template of the force field (CHARMM36's ``ALAD``
@@ -32,12 +34,30 @@ import numpy as np
 
 from boltzflow.errors import BoltzflowError
 
-#: Built-in molecules: name -> (openmmtools data file stem, implicit solvent model or None, description).
+#: Built-in molecules: name -> (where its files are: openmmtools' data or boltzflow's, the file, the other keys of
+#: its source dict, description).
 BUILTIN = {
-    "aldp_implicit": ("alanine-dipeptide-gbsa/alanine-dipeptide", "OBC1",
+    "aldp_implicit": ("openmmtools", "alanine-dipeptide-gbsa/alanine-dipeptide", {"implicit_solvent": "OBC1"},
                       "alanine dipeptide, Amber ff96 + OBC1 implicit solvent (22 atoms)"),
-    "aldp_vacuum": ("alanine-dipeptide-gbsa/alanine-dipeptide", None, "alanine dipeptide in vacuum, Amber ff96"),
+    "aldp_vacuum": ("openmmtools", "alanine-dipeptide-gbsa/alanine-dipeptide", {"implicit_solvent": None},
+                    "alanine dipeptide in vacuum, Amber ff96"),
+    "ace_ala3_nme_implicit": ("boltzflow", "ace_ala3_nme.pdb", {"forcefield": ["amber96.xml", "implicit/obc1.xml"]},
+                              "Ace-(Ala)3-Nme, Amber ff96 + OBC1 implicit solvent as aldp_implicit (42 atoms)"),
 }
+#: boltzflow's own molecule files (and reference sets).
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
+
+
+def builtin_source(name: str) -> dict:
+    """The source dict (module docstring) of a built-in molecule."""
+    if name not in BUILTIN:
+        raise BoltzflowError(f"unknown molecule {name!r}; built in: {', '.join(BUILTIN)} (or a dict with "
+                             "prmtop/inpcrd, pdb/forcefield or openmmtools)")
+    where, file, keys, _ = BUILTIN[name]
+    if where == "openmmtools":
+        base = os.path.join(openmmtools_data_dir(), file)
+        return {"prmtop": base + ".prmtop", "inpcrd": base + ".crd", **keys, "name": name}
+    return {"pdb": os.path.join(DATA, file), **keys, "name": name}
 
 
 def _openmm():
@@ -270,12 +290,7 @@ def load_system(source) -> MolecularSystem:
     if isinstance(source, MolecularSystem):
         return source
     if isinstance(source, str):
-        if source not in BUILTIN:
-            raise BoltzflowError(f"unknown molecule {source!r}; built in: {', '.join(BUILTIN)} (or a dict with "
-                                 "prmtop/inpcrd, pdb/forcefield or openmmtools)")
-        stem, solvent, _ = BUILTIN[source]
-        base = os.path.join(openmmtools_data_dir(), stem)
-        return molecular_system(*_from_prmtop(base + ".prmtop", base + ".crd", solvent, source))
+        source = builtin_source(source)
     if not isinstance(source, dict):
         raise BoltzflowError(f"a molecule is a built-in name or a dict, got {type(source).__name__}")
     src = dict(source)

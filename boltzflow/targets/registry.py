@@ -4,9 +4,9 @@ Accepted specs (:func:`make_target`):
 
 - a preset name: ``"double_well"``, ``"many_well"`` (kwarg ``dim``, default 32; ``"many_well_50"`` is short for
   ``{"name": "many_well", "dim": 50}``), ``"gmm40"``, ``"gmm4"``, ``"funnel"`` (kwarg ``dim``), ``"smiley"``,
-  ``"dog"``, ``"text"`` (kwarg ``text``), ``"aldp_implicit"``, ``"aldp_vacuum"`` and ``"molecule"`` (kwargs
-  ``temperature``, ``engine``, ...; see :class:`boltzflow.targets.molecule.MoleculeTarget`) -- see
-  :func:`list_targets`;
+  ``"dog"``, ``"text"`` (kwarg ``text``), ``"aldp_implicit"``, ``"aldp_vacuum"``, ``"ace_ala3_nme_implicit"`` and
+  ``"molecule"`` (kwargs ``temperature``, ``engine``, ...; see :class:`boltzflow.targets.molecule.MoleculeTarget`)
+  -- see :func:`list_targets`;
 - a dict ``{"name": PRESET, **kwargs}``; in any dict, ``rotation: SEED`` rotates the target by a fixed random
   rotation (:class:`~boltzflow.targets.rotated.Rotated`: same log Z, modes off the axes);
 - ``"module:function"`` or ``{"function": "module:function", **kwargs}``: ``function(**kwargs)`` returns a
@@ -91,6 +91,9 @@ def _builtin_presets() -> None:
     register_target("aldp_vacuum", _builtin_molecule("aldp_vacuum"),
                     "alanine dipeptide in vacuum, Amber ff96, Cartesian (66 dims); temperature=300 (SNF: 1000)",
                     False, False)
+    register_target("ace_ala3_nme_implicit", _builtin_molecule("ace_ala3_nme_implicit"),
+                    "Ace-(Ala)3-Nme, Amber ff96 + OBC1 implicit solvent as aldp_implicit, Cartesian (126 dims); "
+                    "temperature=300", False, False)
     register_target("molecule", MoleculeTarget,
                     "any OpenMM System: molecule={prmtop, inpcrd} | {pdb, forcefield} | {openmmtools}, temperature",
                     False, False)
