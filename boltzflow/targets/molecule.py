@@ -98,7 +98,8 @@ class MoleculeTarget(Target):
         engine: ``"jax"`` or ``"openmm"``.
         platform: OpenMM platform of the openmm engine (``"CPU"`` or ``"Reference"``).
         n_workers: worker processes of the openmm engine (default: one per core).
-        energy_cut, energy_max: the regularisation thresholds in kT.
+        energy_cut: the regularisation's first threshold u_cut, in kT.
+        energy_max: its second threshold u_max, in kT.
         reference: an ``.npz`` of reference samples (``x``, (n, 3 n_atoms), e.g. ``reference.npz`` of
             ``boltzflow md``) for the molecular metrics of ``boltzflow evaluate``; default: the set shipped with
             boltzflow for this molecule and temperature, if there is one.
