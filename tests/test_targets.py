@@ -499,10 +499,10 @@ def test_make_target_presets():
     for n in ("double_well", "many_well", "gmm40", "funnel", "smiley", "dog", "text", "aldp_implicit", "aldp_vacuum",
               "ace_ala3_nme_implicit", "molecule"):
         assert n in names
-    molecules = {"aldp_implicit", "aldp_vacuum", "ace_ala3_nme_implicit", "molecule"}
+    unknown = {"aldp_implicit", "aldp_vacuum", "ace_ala3_nme_implicit", "molecule", "dw4", "lj13", "lj55"}
     assert all(i.description for i in list_targets())
-    assert all(i.log_z_known and i.exact_samples for i in list_targets() if i.name not in molecules)
-    assert not any(i.log_z_known or i.exact_samples for i in list_targets() if i.name in molecules)
+    assert all(i.log_z_known and i.exact_samples for i in list_targets() if i.name not in unknown)
+    assert not any(i.log_z_known or i.exact_samples for i in list_targets() if i.name in unknown)
     table = targets_table()
     assert "many_well" in table and "log Z" in table
 

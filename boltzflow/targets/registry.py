@@ -4,7 +4,8 @@ Accepted specs (:func:`make_target`):
 
 - a preset name: ``"double_well"``, ``"many_well"`` (kwarg ``dim``, default 32; ``"many_well_50"`` is short for
   ``{"name": "many_well", "dim": 50}``), ``"gmm40"``, ``"gmm4"``, ``"funnel"`` (kwarg ``dim``), ``"smiley"``,
-  ``"dog"``, ``"text"`` (kwarg ``text``), ``"aldp_implicit"``, ``"aldp_vacuum"``, ``"ace_ala3_nme_implicit"`` and
+  ``"dog"``, ``"text"`` (kwarg ``text``), ``"dw4"``, ``"lj13"``, ``"lj55"`` (particles, kwarg ``pair_sum``),
+  ``"aldp_implicit"``, ``"aldp_vacuum"``, ``"ace_ala3_nme_implicit"`` and
   ``"molecule"`` (kwargs ``temperature``, ``engine``, ...; see :class:`boltzflow.targets.molecule.MoleculeTarget`)
   -- see :func:`list_targets`;
 - a dict ``{"name": PRESET, **kwargs}``; in any dict, ``rotation: SEED`` rotates the target by a fixed random
@@ -39,6 +40,7 @@ from boltzflow.targets.funnel import Funnel
 from boltzflow.targets.gmm import GMM40, GaussianMixture
 from boltzflow.targets.images import ImageTarget
 from boltzflow.targets.molecule import MoleculeTarget
+from boltzflow.targets.particles import dw4, lj13, lj55
 from boltzflow.targets.rotated import Rotated
 from boltzflow.targets.wells import DoubleWell, ManyWell
 
@@ -85,6 +87,11 @@ def _builtin_presets() -> None:
     register_target("dog", ImageTarget.dog, "2-D image density: a dog silhouette (SNF paper)", True, True)
     register_target("text", ImageTarget.text, "2-D image density: a line of text (kwarg text='boltzflow')",
                     True, True)
+    register_target("dw4", dw4, "DW-4: 4 particles in 2-D, double-well pair potential (Köhler et al. 2020); "
+                    "centre-of-mass-free coordinates (6 dims)", False, False)
+    register_target("lj13", lj13, "LJ-13 Lennard-Jones cluster in 3-D with a harmonic well (pair_sum='pairs' | "
+                    "'ordered'); centre-of-mass-free coordinates (36 dims)", False, False)
+    register_target("lj55", lj55, "LJ-55 Lennard-Jones cluster, as lj13 (162 dims)", False, False)
     register_target("aldp_implicit", _builtin_molecule("aldp_implicit"),
                     "alanine dipeptide, Amber ff96 + OBC1 implicit solvent, Cartesian (66 dims); temperature=300",
                     False, False)

@@ -1,0 +1,172 @@
+"""Particle systems whose energy is invariant under rotations, translations and permutations of identical particles:
+DW-4 and the Lennard-Jones clusters LJ-13 and LJ-55 (Köhler, Klein & Noé 2020, "Equivariant flows: exact
+likelihood generative learning for symmetric densities", sec. 6), in reduced units (kT = tau).
+
+Energies of N particles x_1 .. x_N in d dimensions, d_ij = |x_i - x_j|:
+
+    DW-4 (N = 4, d = 2):   E(x) = (1 / tau) sum_{i<j} [a (d_ij - d0) + b (d_ij - d0)^2 + c (d_ij - d0)^4],
+                           a = 0, b = -4, c = 0.9, d0 = 4, tau = 1;
+    LJ-N (N = 13, 55; d = 3):
+                           E(x) = (eps / tau) s sum_{i<j} [(r_m / d_ij)^12 - 2 (r_m / d_ij)^6]
+                                  + (c_osc / (2 tau)) sum_i |x_i - x_mean|^2,
+                           eps = r_m = tau = c_osc = 1.
+
+The pair sum of LJ comes in two conventions in the literature: s = 1 (``pair_sum="pairs"``: each pair once, the
+pair minimum -eps at d = r_m; Köhler et al.'s ``eps / 2 sum_{i != j}``, and the Cambridge Cluster Database's global
+minima, -44.326801 eps for LJ-13) and s = 2 (``pair_sum="ordered"``: sum_{i != j} without the 1/2, as some later
+code writes it). Every table names the one it uses.
+
+Coordinates. E does not change when every particle moves by the same vector, so exp(-E) is not normalisable on
+R^{N d}; the target lives on the centre-of-mass-free subspace sum_i x_i = 0, of dimension (N - 1) d. Its x is the
+vector y of R^{(N-1) d} with positions X = H y (per spatial axis, X[:, k] = H y[:, k]), H the N x (N - 1) Helmert
+matrix with orthonormal columns orthogonal to (1, .., 1):
+
+    H[:, k - 1] = (1, .., 1, -k, 0, .., 0) / sqrt(k (k + 1))      (k ones, then -k),  k = 1 .. N - 1.
+
+H is an isometry onto the subspace, so p(y) = exp(-E(H y)) / Z with no Jacobian, and a density of y is one of the
+centre-of-mass-free positions with respect to their (N - 1) d-dimensional volume: any flow on R^{(N-1) d} learns it;
+an equivariant flow works on :meth:`ParticleTarget.positions`. Rotations and permutations of X act on y linearly
+and orthogonally (H^T P H and R per axis), so p(y) keeps their invariance.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from boltzflow.errors import BoltzflowError
+from boltzflow.targets.base import Target
+
+PAIR_SUMS = {"pairs": 1.0, "ordered": 2.0}
+
+
+def helmert(n: int) -> np.ndarray:
+    """The ``(n, n - 1)`` Helmert matrix (module docstring): orthonormal columns spanning {v: sum v = 0}."""
+    h = np.zeros((n, n - 1))
+    for k in range(1, n):
+        h[:k, k - 1] = 1.0
+        h[k, k - 1] = -k
+        h[:, k - 1] /= np.sqrt(k * (k + 1.0))
+    return h
+
+
+def pair_distances(positions: jax.Array) -> jax.Array:
+    """``(..., N, d) -> (..., N (N - 1) / 2)``: d_ij for i < j (row-major order)."""
+    i, j = np.triu_indices(positions.shape[-2], 1)
+    diff = positions[..., i, :] - positions[..., j, :]
+    return jnp.sqrt(jnp.sum(diff * diff, axis=-1))
+
+
+class ParticleTarget(Target):
+    """N identical particles in d dimensions, on the centre-of-mass-free coordinates y (module docstring).
+
+    Attributes:
+        n_particles: N.
+        spatial_dim: d.
+        dim: (N - 1) d, the dimension of y.
+    """
+
+    def __init__(self, n_particles: int, spatial_dim: int):
+        if n_particles < 2 or spatial_dim < 1:
+            raise BoltzflowError(f"need at least 2 particles in >= 1 dimension, got {n_particles} in {spatial_dim}")
+        self.n_particles, self.spatial_dim = int(n_particles), int(spatial_dim)
+        self.dim = (self.n_particles - 1) * self.spatial_dim
+        self._h = helmert(self.n_particles)
+
+    def positions(self, y: jax.Array) -> jax.Array:
+        """``(n, (N - 1) d) -> (n, N, d)``: X = H y, centre of mass at the origin."""
+        return jnp.einsum("ik,nkd->nid", jnp.asarray(self._h, y.dtype),
+                          y.reshape(y.shape[0], self.n_particles - 1, self.spatial_dim))
+
+    def coordinates(self, positions: jax.Array) -> jax.Array:
+        """``(n, N, d) -> (n, (N - 1) d)``: y = H^T X (the centre of mass dropped)."""
+        y = jnp.einsum("ik,nid->nkd", jnp.asarray(self._h, positions.dtype), positions)
+        return y.reshape(positions.shape[0], self.dim)
+
+    def energy_of_positions(self, positions: jax.Array) -> jax.Array:
+        """E / tau of positions ``(n, N, d) -> (n,)``."""
+        raise NotImplementedError
+
+    def _log_prob(self, y: jax.Array) -> jax.Array:
+        e = self.energy_of_positions(self.positions(y))
+        return jnp.where(jnp.isfinite(e), -e, -jnp.inf)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(n_particles={self.n_particles}, spatial_dim={self.spatial_dim})"
+
+
+class DoubleWellParticles(ParticleTarget):
+    """DW-4: 4 particles in 2-D with a double-well pair potential (module docstring).
+
+    Args:
+        n_particles: N (4 for DW-4).
+        spatial_dim: d (2 for DW-4).
+        a, b, c, d0, tau: the pair potential's coefficients and the temperature.
+    """
+
+    def __init__(self, n_particles: int = 4, spatial_dim: int = 2, a: float = 0.0, b: float = -4.0, c: float = 0.9,
+                 d0: float = 4.0, tau: float = 1.0):
+        super().__init__(n_particles, spatial_dim)
+        if not tau > 0:
+            raise BoltzflowError(f"tau must be positive, got {tau}")
+        self.a, self.b, self.c, self.d0, self.tau = map(float, (a, b, c, d0, tau))
+        self.name = "dw4" if (n_particles, spatial_dim) == (4, 2) else f"dw{n_particles}_{spatial_dim}d"
+
+    def energy_of_positions(self, positions: jax.Array) -> jax.Array:
+        r = pair_distances(positions) - self.d0
+        return jnp.sum(self.a * r + self.b * r**2 + self.c * r**4, axis=-1) / self.tau
+
+
+class LennardJonesCluster(ParticleTarget):
+    """LJ-N: a Lennard-Jones cluster held together by a harmonic well around its centre (module docstring).
+
+    Args:
+        n_particles: N (13 or 55).
+        spatial_dim: d (3).
+        pair_sum: ``"pairs"`` (each pair once) or ``"ordered"`` (i != j, each pair twice).
+        eps, r_m, tau, c_osc: well depth, pair minimum's distance, temperature, harmonic constant.
+    """
+
+    def __init__(self, n_particles: int = 13, spatial_dim: int = 3, pair_sum: str = "pairs", eps: float = 1.0,
+                 r_m: float = 1.0, tau: float = 1.0, c_osc: float = 1.0):
+        super().__init__(n_particles, spatial_dim)
+        if pair_sum not in PAIR_SUMS:
+            raise BoltzflowError(f"pair_sum must be one of {sorted(PAIR_SUMS)}, got {pair_sum!r}")
+        if not (tau > 0 and r_m > 0):
+            raise BoltzflowError(f"tau and r_m must be positive, got {tau}, {r_m}")
+        self.pair_sum = pair_sum
+        self.eps, self.r_m, self.tau, self.c_osc = map(float, (eps, r_m, tau, c_osc))
+        self.name = f"lj{n_particles}" + ("" if pair_sum == "pairs" else "_ordered")
+
+    def pair_energy(self, positions: jax.Array) -> jax.Array:
+        """The Lennard-Jones term alone, eps s sum_{i<j} [(r_m/d)^12 - 2 (r_m/d)^6] (before dividing by tau)."""
+        s6 = (self.r_m / pair_distances(positions)) ** 6
+        return PAIR_SUMS[self.pair_sum] * self.eps * jnp.sum(s6 * s6 - 2.0 * s6, axis=-1)
+
+    def energy_of_positions(self, positions: jax.Array) -> jax.Array:
+        centred = positions - jnp.mean(positions, axis=-2, keepdims=True)
+        harmonic = 0.5 * self.c_osc * jnp.sum(centred * centred, axis=(-2, -1))
+        return (self.pair_energy(positions) + harmonic) / self.tau
+
+
+def dw4(**kwargs) -> DoubleWellParticles:
+    """DW-4 as Köhler et al. define it."""
+    return DoubleWellParticles(4, 2, **kwargs)
+
+
+def lj13(**kwargs) -> LennardJonesCluster:
+    """LJ-13 (``pair_sum="pairs"`` unless given)."""
+    return LennardJonesCluster(13, 3, **kwargs)
+
+
+def lj55(**kwargs) -> LennardJonesCluster:
+    """LJ-55 (``pair_sum="pairs"`` unless given)."""
+    return LennardJonesCluster(55, 3, **kwargs)
+
+
+def random_rotation(key: jax.Array, d: int) -> jax.Array:
+    """A Haar-random orthogonal ``(d, d)`` matrix with determinant +1 (QR of a Gaussian matrix, signs fixed)."""
+    q, r = jnp.linalg.qr(jax.random.normal(key, (d, d)))
+    q = q * jnp.sign(jnp.diag(r))[None, :]
+    return q.at[:, 0].multiply(jnp.sign(jnp.linalg.det(q)))

@@ -1,0 +1,109 @@
+"""Particle targets (boltzflow.targets.particles): the centre-of-mass-free coordinates, the energies' invariances,
+LJ-13's and LJ-55's known global minima, DW's pair minimum, and the two pair-sum conventions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+
+from boltzflow.errors import BoltzflowError
+from boltzflow.targets.particles import (DoubleWellParticles, LennardJonesCluster, dw4, helmert, lj13, lj55,
+                                         random_rotation)
+
+
+def test_helmert_columns_are_orthonormal_and_centre_of_mass_free():
+    for n in (2, 4, 13):
+        h = helmert(n)
+        np.testing.assert_allclose(h.T @ h, np.eye(n - 1), atol=1e-12)
+        np.testing.assert_allclose(h.sum(axis=0), 0.0, atol=1e-12)
+
+
+@pytest.mark.parametrize("make", [dw4, lj13])
+def test_energy_is_invariant_under_rotations_translations_permutations(make):
+    """y -> positions -> P X R^T + t -> y' gives y' with the same log p; positions have their centre at 0; y
+    round-trips through the positions."""
+    with jax.enable_x64(True):
+        target = make()
+        n, d = target.n_particles, target.spatial_dim
+        key = jax.random.key(0)
+        y = 0.6 * jax.random.normal(key, (16, target.dim), jnp.float64)
+        x = target.positions(y)
+        np.testing.assert_allclose(jnp.mean(x, axis=1), 0.0, atol=1e-12)
+        np.testing.assert_allclose(target.coordinates(x), y, atol=1e-12)
+        for k in range(5):
+            kr, kp, kt = jax.random.split(jax.random.fold_in(key, k), 3)
+            rotation = random_rotation(kr, d)
+            perm = jax.random.permutation(kp, n)
+            moved = x[:, perm] @ rotation.T + jax.random.normal(kt, (1, 1, d), jnp.float64)
+            y2 = target.coordinates(moved)
+            np.testing.assert_allclose(target.log_prob(y2), target.log_prob(y), rtol=1e-10, atol=1e-9)
+            assert np.isclose(float(jnp.linalg.det(rotation)), 1.0)
+
+
+def _icosahedron(r: float) -> np.ndarray:
+    phi = (1 + 5**0.5) / 2
+    v = [(0, s1, s2 * phi) for s1 in (-1, 1) for s2 in (-1, 1)]
+    v += [(s1, s2 * phi, 0) for s1 in (-1, 1) for s2 in (-1, 1)]
+    v += [(s2 * phi, 0, s1) for s1 in (-1, 1) for s2 in (-1, 1)]
+    v = np.asarray(v, float)
+    return np.concatenate([np.zeros((1, 3)), r * v / np.linalg.norm(v, axis=1, keepdims=True)])
+
+
+def _mackay55() -> np.ndarray:
+    """The 55-atom Mackay icosahedron: the centre, 12 vertices, and a second shell of 12 vertices and 30 edge
+    midpoints."""
+    inner = _icosahedron(1.0)[1:]
+    edge = np.min(np.linalg.norm(inner[1:] - inner[0], axis=1))
+    edges = [(i, j) for i in range(12) for j in range(i + 1, 12)
+             if np.isclose(np.linalg.norm(inner[i] - inner[j]), edge)]
+    assert len(edges) == 30
+    return np.concatenate([np.zeros((1, 3)), inner, 2 * inner, np.array([inner[i] + inner[j] for i, j in edges])])
+
+
+def _minimum(target, x0):
+    def f(flat):
+        with jax.enable_x64(True):
+            v, g = jax.value_and_grad(lambda z: target.pair_energy(z.reshape(1, -1, 3))[0])(jnp.asarray(flat))
+        return float(v), np.asarray(g)
+
+    return minimize(f, x0.reshape(-1), jac=True, method="L-BFGS-B", options={"gtol": 1e-10, "maxiter": 5000}).fun
+
+
+def test_lennard_jones_global_minima_match_the_cambridge_cluster_database():
+    """Pair term alone, each pair once: LJ-13's icosahedron -44.326801, LJ-55's Mackay icosahedron -279.248470
+    (Wales & Doye 1997); the "ordered" convention doubles it."""
+    np.testing.assert_allclose(_minimum(lj13(), _icosahedron(1.0)), -44.326801, atol=1e-5)
+    start = _mackay55()
+    assert start.shape == (55, 3)
+    np.testing.assert_allclose(_minimum(lj55(), 0.95 * start), -279.248470, atol=1e-5)
+    x = _icosahedron(1.0)[None]
+    with jax.enable_x64(True):
+        pairs, ordered = lj13().pair_energy(jnp.asarray(x)), lj13(pair_sum="ordered").pair_energy(jnp.asarray(x))
+    np.testing.assert_allclose(np.asarray(ordered), 2 * np.asarray(pairs), rtol=1e-12)
+
+
+def test_double_well_pair_minimum_and_lj_harmonic_term():
+    """Two particles: the DW pair energy b r^2 + c r^4 (r = d - d0) is least, -b^2 / 4c, at r^2 = -b / 2c; LJ's
+    harmonic term is c_osc / 2 sum |x_i - mean|^2, i.e. |y|^2 / 2 in the centre-of-mass-free coordinates."""
+    with jax.enable_x64(True):
+        pair = DoubleWellParticles(2, 2)
+        for sign in (-1.0, 1.0):
+            dist = 4.0 + sign * np.sqrt(4.0 / 1.8)
+            y = jnp.array([[dist, 0.0]]) / np.sqrt(2.0)  # two particles dist apart: y = (x_2 - x_1) / sqrt 2
+            np.testing.assert_allclose(-pair.log_prob(y), -16.0 / 3.6, rtol=1e-12)
+        cluster = LennardJonesCluster(13, 3, eps=0.0)
+        y = jax.random.normal(jax.random.key(1), (4, cluster.dim), jnp.float64)
+        np.testing.assert_allclose(-cluster.log_prob(y), 0.5 * jnp.sum(y**2, axis=1), rtol=1e-12)
+    assert (dw4().dim, lj13().dim, lj55().dim) == (6, 36, 162)
+    assert (dw4().name, lj13().name, lj13(pair_sum="ordered").name) == ("dw4", "lj13", "lj13_ordered")
+
+
+def test_overlapping_particles_have_zero_density_and_mistakes_are_one_line():
+    target = lj13()
+    y = jnp.zeros((1, target.dim))  # every particle at the origin
+    assert float(target.log_prob(y)[0]) == -np.inf
+    with pytest.raises(BoltzflowError, match="pair_sum"):
+        lj13(pair_sum="half")
+    with pytest.raises(BoltzflowError, match="at least 2 particles"):
+        DoubleWellParticles(1, 2)
