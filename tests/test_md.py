@@ -124,3 +124,19 @@ def test_runs_combine_side_by_side_and_the_compact_form_round_trips(tmp_path):
     back = load_reference(str(tmp_path / "compact.npz"))
     assert back["x"].dtype == np.float32 and back["x"].shape == a["x"].shape
     assert np.abs(back["x"] - a["x"] * 0.3).max() <= QUANTUM * 0.5 + 1e-6
+
+
+def test_reduced_units_with_boltzmann_one_are_the_same_dynamics(tmp_path):
+    """boltzmann=1, energies u = E / kT0, temperatures T / T0 and masses m / kT0: every force over mass and every
+    noise scale is the molecular run's, so the samples are the same up to float rounding; the settings say so."""
+    kw = dict(n_chains=4, n_steps=400, equilibration=0)
+    molecular = _run(tmp_path / "mol", **kw)
+    kt0 = GAS_CONSTANT * 300.0
+    reduced = run_replica_exchange(str(tmp_path / "red"), lambda x: _energy(x) / kt0, np.ones(3) / kt0,
+                                   np.array([1.0, 0.0, 0.0]), [1.0, 2.0, 4.0], boltzmann=1.0, dt_fs=10.0,
+                                   friction=5.0, save_every=200, exchange_every=20, progress=False, **kw)
+    a, b = np.load(tmp_path / "mol" / "samples.npz"), np.load(tmp_path / "red" / "samples.npz")
+    np.testing.assert_allclose(b["x"], a["x"], atol=1e-4)
+    np.testing.assert_allclose(b["energy"] * kt0, a["energy"], atol=1e-3)
+    assert reduced["exchange_acceptance"] == pytest.approx(molecular["exchange_acceptance"])
+    assert reduced["settings"]["boltzmann"] == 1.0 and "boltzmann" not in molecular["settings"]

@@ -13,7 +13,9 @@ time step h (ps); units kJ/mol, nm, ps, dalton are consistent (1 kJ/mol = 1 dalt
     A: x <- x + h/2 v
     B: v <- v + h/2 F(x) / m                     (one force evaluation per step, reused by the next B)
 
-BAOAB's configurational sampling error is O(h^2) and small at h = 1 fs for molecules without constraints.
+BAOAB's configurational sampling error is O(h^2) and small at h = 1 fs for molecules without constraints. Any
+other target runs in its own reduced units: k_B = 1 (``boltzmann=1``), energy u = -log p, masses 1, temperatures
+relative to the target's (replica T samples p^(1/T)).
 
 Replica exchange (parallel tempering; Swendsen & Wang 1986, Sugita & Okamoto 1999): every ``exchange_every``
 steps, neighbouring temperatures (i, i + 1) of each chain propose to swap configurations, even pairs and odd pairs in
@@ -68,9 +70,10 @@ def geometric_temperatures(t_min: float, t_max: float, n: int) -> np.ndarray:
     return t_min * (t_max / t_min) ** (np.arange(n) / max(n - 1, 1))
 
 
-def make_step(energy_fn: Callable, masses: np.ndarray, temperatures: np.ndarray, dt: float, friction: float):
+def make_step(energy_fn: Callable, masses: np.ndarray, temperatures: np.ndarray, dt: float, friction: float,
+              boltzmann: float = GAS_CONSTANT):
     """One BAOAB step of every replica: ``step(state, key) -> state`` (module docstring)."""
-    kt = jnp.asarray(GAS_CONSTANT * temperatures)[None, :, None]
+    kt = jnp.asarray(boltzmann * temperatures)[None, :, None]
     inv_m = 1.0 / jnp.asarray(masses)
     c = float(np.exp(-friction * dt))
     noise_scale = jnp.sqrt((1 - c**2) * kt * inv_m)
@@ -94,9 +97,9 @@ def make_step(energy_fn: Callable, masses: np.ndarray, temperatures: np.ndarray,
     return step, energy_force
 
 
-def make_exchange(temperatures: np.ndarray):
+def make_exchange(temperatures: np.ndarray, boltzmann: float = GAS_CONSTANT):
     """Neighbour swaps of every chain: ``exchange(state, key, parity) -> state`` (module docstring)."""
-    beta = jnp.asarray(1.0 / (GAS_CONSTANT * temperatures))
+    beta = jnp.asarray(1.0 / (boltzmann * temperatures))
     temps = jnp.asarray(temperatures)
     n_r = len(temperatures)
 
@@ -123,10 +126,11 @@ def make_exchange(temperatures: np.ndarray):
     return exchange
 
 
-def make_block(energy_fn, masses, temperatures, dt, friction, n_steps: int, exchange_every: int):
+def make_block(energy_fn, masses, temperatures, dt, friction, n_steps: int, exchange_every: int,
+               boltzmann: float = GAS_CONSTANT):
     """``block(state, key, step0) -> state``: ``n_steps`` BAOAB steps with exchanges every ``exchange_every``."""
-    step, energy_force = make_step(energy_fn, masses, temperatures, dt, friction)
-    exchange = make_exchange(temperatures)
+    step, energy_force = make_step(energy_fn, masses, temperatures, dt, friction, boltzmann)
+    exchange = make_exchange(temperatures, boltzmann)
 
     def body(carry, i):
         state, key = carry
@@ -147,11 +151,11 @@ def make_block(energy_fn, masses, temperatures, dt, friction, n_steps: int, exch
 
 
 def initial_state(energy_force, x0: np.ndarray, masses: np.ndarray, temperatures: np.ndarray, n_chains: int,
-                  key, dtype) -> MDState:
+                  key, dtype, boltzmann: float = GAS_CONSTANT) -> MDState:
     """Every chain and replica starts at ``x0`` (D,) with Maxwell-Boltzmann velocities at its temperature."""
     n_r, d = len(temperatures), x0.shape[0]
     x = jnp.broadcast_to(jnp.asarray(x0, dtype), (n_chains, n_r, d))
-    sd = jnp.sqrt(GAS_CONSTANT * jnp.asarray(temperatures)[None, :, None] / jnp.asarray(masses)[None, None, :])
+    sd = jnp.sqrt(boltzmann * jnp.asarray(temperatures)[None, :, None] / jnp.asarray(masses)[None, None, :])
     v = (sd * jax.random.normal(key, x.shape)).astype(dtype)
     e, f = energy_force(x)
     zeros = jnp.zeros(max(n_r - 1, 0), jnp.int32)
@@ -181,12 +185,12 @@ def run_replica_exchange(out: str, energy_fn: Callable, masses: np.ndarray, x0: 
                          dt_fs: float = 1.0, friction: float = 1.0, save_every: int = 1000,
                          exchange_every: int = 100, seed: int = 0, dtype=jnp.float32,
                          checkpoint_every_s: float = 60.0, time_limit_s: float | None = None,
-                         progress: bool = True) -> dict:
+                         progress: bool = True, boltzmann: float = GAS_CONSTANT) -> dict:
     """Replica-exchange Langevin MD of ``n_chains`` chains, resumable; writes ``out/samples.npz``.
 
     Args:
         out: run directory (created; an existing checkpoint there is resumed if the settings match).
-        energy_fn: ``x (n, D) -> E (n,)`` in kJ/mol, jittable and differentiable.
+        energy_fn: ``x (n, D) -> E (n,)`` in kJ/mol (or reduced: ``boltzmann``), jittable and differentiable.
         masses: mass of each coordinate, ``(D,)`` dalton (an atom's mass repeated for x, y, z).
         x0: starting conformation ``(D,)`` nm.
         temperatures: the ladder, ``temperatures[0]`` the one sampled (kelvin).
@@ -194,6 +198,9 @@ def run_replica_exchange(out: str, energy_fn: Callable, masses: np.ndarray, x0: 
         dt_fs, friction: time step (femtoseconds) and Langevin friction (1/ps).
         save_every: steps between saved samples (per chain, from the first replica); exchange_every likewise.
         time_limit_s: stop with a checkpoint after this much wall-clock (rerun to continue).
+        boltzmann: k_B in the energy's units per temperature unit: the molar gas constant (kJ/mol/K) for
+            molecules; 1 for a target in reduced units (energy u = -log p at temperature 1, masses 1, the time step
+            dt_fs / 1000 in the target's own time unit), whose replicas then sample p^(1/T).
 
     Returns the report (also written to ``out/md.json``): samples, simulated time, force evaluations, wall-clock,
     ns/day per replica and for the whole batch, exchange acceptance per neighbour pair.
@@ -220,7 +227,8 @@ def run_replica_exchange(out: str, energy_fn: Callable, masses: np.ndarray, x0: 
     settings = dict(temperatures=temperatures.tolist(), n_chains=int(n_chains), n_steps=int(n_steps),
                     equilibration=int(equilibration), dt_fs=float(dt_fs), friction=float(friction),
                     save_every=int(save_every), exchange_every=int(exchange_every), seed=int(seed),
-                    dtype=np.dtype(dtype).name, dim=int(x0.shape[0]))
+                    dtype=np.dtype(dtype).name, dim=int(x0.shape[0]),
+                    **({} if boltzmann == GAS_CONSTANT else {"boltzmann": float(boltzmann)}))
     settings_path = os.path.join(out, "md_settings.json")
     ckpt_path = os.path.join(out, CHECKPOINT)
     resumed = read_checkpoint(ckpt_path, settings_path, _load_npz)
@@ -234,7 +242,8 @@ def run_replica_exchange(out: str, energy_fn: Callable, masses: np.ndarray, x0: 
         write_json(settings_path, settings)
 
     dt = dt_fs * 1e-3
-    block, energy_force = make_block(energy_fn, masses, temperatures, dt, friction, save_every, exchange_every)
+    block, energy_force = make_block(energy_fn, masses, temperatures, dt, friction, save_every, exchange_every,
+                                     boltzmann)
     total_blocks = (equilibration + n_steps) // save_every
     if resumed is not None:
         state = MDState(*(jnp.asarray(ck[k]) for k in MDState._fields))
@@ -243,7 +252,7 @@ def run_replica_exchange(out: str, energy_fn: Callable, masses: np.ndarray, x0: 
         saved = {k: list(ck[k]) for k in ("x_saved", "e_saved", "chain_saved", "t_saved")}
     else:
         key, k0 = jax.random.split(jax.random.PRNGKey(seed))
-        state = initial_state(energy_force, x0, masses, temperatures, n_chains, k0, dtype)
+        state = initial_state(energy_force, x0, masses, temperatures, n_chains, k0, dtype, boltzmann)
         done, wall = 0, 0.0
         saved = {"x_saved": [], "e_saved": [], "chain_saved": [], "t_saved": []}
 
