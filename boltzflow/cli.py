@@ -45,7 +45,7 @@ from boltzflow.estimators import resample
 from boltzflow.molecules.free_energy import (ALANINE_DIPEPTIDE_STATES, collective_variables, cv_values,
                                              free_energy_surface, periodic_cvs, state_free_energies, time_blocks)
 from boltzflow.molecules.free_energy_plot import plot_free_energy_surface
-from boltzflow.molecules.md import geometric_temperatures, run_replica_exchange
+from boltzflow.molecules.md import GAS_CONSTANT, geometric_temperatures, run_replica_exchange
 from boltzflow.molecules.openmm_engine import close_all
 from boltzflow.molecules.reference import load_reference, write_compact, write_reference
 from boltzflow.molecules.system import minimize
@@ -54,6 +54,7 @@ from boltzflow.run import fit, load
 from boltzflow.sharding import use_devices, writes_files
 from boltzflow.targets import make_target, targets_table
 from boltzflow.targets.molecule import MoleculeTarget
+from boltzflow.targets.particles import ParticleTarget
 
 
 def _train(args) -> None:
@@ -268,14 +269,16 @@ def _plot(args) -> None:
 
 
 def _md(args) -> None:
-    spec = {"name": args.target, "engine": args.engine}
-    if args.temperature is not None:
-        spec["temperature"] = args.temperature
+    spec = {"name": args.target, **({"engine": args.engine} if args.engine != "jax" else {}),
+            **({"temperature": args.temperature} if args.temperature is not None else {})}
     target = make_target(spec)
-    if not isinstance(target, MoleculeTarget):
-        raise BoltzflowError(f"md needs a molecular target (aldp_implicit, aldp_vacuum, ace_ala3_nme_implicit, "
-                             f"molecule), got {args.target!r}")
-    t0 = target.temperature
+    if isinstance(target, MoleculeTarget):  # kJ/mol, kelvin, dalton
+        t0, masses, x0, boltzmann = target.temperature, np.repeat(target.molecule.masses, 3), None, GAS_CONSTANT
+    elif isinstance(target, ParticleTarget):  # reduced units: u = -log p, temperatures relative to the target's
+        t0, masses, x0, boltzmann = 1.0, np.ones(target.dim), target.start(), 1.0
+    else:
+        raise BoltzflowError(f"md needs a molecular or particle target (aldp_implicit, aldp_vacuum, "
+                             f"ace_ala3_nme_implicit, molecule, dw4, lj13, lj55), got {args.target!r}")
     temps = geometric_temperatures(t0, args.t_max or t0, args.replicas if args.t_max else 1)
     dt_ps = args.dt_fs * 1e-3
     steps = lambda ps: int(round(ps / dt_ps))  # noqa: E731
@@ -283,20 +286,24 @@ def _md(args) -> None:
     n_steps = int(round(args.ns * 1000 / args.save_ps)) * save_every
     equilibration = int(round(args.equilibration_ps / args.save_ps)) * save_every
     out = Path(args.out or f"runs/md-{target.name}")
+    energy = target.energy_kj if boltzmann == GAS_CONSTANT else (lambda y: -target.log_prob(y))
     with jax.enable_x64(True) if args.float64 else contextlib.nullcontext():  # this command's work only
+        x0 = minimize(target.molecule).reshape(-1) if x0 is None else x0
         report = run_replica_exchange(
-            str(out), target.energy_kj, np.repeat(target.molecule.masses, 3), minimize(target.molecule).reshape(-1),
-            temps, n_chains=args.chains, n_steps=n_steps, equilibration=equilibration, dt_fs=args.dt_fs,
-            friction=args.friction, save_every=save_every, exchange_every=exchange_every, seed=args.seed,
-            dtype=np.float64 if args.float64 else np.float32, time_limit_s=args.time_limit,
-            progress=not args.no_progress)
+            str(out), energy, masses, x0, temps, n_chains=args.chains, n_steps=n_steps, equilibration=equilibration,
+            dt_fs=args.dt_fs, friction=args.friction, save_every=save_every, exchange_every=exchange_every,
+            seed=args.seed, dtype=np.float64 if args.float64 else np.float32, time_limit_s=args.time_limit,
+            progress=not args.no_progress, boltzmann=boltzmann)
     if not report["finished"]:
         print(f"stopped after {report['wall_s']:.0f} s with a checkpoint in {out}; run the same command to continue")
         return
-    summary = write_reference(str(out), target.molecule)
-    print(_table({**{k: v for k, v in report.items() if not isinstance(v, (dict, list))},
-                  **{k: v for k, v in summary.items() if k.startswith("population")}},
-                 f"md of {target.name}: {report['samples']} samples -> {out}/reference.npz"))
+    populations = {}
+    if isinstance(target, MoleculeTarget):
+        summary = write_reference(str(out), target.molecule)
+        populations = {k: v for k, v in summary.items() if k.startswith("population")}
+    written = out / ("reference.npz" if populations or isinstance(target, MoleculeTarget) else "samples.npz")
+    print(_table({**{k: v for k, v in report.items() if not isinstance(v, (dict, list))}, **populations},
+                 f"md of {target.name}: {report['samples']} samples -> {written}"))
 
 
 def _reference(args) -> None:
@@ -418,9 +425,12 @@ def parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=_plot)
     m = sub.add_parser("md", help="reference samples of a molecular target by replica-exchange Langevin MD "
                                   "(resumable)")
-    m.add_argument("target", help="molecular target preset (aldp_implicit, aldp_vacuum, ace_ala3_nme_implicit)")
-    m.add_argument("--temperature", type=float, help="kelvin (default: the target's)")
-    m.add_argument("--t-max", type=float, help="highest replica temperature (default: no replica exchange)")
+    m.add_argument("target", help="molecular target preset (aldp_implicit, aldp_vacuum, ace_ala3_nme_implicit) or "
+                                  "particle target (dw4, lj13, lj55: reduced units, times in thousandths of the "
+                                  "target's time unit where the options say fs / ps / ns)")
+    m.add_argument("--temperature", type=float, help="kelvin (default: the target's; molecules only)")
+    m.add_argument("--t-max", type=float, help="highest replica temperature (default: no replica exchange); for a "
+                                                "particle target relative to its own (e.g. 3)")
     m.add_argument("--replicas", type=int, default=8, help="temperatures from T to --t-max, geometric")
     m.add_argument("--chains", type=int, default=16, help="independent replica-exchange chains run as one batch")
     m.add_argument("--ns", type=float, default=1.0, help="simulated nanoseconds per chain after equilibration")

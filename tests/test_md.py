@@ -89,7 +89,25 @@ def test_md_command_on_alanine_dipeptide(tmp_path):
     assert ref["x"].shape == (8, 66) and ref["torsion_phi"].shape == (8,)
     summary = json.loads((out / "reference.json").read_text())
     assert summary["temperature"] == 1000.0 and summary["torsions"]["phi"] == [4, 6, 8, 14]
-    assert main(["md", "double_well", "--out", str(tmp_path / "x")]) == 2  # not a molecule: one-line error
+    assert main(["md", "double_well", "--out", str(tmp_path / "x")]) == 2  # neither molecule nor particles
+
+
+def test_md_command_on_a_particle_target_runs_in_reduced_units(tmp_path):
+    """`boltzflow md dw4`: replicas at 1 .. t_max times the target's temperature, k_B = 1, masses 1, from the
+    lattice start; the saved samples are centre-of-mass-free coordinates whose energies are -log p."""
+    from boltzflow.cli import main
+    from boltzflow.targets.particles import dw4
+
+    out = tmp_path / "md"
+    assert main(["md", "dw4", "--t-max", "3", "--replicas", "3", "--chains", "2", "--ns", "0.002",
+                 "--equilibration-ps", "0.5", "--save-ps", "0.5", "--exchange-ps", "0.05", "--dt-fs", "5",
+                 "--out", str(out), "--no-progress"]) == 0
+    report = json.loads((out / "md.json").read_text())
+    assert report["finished"] and report["samples"] == 2 * 4 and report["settings"]["boltzmann"] == 1.0
+    np.testing.assert_allclose(report["settings"]["temperatures"], [1.0, 3**0.5, 3.0])
+    d = np.load(out / "samples.npz")
+    assert d["x"].shape == (8, 6)
+    np.testing.assert_allclose(d["energy"], -np.asarray(dw4().log_prob(d["x"])), rtol=1e-4, atol=1e-3)
 
 
 def test_freed_memory_is_retained_on_glibc():

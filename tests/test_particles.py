@@ -107,3 +107,13 @@ def test_overlapping_particles_have_zero_density_and_mistakes_are_one_line():
         lj13(pair_sum="half")
     with pytest.raises(BoltzflowError, match="at least 2 particles"):
         DoubleWellParticles(1, 2)
+
+
+@pytest.mark.parametrize("make", [dw4, lj13, lj55])
+def test_start_is_a_lattice_with_the_pair_spacing(make):
+    target = make()
+    y = target.start()
+    x = np.asarray(target.positions(jnp.asarray(y)[None]))[0]
+    distances = np.linalg.norm(x[:, None] - x[None], axis=-1)[np.triu_indices(target.n_particles, 1)]
+    assert y.shape == (target.dim,) and np.isclose(distances.min(), target.spacing, rtol=1e-5)
+    assert np.isfinite(float(target.log_prob(jnp.asarray(y, jnp.float32)[None])[0]))

@@ -88,6 +88,19 @@ class ParticleTarget(Target):
         """E / tau of positions ``(n, N, d) -> (n,)``."""
         raise NotImplementedError
 
+    #: nearest-neighbour distance of :meth:`start`'s lattice
+    spacing = 1.0
+
+    def start(self) -> np.ndarray:
+        """A starting configuration y ``(dim,)`` for MCMC: the particles on a square (cubic) lattice with spacing
+        :attr:`spacing`, the first N points nearest its centre, centre of mass at the origin."""
+        side = int(np.ceil(self.n_particles ** (1 / self.spatial_dim))) + 1
+        grid = np.stack(np.meshgrid(*[np.arange(side)] * self.spatial_dim, indexing="ij"), -1).reshape(-1,
+                                                                                                    self.spatial_dim)
+        grid = grid - grid.mean(axis=0)
+        points = grid[np.argsort(np.linalg.norm(grid, axis=1), kind="stable")[: self.n_particles]] * self.spacing
+        return np.asarray(self._h.T @ (points - points.mean(axis=0))).reshape(-1)
+
     def _log_prob(self, y: jax.Array) -> jax.Array:
         e = self.energy_of_positions(self.positions(y))
         return jnp.where(jnp.isfinite(e), -e, -jnp.inf)
@@ -111,6 +124,7 @@ class DoubleWellParticles(ParticleTarget):
         if not tau > 0:
             raise BoltzflowError(f"tau must be positive, got {tau}")
         self.a, self.b, self.c, self.d0, self.tau = map(float, (a, b, c, d0, tau))
+        self.spacing = self.d0
         self.name = "dw4" if (n_particles, spatial_dim) == (4, 2) else f"dw{n_particles}_{spatial_dim}d"
 
     def energy_of_positions(self, positions: jax.Array) -> jax.Array:
@@ -137,6 +151,7 @@ class LennardJonesCluster(ParticleTarget):
             raise BoltzflowError(f"tau and r_m must be positive, got {tau}, {r_m}")
         self.pair_sum = pair_sum
         self.eps, self.r_m, self.tau, self.c_osc = map(float, (eps, r_m, tau, c_osc))
+        self.spacing = self.r_m
         self.name = f"lj{n_particles}" + ("" if pair_sum == "pairs" else "_ordered")
 
     def pair_energy(self, positions: jax.Array) -> jax.Array:
