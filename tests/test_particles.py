@@ -117,3 +117,44 @@ def test_start_is_a_lattice_with_the_pair_spacing(make):
     distances = np.linalg.norm(x[:, None] - x[None], axis=-1)[np.triu_indices(target.n_particles, 1)]
     assert y.shape == (target.dim,) and np.isclose(distances.min(), target.spacing, rtol=1e-5)
     assert np.isfinite(float(target.log_prob(jnp.asarray(y, jnp.float32)[None])[0]))
+
+
+def test_wasserstein_1d_against_scipy_and_sorted_samples():
+    from scipy.stats import wasserstein_distance
+
+    from boltzflow.targets.particles import wasserstein_1d
+
+    rng = np.random.default_rng(0)
+    a, b, wa, wb = rng.normal(size=500), rng.normal(1, 2, size=800), rng.random(500), rng.random(800)
+    np.testing.assert_allclose(wasserstein_1d(a, b, wa, wb, p=1), wasserstein_distance(a, b, wa, wb), rtol=1e-10)
+    a, b = rng.normal(size=1000), rng.normal(0.5, 1.5, size=1000)  # equal sizes: W2^2 = mean (a_(i) - b_(i))^2
+    np.testing.assert_allclose(wasserstein_1d(a, b), np.sqrt(np.mean((np.sort(a) - np.sort(b)) ** 2)), rtol=1e-12)
+
+
+def test_report_against_the_reference_is_zero_for_the_reference_itself(tmp_path):
+    """Model rows made of the reference's own samples: energy W2, distance W1 and TV are 0, raw and reweighted with
+    equal weights; weights that drop the low-energy half move the reweighted numbers only."""
+    from boltzflow.estimators import WeightSums
+    from boltzflow.targets.report import ModelSamples
+
+    target = dw4()
+    ref = (target.start() + 0.3 * np.random.default_rng(2).normal(size=(400, target.dim))).astype(np.float32)
+    np.savez(tmp_path / "ref.npz", x=ref)
+    target = dw4(reference=str(tmp_path / "ref.npz"))
+    rows = {k: np.asarray(v) for k, v in target.sample_rows(jnp.asarray(ref), jnp.zeros(len(ref))).items()}
+    kept = target.keep_rows(rows)
+    log_q = lambda v: -0.5 * jnp.sum(v**2, axis=-1)  # noqa: E731
+    s = ModelSamples(len(ref), 128, WeightSums.of(jnp.zeros(len(ref))), kept, log_q, jax.random.key(0),
+                     jax.random.key(1))
+    report = target.metrics(s)
+    for name in ("energy_w2", "distance_w1", "distance_tv"):  # energies kept in float32: W2 ~ 1e-5
+        assert report[name] == pytest.approx(0.0, abs=1e-4)
+        assert report[f"{name}_reweighted"] == pytest.approx(0.0, abs=1e-4)
+    np.testing.assert_allclose(report["mean_log_q_reference"], np.mean(-0.5 * np.sum(ref.astype(np.float64)**2, 1)),
+                               rtol=1e-5)
+    low = kept["energy"] < np.median(kept["energy"])
+    s = ModelSamples(len(ref), 128, WeightSums.of(jnp.zeros(len(ref))), kept | {"log_w": np.where(low, -np.inf, 0.0)},
+                     log_q, jax.random.key(0), jax.random.key(1))
+    report = target.metrics(s)
+    assert report["energy_w2"] == pytest.approx(0.0, abs=1e-4) and report["energy_w2_reweighted"] > 0.1
+    assert report["distance_tv_reweighted"] > 0 and kept["distances"].sum(axis=1).tolist() == [6] * len(ref)

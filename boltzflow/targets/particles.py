@@ -27,6 +27,18 @@ H is an isometry onto the subspace, so p(y) = exp(-E(H y)) / Z with no Jacobian,
 centre-of-mass-free positions with respect to their (N - 1) d-dimensional volume: any flow on R^{(N-1) d} learns it;
 an equivariant flow works on :meth:`ParticleTarget.positions`. Rotations and permutations of X act on y linearly
 and orthogonally (H^T P H and R per axis), so p(y) keeps their invariance.
+
+Report (:meth:`ParticleTarget.metrics`), against reference samples y (``reference=``: an ``.npz`` with ``x``, e.g.
+``samples.npz`` of ``boltzflow md``):
+
+- ``mean_log_q_reference``: E_ref[log q(y)], q as a density of the centre-of-mass-free coordinates of labelled
+  particles (no factor N! for permutations, none for orientations: q and p are densities of the same y);
+- ``energy_w2`` (``_reweighted``): the 2-Wasserstein distance between the energies E / tau of the model's samples
+  (raw, or importance-weighted) and of the reference, W2^2 = int_0^1 (F^-1(u) - G^-1(u))^2 du of the two
+  (weighted) empirical distributions;
+- ``distance_w1`` and ``distance_tv`` (``_reweighted``): the interatomic distances of all pairs, histogrammed on
+  :data:`DISTANCE_BINS` bins over [0, 2 spacing N^(1/d)]: W1 = sum_b |F_b - G_b| width (the histograms' CDFs) and
+  the total variation 1/2 sum_b |f_b - g_b|.
 """
 
 from __future__ import annotations
@@ -36,9 +48,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from boltzflow.errors import BoltzflowError
+from boltzflow.molecules.reference import load_reference
 from boltzflow.targets.base import Target
+from boltzflow.targets.report import ModelSamples
 
 PAIR_SUMS = {"pairs": 1.0, "ordered": 2.0}
+#: bins of the interatomic-distance histograms of the report
+DISTANCE_BINS = 60
 
 
 def helmert(n: int) -> np.ndarray:
@@ -67,12 +83,13 @@ class ParticleTarget(Target):
         dim: (N - 1) d, the dimension of y.
     """
 
-    def __init__(self, n_particles: int, spatial_dim: int):
+    def __init__(self, n_particles: int, spatial_dim: int, reference: str | None = None):
         if n_particles < 2 or spatial_dim < 1:
             raise BoltzflowError(f"need at least 2 particles in >= 1 dimension, got {n_particles} in {spatial_dim}")
         self.n_particles, self.spatial_dim = int(n_particles), int(spatial_dim)
         self.dim = (self.n_particles - 1) * self.spatial_dim
         self._h = helmert(self.n_particles)
+        self.reference_path = reference
 
     def positions(self, y: jax.Array) -> jax.Array:
         """``(n, (N - 1) d) -> (n, N, d)``: X = H y, centre of mass at the origin."""
@@ -105,6 +122,55 @@ class ParticleTarget(Target):
         e = self.energy_of_positions(self.positions(y))
         return jnp.where(jnp.isfinite(e), -e, -jnp.inf)
 
+    # the report (module docstring) ------------------------------------------------------------------------------
+    def distance_edges(self) -> np.ndarray:
+        """Edges of the interatomic-distance histograms: :data:`DISTANCE_BINS` bins over [0, 2 spacing N^(1/d)]."""
+        return np.linspace(0.0, 2 * self.spacing * self.n_particles ** (1 / self.spatial_dim), DISTANCE_BINS + 1)
+
+    def distance_counts(self, y) -> np.ndarray:
+        """``(n, DISTANCE_BINS)`` uint16: each sample's pair distances histogrammed (the last bin takes the rest)."""
+        d = np.asarray(pair_distances(self.positions(jnp.asarray(y))))
+        edges = self.distance_edges()
+        bins = np.clip(np.searchsorted(edges, d, side="right") - 1, 0, DISTANCE_BINS - 1)
+        counts = np.zeros((d.shape[0], DISTANCE_BINS), np.uint16)
+        np.add.at(counts, (np.arange(d.shape[0])[:, None], bins), 1)
+        return counts
+
+    def sample_rows(self, x: jax.Array, log_w: jax.Array) -> dict[str, jax.Array]:
+        """x, its energy E / tau and its log weight."""
+        return {"x": x, "energy": -self.log_prob(x), "log_w": log_w}
+
+    def keep_rows(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The energy (float32), log weight (float64) and distance histogram of each sample, not x."""
+        return {"energy": np.asarray(rows["energy"], np.float32), "log_w": np.asarray(rows["log_w"], np.float64),
+                "distances": self.distance_counts(rows["x"])}
+
+    def metrics(self, s: ModelSamples) -> dict:
+        """The particle metrics (module docstring) where the target has reference samples."""
+        out = super().metrics(s)
+        if self.reference_path is None:
+            return out
+        ref = np.asarray(load_reference(self.reference_path)["x"], np.float32)
+        if ref.ndim != 2 or ref.shape[1] != self.dim:
+            raise BoltzflowError(f"reference {self.reference_path}: x must be (n, {self.dim}), got {ref.shape}")
+        xs = jnp.asarray(ref, jnp.result_type(float))
+        out["mean_log_q_reference"] = float(np.mean(np.asarray(s.log_q(xs), np.float64)))
+        log_p = jax.jit(self.log_prob)
+        ref_energy = -np.concatenate([np.asarray(log_p(xs[i:i + s.chunk]), np.float64)
+                                      for i in range(0, len(xs), s.chunk)])
+        ref_hist = self.distance_counts(ref).sum(axis=0, dtype=np.float64)
+        ok = np.isfinite(s.kept["energy"])  # a sample with infinite energy (overlapping particles) is left out
+        lw = np.where(np.isfinite(s.kept["log_w"][ok]), s.kept["log_w"][ok], -np.inf)
+        w = np.exp(lw - lw.max())
+        width = np.diff(self.distance_edges())[0]
+        for suffix, weights in (("", np.ones(len(w)) / len(w)), ("_reweighted", w / w.sum())):
+            out[f"energy_w2{suffix}"] = wasserstein_1d(s.kept["energy"][ok], ref_energy, weights, p=2)
+            hist = (s.kept["distances"][ok].astype(np.float64) * weights[:, None]).sum(0)
+            f, g = hist / hist.sum(), ref_hist / ref_hist.sum()
+            out[f"distance_w1{suffix}"] = float(np.sum(np.abs(np.cumsum(f) - np.cumsum(g))) * width)
+            out[f"distance_tv{suffix}"] = float(0.5 * np.sum(np.abs(f - g)))
+        return out
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n_particles={self.n_particles}, spatial_dim={self.spatial_dim})"
 
@@ -116,11 +182,12 @@ class DoubleWellParticles(ParticleTarget):
         n_particles: N (4 for DW-4).
         spatial_dim: d (2 for DW-4).
         a, b, c, d0, tau: the pair potential's coefficients and the temperature.
+        reference: an ``.npz`` of reference samples (``x`` (n, dim)) for the report.
     """
 
     def __init__(self, n_particles: int = 4, spatial_dim: int = 2, a: float = 0.0, b: float = -4.0, c: float = 0.9,
-                 d0: float = 4.0, tau: float = 1.0):
-        super().__init__(n_particles, spatial_dim)
+                 d0: float = 4.0, tau: float = 1.0, reference: str | None = None):
+        super().__init__(n_particles, spatial_dim, reference)
         if not tau > 0:
             raise BoltzflowError(f"tau must be positive, got {tau}")
         self.a, self.b, self.c, self.d0, self.tau = map(float, (a, b, c, d0, tau))
@@ -140,11 +207,12 @@ class LennardJonesCluster(ParticleTarget):
         spatial_dim: d (3).
         pair_sum: ``"pairs"`` (each pair once) or ``"ordered"`` (i != j, each pair twice).
         eps, r_m, tau, c_osc: well depth, pair minimum's distance, temperature, harmonic constant.
+        reference: an ``.npz`` of reference samples (``x`` (n, dim)) for the report.
     """
 
     def __init__(self, n_particles: int = 13, spatial_dim: int = 3, pair_sum: str = "pairs", eps: float = 1.0,
-                 r_m: float = 1.0, tau: float = 1.0, c_osc: float = 1.0):
-        super().__init__(n_particles, spatial_dim)
+                 r_m: float = 1.0, tau: float = 1.0, c_osc: float = 1.0, reference: str | None = None):
+        super().__init__(n_particles, spatial_dim, reference)
         if pair_sum not in PAIR_SUMS:
             raise BoltzflowError(f"pair_sum must be one of {sorted(PAIR_SUMS)}, got {pair_sum!r}")
         if not (tau > 0 and r_m > 0):
@@ -185,3 +253,27 @@ def random_rotation(key: jax.Array, d: int) -> jax.Array:
     q, r = jnp.linalg.qr(jax.random.normal(key, (d, d)))
     q = q * jnp.sign(jnp.diag(r))[None, :]
     return q.at[:, 0].multiply(jnp.sign(jnp.linalg.det(q)))
+
+
+def wasserstein_1d(a, b, wa=None, wb=None, p: int = 2) -> float:
+    """The p-Wasserstein distance of two weighted empirical distributions on the line,
+    (int_0^1 |F^-1(u) - G^-1(u)|^p du)^(1/p), the quantile functions piecewise constant (weights: None = equal)."""
+    qa, ca = _quantiles(a, wa)
+    qb, cb = _quantiles(b, wb)
+    u = np.union1d(ca, cb)  # breakpoints of both quantile functions, ending at 1
+    lo = np.concatenate([[0.0], u[:-1]])
+    ia = np.minimum(np.searchsorted(ca, lo, side="right"), len(qa) - 1)
+    ib = np.minimum(np.searchsorted(cb, lo, side="right"), len(qb) - 1)
+    out = np.sum((u - lo) * np.abs(qa[ia] - qb[ib]) ** p)
+    return float(out ** (1 / p))
+
+
+def _quantiles(v, w):
+    """Sorted values and their cumulative normalised weights (the last exactly 1)."""
+    v = np.asarray(v, np.float64).reshape(-1)
+    w = np.ones_like(v) if w is None else np.asarray(w, np.float64).reshape(-1)
+    order = np.argsort(v, kind="stable")
+    c = np.cumsum(w[order])
+    c /= c[-1]
+    c[-1] = 1.0
+    return v[order], c
