@@ -42,10 +42,11 @@ from boltzflow.checkpoint import check_writable, write_atomic, write_json
 from boltzflow.config import load_config, presets
 from boltzflow.errors import BoltzflowError
 from boltzflow.estimators import resample
-from boltzflow.molecules.free_energy import (ALANINE_DIPEPTIDE_STATES, collective_variables, cv_values,
+from boltzflow.molecules.free_energy import (backbone_states, collective_variables, cv_values,
                                              free_energy_surface, periodic_cvs, state_free_energies, time_blocks)
 from boltzflow.molecules.free_energy_plot import plot_free_energy_surface
 from boltzflow.molecules.md import GAS_CONSTANT, geometric_temperatures, run_replica_exchange
+from boltzflow.molecules.metrics import ramachandran_pairs
 from boltzflow.molecules.openmm_engine import close_all
 from boltzflow.molecules.reference import load_reference, write_compact, write_reference
 from boltzflow.molecules.system import minimize
@@ -175,10 +176,12 @@ def _molecular(run, what: str) -> MoleculeTarget:
 def _free_energy(args) -> None:
     run = load(args.run)
     target = _molecular(run, "free-energy")
-    cvs = collective_variables(target.molecule, args.cv or ["phi", "psi"])
+    pairs = ramachandran_pairs(target.molecule)
+    if not args.cv and not pairs:
+        raise BoltzflowError(f"{target.molecule.name} has no backbone (phi, psi): give two collective variables, --cv")
+    cvs = collective_variables(target.molecule, args.cv or list(pairs[0]))
     periodic = periodic_cvs(cvs)
-    states = (_read_states(args.states) if args.states else
-              ALANINE_DIPEPTIDE_STATES if list(cvs) == ["phi", "psi"] else {})
+    states = _read_states(args.states) if args.states else backbone_states(list(cvs))
     out = Path(args.run)
     for name in ("free_energy.npz", "free_energy.png"):
         _check_writable(out / name)
@@ -411,10 +414,10 @@ def parser() -> argparse.ArgumentParser:
     fe.add_argument("run")
     fe.add_argument("--cv", nargs=2, metavar=("CV1", "CV2"),
                     help="collective variables: named torsions or atom indices i,j (distance) / i,j,k,l (torsion); "
-                         "default phi psi")
+                         "default the first residue's phi psi")
     fe.add_argument("--states", metavar="FILE.yaml",
                     help="states as boxes NAME: {CV: [lo, hi]} (degrees / nm; lo > hi wraps a torsion through 180); "
-                         "default for phi psi: C7eq, alpha_R, C7ax_alpha_L")
+                         "default for phi psi (or phi_k psi_k of residue k): C7eq, alpha_R, C7ax_alpha_L")
     fe.add_argument("--n", type=int, default=100_000, help="model samples")
     fe.add_argument("--bins", type=int, default=60, help="bins per collective variable")
     fe.add_argument("--bootstrap", type=int, default=200, help="bootstrap replicates for the standard errors")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from boltzflow.errors import BoltzflowError
-from boltzflow.molecules.free_energy import (ALANINE_DIPEPTIDE_STATES, collective_variables, cv_values,
-                                             free_energy_surface, periodic_cvs, state_free_energies,
+from boltzflow.molecules.free_energy import (ALANINE_DIPEPTIDE_STATES, backbone_states, collective_variables,
+                                             cv_values, free_energy_surface, periodic_cvs, state_free_energies,
                                              time_blocks)
 from boltzflow.molecules.metrics import dihedral
 
@@ -199,3 +199,11 @@ def test_collective_variables_of_a_molecule_and_md_reweighted_back_to_itself():
     unweighted = state_free_energies(jax.random.key(1), {k: v[keep] for k, v in phi_psi.items()}, None, KT,
                                      ALANINE_DIPEPTIDE_STATES, periodic=["phi", "psi"])
     assert unweighted.difference[1, 0] - full.difference[1, 0] > 2.0  # thinning alone moves alpha_R up ~ kT log 4
+
+
+def test_backbone_states_of_any_residue_are_alanine_dipeptides_boxes():
+    assert backbone_states(["phi", "psi"]) == ALANINE_DIPEPTIDE_STATES
+    states = backbone_states(["phi_2", "psi_2"])
+    assert list(states) == list(ALANINE_DIPEPTIDE_STATES)
+    assert states["C7eq"] == {"phi_2": (-180.0, 0.0), "psi_2": (50.0, -120.0)}
+    assert backbone_states(["phi_1", "psi_2"]) == {} and backbone_states(["phi", "1,14"]) == {}

@@ -70,6 +70,18 @@ ALANINE_DIPEPTIDE_STATES = {
 }
 
 
+def backbone_states(names: Sequence[str]) -> dict:
+    """:data:`ALANINE_DIPEPTIDE_STATES` for a residue's backbone torsions ``(phi_k, psi_k)`` (or ``(phi, psi)``),
+    the same boxes with the CVs renamed; ``{}`` for any other pair of CVs."""
+    if len(names) != 2:
+        return {}
+    phi, psi = names
+    if not (phi.startswith("phi") and psi.startswith("psi") and phi[3:] == psi[3:]):
+        return {}
+    rename = {"phi": phi, "psi": psi}
+    return {state: {rename[cv]: box for cv, box in boxes.items()} for state, boxes in ALANINE_DIPEPTIDE_STATES.items()}
+
+
 def collective_variables(molecule: MolecularSystem, specs: Sequence) -> dict[str, tuple[int, ...]]:
     """CVs by name or atoms (module docstring) as ``{name: atoms}``.
 
