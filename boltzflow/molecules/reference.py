@@ -113,19 +113,18 @@ def write_reference(out: str, molecule: MolecularSystem, run_dirs: list[str] | N
     summary = {"molecule": molecule.name, "temperature": float(data["temperature"]), "runs": list(run_dirs or [out]),
                "thin": int(thin), "samples": int(x.shape[0]), "chains": n_chains,
                "torsions": {k: list(map(int, v)) for k, v in torsions.items()}}
-    pairs = ramachandran_pairs(molecule)
-    if len(pairs) == 1 and n_chains and x.shape[0] % n_chains == 0:
-        phi, psi = angles[pairs[0][0]], angles[pairs[0][1]]
+    for phi_name, psi_name in ramachandran_pairs(molecule) if n_chains and x.shape[0] % n_chains == 0 else []:
+        phi, psi, residue = angles[phi_name], angles[psi_name], phi_name[3:]  # "" or "_2" (phi_2: residue 2)
         saves = x.shape[0] // n_chains
         for basin in ("phi_negative", "phi_positive", "alpha_R", "beta"):
             # the fraction in the basin at each save (over chains), a time series for the block standard error
             series = np.array([basin_populations(phi[t * n_chains:(t + 1) * n_chains],
                                                  psi[t * n_chains:(t + 1) * n_chains])[basin] for t in range(saves)])
             p, se = float(series.mean()), block_standard_error(series, n_blocks)
-            summary[f"population_{basin}"] = p
-            summary[f"population_{basin}_se"] = se
+            summary[f"population_{basin}{residue}"] = p
+            summary[f"population_{basin}{residue}_se"] = se
             # samples worth as many independent ones: p (1 - p) / se^2
-            summary[f"effective_samples_{basin}"] = p * (1 - p) / se**2 if se > 0 else None
+            summary[f"effective_samples_{basin}{residue}"] = p * (1 - p) / se**2 if se > 0 else None
     zm = ZMatrix.from_system(molecule)
     internal = np.asarray(zm.join(*zm.cartesian_to_internal(np.asarray(x, np.float64))), np.float32)
     arrays = {"x": x.astype(np.float32), "internal": internal, "internal_names": np.asarray(zm.names),
