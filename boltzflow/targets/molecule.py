@@ -29,7 +29,8 @@ Report (:meth:`MoleculeTarget.metrics`): ``chirality_fraction``, the model sampl
 handedness (the others get weight 0 in what follows, as FAB filters them), and, where the target has reference MD
 samples, the KL of each named torsion's marginal and of the (phi, psi) histogram, unweighted and ``_reweighted``
 (boltzflow.molecules.metrics: FAB's histogram KL, 100 bins per axis), E_p[log q] on the reference samples in two
-conventions, and the phi > 0 population of the reweighted model beside the reference's:
+conventions, and the phi > 0 population of the reweighted model beside the reference's (of each residue:
+``phi_positive_2_reweighted`` for residue 2 of a peptide):
 
 - ``mean_log_q_reference``: log q(x) of the Cartesian conformation, including the internal-coordinate layer's
   log-det: boltzflow's own density over the 3N coordinates of a molecule with uniformly distributed orientation
@@ -69,7 +70,8 @@ from boltzflow.errors import BoltzflowError
 from boltzflow.molecules.forcefield import batched_energy, read_forcefield
 from boltzflow.molecules.chirality import Chirality
 from boltzflow.molecules.metrics import (POSE_RMSD, basin_populations, frame_log_jacobian, molecular_metrics,
-                                         named_torsions, normalised_weights, pose_rmsd, torsion_angles)
+                                         named_torsions, normalised_weights, pose_rmsd, ramachandran_pairs,
+                                         torsion_angles)
 from boltzflow.molecules.openmm_engine import OpenMMEngine
 from boltzflow.molecules.reference import builtin_reference, load_reference
 from boltzflow.molecules.system import MolecularSystem, load_system
@@ -190,9 +192,10 @@ class MoleculeTarget(Target):
             frame = float(np.mean(frame_log_jacobian(ref_x, (ca, n, c))))
             out["mean_log_q_reference_frame"] = out["mean_log_q_reference"] + frame
             out["mean_log_p_reference_frame"] = out["mean_log_p_reference"] + frame
-        if "phi" in self.torsions and "psi" in self.torsions:
-            out["phi_positive_reweighted"] = basin_populations(model["phi"], model["psi"], log_w)["phi_positive"]
-            out["phi_positive_reference"] = basin_populations(ref["phi"], ref["psi"])["phi_positive"]
+        for phi, psi in ramachandran_pairs(self.molecule):  # phi_positive, or phi_positive_2 for residue 2's
+            residue = phi[3:]
+            out[f"phi_positive{residue}_reweighted"] = basin_populations(model[phi], model[psi], log_w)["phi_positive"]
+            out[f"phi_positive{residue}_reference"] = basin_populations(ref[phi], ref[psi])["phi_positive"]
         return out
 
     def draw(self, pictures: Pictures) -> list[Path]:
