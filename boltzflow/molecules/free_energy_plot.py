@@ -1,5 +1,6 @@
 """The picture of a free-energy surface (boltzflow.molecules.free_energy): F over two collective variables as
-colours, kJ/mol from 0 at the most probable bin, empty bins white, states outlined and named. Files only (Agg)."""
+colours, kJ/mol from 0 at the most probable bin up to 12 kT, empty bins white, states outlined and named, beside the
+reference's where there is one. Files only (Agg)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from boltzflow.molecules.free_energy import FreeEnergySurface  # noqa: E402
+
+#: the colour scale's top, in kT (higher free energies show in its top colour)
+CAP_KT = 12.0
 
 
 def _intervals(interval: Sequence[float] | None, edges: np.ndarray) -> list[tuple[float, float]]:
@@ -46,11 +50,15 @@ def plot_free_energy_surface(surface: FreeEnergySurface, path: str | os.PathLike
     """
     panels = [(surface, "model, reweighted")] + ([(reference, "reference MD")] if reference is not None else [])
     finite = np.concatenate([p.free_energy[np.isfinite(p.free_energy)] for p, _ in panels])
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.6), squeeze=False)
+    # colours up to CAP_KT kT: bins holding a few light samples reach far higher free energies than any basin
+    vmax = float(min(finite.max(), CAP_KT * surface.kT)) if finite.size else None
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.6), squeeze=False, layout="constrained")
     for ax, (panel, what) in zip(axes[0], panels):
-        mesh = _draw(ax, panel, states, periodic, vmax=float(finite.max()) if finite.size else None)
-        ax.set_title(f"{what}: free energy, kT = {panel.kT:.3g} kJ/mol, ESS {panel.n_effective:.0f}", fontsize=9)
-    fig.colorbar(mesh, ax=list(axes[0]), label="free energy (kJ/mol)")
+        mesh = _draw(ax, panel, states, periodic, vmax=vmax)
+        ax.set_title(f"{what} (ESS {panel.n_effective:,.0f})", fontsize=10)
+    fig.suptitle(f"free energy, kT = {surface.kT:.3g} kJ/mol", fontsize=10)
+    fig.colorbar(mesh, ax=list(axes[0]), label="free energy (kJ/mol)", extend="max" if vmax is not None and
+                 vmax < finite.max() else "neither")
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
