@@ -276,9 +276,10 @@ def _md(args) -> None:
             **({"temperature": args.temperature} if args.temperature is not None else {})}
     target = make_target(spec)
     if isinstance(target, MoleculeTarget):  # kJ/mol, kelvin, dalton
-        t0, masses, x0, boltzmann = target.temperature, np.repeat(target.molecule.masses, 3), None, GAS_CONSTANT
+        t0, boltzmann, energy = target.temperature, GAS_CONSTANT, target.energy_kj
+        masses = np.repeat(target.molecule.masses, 3)
     elif isinstance(target, ParticleTarget):  # reduced units: u = -log p, temperatures relative to the target's
-        t0, masses, x0, boltzmann = 1.0, np.ones(target.dim), target.start(), 1.0
+        t0, masses, boltzmann, energy = 1.0, np.ones(target.dim), 1.0, lambda y: -target.log_prob(y)
     else:
         raise BoltzflowError(f"md needs a molecular or particle target (aldp_implicit, aldp_vacuum, "
                              f"ace_ala3_nme_implicit, molecule, dw4, lj13, lj55), got {args.target!r}")
@@ -289,9 +290,8 @@ def _md(args) -> None:
     n_steps = int(round(args.ns * 1000 / args.save_ps)) * save_every
     equilibration = int(round(args.equilibration_ps / args.save_ps)) * save_every
     out = Path(args.out or f"runs/md-{target.name}")
-    energy = target.energy_kj if boltzmann == GAS_CONSTANT else (lambda y: -target.log_prob(y))
     with jax.enable_x64(True) if args.float64 else contextlib.nullcontext():  # this command's work only
-        x0 = minimize(target.molecule).reshape(-1) if x0 is None else x0
+        x0 = minimize(target.molecule).reshape(-1) if isinstance(target, MoleculeTarget) else target.start()
         report = run_replica_exchange(
             str(out), energy, masses, x0, temps, n_chains=args.chains, n_steps=n_steps, equilibration=equilibration,
             dt_fs=args.dt_fs, friction=args.friction, save_every=save_every, exchange_every=exchange_every,
@@ -304,7 +304,7 @@ def _md(args) -> None:
     if isinstance(target, MoleculeTarget):
         summary = write_reference(str(out), target.molecule)
         populations = {k: v for k, v in summary.items() if k.startswith("population")}
-    written = out / ("reference.npz" if populations or isinstance(target, MoleculeTarget) else "samples.npz")
+    written = out / ("reference.npz" if isinstance(target, MoleculeTarget) else "samples.npz")
     print(_table({**{k: v for k, v in report.items() if not isinstance(v, (dict, list))}, **populations},
                  f"md of {target.name}: {report['samples']} samples -> {written}"))
 
