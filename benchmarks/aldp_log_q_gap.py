@@ -36,13 +36,13 @@ from scipy.special import logsumexp
 import boltzflow as bf
 from boltzflow.molecules.metrics import block_standard_error, frame_log_jacobian
 from boltzflow.molecules.reference import load_reference
+from boltzflow.targets.report import apply_in_chunks
 
 PAPER = {"mean_log_q_frame": 211.54, "ess": 0.928}
 
 
 def batched(fn, x, chunk=8192) -> np.ndarray:
-    f = eqx.filter_jit(fn)
-    return np.concatenate([np.asarray(f(jnp.asarray(x[i:i + chunk])), np.float64) for i in range(0, len(x), chunk)])
+    return np.asarray(apply_in_chunks(eqx.filter_jit(fn), jnp.asarray(x), chunk), np.float64)
 
 
 def series_se(values: np.ndarray, n_chains: int) -> float:

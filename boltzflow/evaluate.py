@@ -49,7 +49,7 @@ from boltzflow.flows.paths import Space, backward_log_q, block_metrics, path_wei
 from boltzflow.plot import plot_image_grid, plot_molecule_samples, plot_samples
 from boltzflow.sharding import device_chunk, writes_files
 from boltzflow.targets.base import Target
-from boltzflow.targets.report import Evaluation, ModelSamples, Pictures
+from boltzflow.targets.report import Evaluation, ModelSamples, Pictures, apply_in_chunks
 from boltzflow.train.state import seed_key
 
 
@@ -133,7 +133,7 @@ def _sampled_report(exp: Experiment, key: jax.Array, n_samples: int, chunk: int,
         out["block_nonfinite"] = int(sums["blocks"]["block_nonfinite"])
     # log q of given points: exact for a flow; for an SNF the backward-path estimate, a lower bound in expectation
     log_q_fn = jax.jit(lambda xs: backward_log_q(model, xs, k_exact))
-    log_q = lambda x: _chunked_apply(log_q_fn, x, chunk)  # noqa: E731
+    log_q = lambda x: apply_in_chunks(log_q_fn, x, chunk)  # noqa: E731
     if model.stochastic:
         out["log_q_is_lower_bound"] = True
     if target.log_z is not None:
@@ -208,5 +208,3 @@ def _flag_nonfinite(metrics: dict) -> dict:
     return metrics
 
 
-def _chunked_apply(fn, x, chunk: int):
-    return jnp.concatenate([fn(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])

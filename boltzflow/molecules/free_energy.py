@@ -51,7 +51,7 @@ import jax
 import numpy as np
 
 from boltzflow.errors import BoltzflowError
-from boltzflow.molecules.metrics import dihedral, named_torsions, normalised_weights, wrap_angle
+from boltzflow.molecules.metrics import dihedral, named_torsions, normalised_weights, residue_suffix, wrap_angle
 from boltzflow.molecules.system import MolecularSystem
 
 #: Bootstrap replicates of (F5) by default: the standard error itself is then known to about 1 / sqrt(2 B) = 5 %.
@@ -76,7 +76,8 @@ def backbone_states(names: Sequence[str]) -> dict:
     if len(names) != 2:
         return {}
     phi, psi = names
-    if not (phi.startswith("phi") and psi.startswith("psi") and phi[3:] == psi[3:]):
+    if not (phi.partition("_")[0] == "phi" and psi.partition("_")[0] == "psi"
+            and residue_suffix(phi) == residue_suffix(psi)):
         return {}
     rename = {"phi": phi, "psi": psi}
     return {state: {rename[cv]: box for cv, box in boxes.items()} for state, boxes in ALANINE_DIPEPTIDE_STATES.items()}

@@ -201,6 +201,13 @@ def _numbered(kind: str, quads: list, out: dict) -> None:
             out[f"{kind}_{n}"] = q
 
 
+def residue_suffix(name: str) -> str:
+    """The numbering :func:`named_torsions` gives a backbone torsion: ``""`` for the only one (``phi``), ``"_k"`` for
+    the k-th (``phi_2``); metrics of residue k carry the same suffix (``phi_positive_2_reweighted``)."""
+    number = name.partition("_")[2]
+    return f"_{number}" if number else ""
+
+
 def _backbone(molecule) -> list[tuple[tuple | None, tuple | None]]:
     """(phi, psi) atom quadruples (or None) of each residue that has an N - CA - C backbone, in residue order."""
     names, elements = molecule.atom_names, molecule.elements

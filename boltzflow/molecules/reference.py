@@ -21,7 +21,7 @@ import numpy as np
 
 from boltzflow.errors import BoltzflowError
 from boltzflow.molecules.metrics import (basin_populations, block_standard_error, named_torsions, ramachandran_pairs,
-                                         torsion_angles)
+                                         residue_suffix, torsion_angles)
 from boltzflow.molecules.system import DATA, MolecularSystem
 from boltzflow.molecules.zmatrix import ZMatrix
 
@@ -114,7 +114,7 @@ def write_reference(out: str, molecule: MolecularSystem, run_dirs: list[str] | N
                "thin": int(thin), "samples": int(x.shape[0]), "chains": n_chains,
                "torsions": {k: list(map(int, v)) for k, v in torsions.items()}}
     for phi_name, psi_name in ramachandran_pairs(molecule) if n_chains and x.shape[0] % n_chains == 0 else []:
-        phi, psi, residue = angles[phi_name], angles[psi_name], phi_name[3:]  # "" or "_2" (phi_2: residue 2)
+        phi, psi, residue = angles[phi_name], angles[psi_name], residue_suffix(phi_name)
         saves = x.shape[0] // n_chains
         for basin in ("phi_negative", "phi_positive", "alpha_R", "beta"):
             # the fraction in the basin at each save (over chains), a time series for the block standard error

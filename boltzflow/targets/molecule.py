@@ -71,12 +71,12 @@ from boltzflow.molecules.forcefield import batched_energy, read_forcefield
 from boltzflow.molecules.chirality import Chirality
 from boltzflow.molecules.metrics import (POSE_RMSD, basin_populations, frame_log_jacobian, molecular_metrics,
                                          named_torsions, normalised_weights, pose_rmsd, ramachandran_pairs,
-                                         torsion_angles)
+                                         residue_suffix, torsion_angles)
 from boltzflow.molecules.openmm_engine import OpenMMEngine
 from boltzflow.molecules.reference import builtin_reference, load_reference
 from boltzflow.molecules.system import MolecularSystem, load_system
 from boltzflow.targets.base import Target
-from boltzflow.targets.report import ModelSamples, Pictures
+from boltzflow.targets.report import ModelSamples, Pictures, apply_in_chunks
 
 #: Molar gas constant in kJ / (mol K) (CODATA 2018, as openmm.unit.MOLAR_GAS_CONSTANT_R).
 GAS_CONSTANT = 8.314462618e-3
@@ -181,9 +181,7 @@ class MoleculeTarget(Target):
         out.update(molecular_metrics(self.molecule, ref, model, log_w))
         xs = jnp.asarray(ref_x, jnp.result_type(float))
         log_q_ref = np.asarray(s.log_q(xs), np.float64)
-        log_p = jax.jit(self.log_prob)
-        log_p_ref = np.concatenate([np.asarray(log_p(xs[i:i + s.chunk]), np.float64)
-                                    for i in range(0, len(xs), s.chunk)])
+        log_p_ref = np.asarray(apply_in_chunks(jax.jit(self.log_prob), xs, s.chunk), np.float64)
         out["mean_log_q_reference"] = float(np.mean(log_q_ref))
         out["mean_log_p_reference"] = float(np.mean(log_p_ref) - s.weights.log_z()[0])
         out["forward_kl_reference"] = out["mean_log_p_reference"] - out["mean_log_q_reference"]
@@ -193,7 +191,7 @@ class MoleculeTarget(Target):
             out["mean_log_q_reference_frame"] = out["mean_log_q_reference"] + frame
             out["mean_log_p_reference_frame"] = out["mean_log_p_reference"] + frame
         for phi, psi in ramachandran_pairs(self.molecule):  # phi_positive, or phi_positive_2 for residue 2's
-            residue = phi[3:]
+            residue = residue_suffix(phi)
             out[f"phi_positive{residue}_reweighted"] = basin_populations(model[phi], model[psi], log_w)["phi_positive"]
             out[f"phi_positive{residue}_reference"] = basin_populations(ref[phi], ref[psi])["phi_positive"]
         return out

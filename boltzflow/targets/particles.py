@@ -50,7 +50,7 @@ import numpy as np
 from boltzflow.errors import BoltzflowError
 from boltzflow.molecules.reference import load_reference
 from boltzflow.targets.base import Target
-from boltzflow.targets.report import ModelSamples
+from boltzflow.targets.report import ModelSamples, apply_in_chunks
 
 PAIR_SUMS = {"pairs": 1.0, "ordered": 2.0}
 #: bins of the interatomic-distance histograms of the report
@@ -105,15 +105,17 @@ class ParticleTarget(Target):
         """E / tau of positions ``(n, N, d) -> (n,)``."""
         raise NotImplementedError
 
-    #: nearest-neighbour distance of :meth:`start`'s lattice
-    spacing = 1.0
+    @property
+    def spacing(self) -> float:
+        """The pair potential's preferred distance: :meth:`start`'s lattice spacing, the histograms' length scale."""
+        raise NotImplementedError
 
     def start(self) -> np.ndarray:
         """A starting configuration y ``(dim,)`` for MCMC: the particles on a square (cubic) lattice with spacing
         :attr:`spacing`, the first N points nearest its centre, centre of mass at the origin."""
         side = int(np.ceil(self.n_particles ** (1 / self.spatial_dim))) + 1
-        grid = np.stack(np.meshgrid(*[np.arange(side)] * self.spatial_dim, indexing="ij"), -1).reshape(-1,
-                                                                                                    self.spatial_dim)
+        axes = np.meshgrid(*[np.arange(side)] * self.spatial_dim, indexing="ij")
+        grid = np.stack(axes, -1).reshape(-1, self.spatial_dim)
         grid = grid - grid.mean(axis=0)
         points = grid[np.argsort(np.linalg.norm(grid, axis=1), kind="stable")[: self.n_particles]] * self.spacing
         return np.asarray(self._h.T @ (points - points.mean(axis=0))).reshape(-1)
@@ -155,9 +157,7 @@ class ParticleTarget(Target):
             raise BoltzflowError(f"reference {self.reference_path}: x must be (n, {self.dim}), got {ref.shape}")
         xs = jnp.asarray(ref, jnp.result_type(float))
         out["mean_log_q_reference"] = float(np.mean(np.asarray(s.log_q(xs), np.float64)))
-        log_p = jax.jit(self.log_prob)
-        ref_energy = -np.concatenate([np.asarray(log_p(xs[i:i + s.chunk]), np.float64)
-                                      for i in range(0, len(xs), s.chunk)])
+        ref_energy = -np.asarray(apply_in_chunks(jax.jit(self.log_prob), xs, s.chunk), np.float64)
         ref_hist = self.distance_counts(ref).sum(axis=0, dtype=np.float64)
         ok = np.isfinite(s.kept["energy"])  # a sample with infinite energy (overlapping particles) is left out
         lw = np.where(np.isfinite(s.kept["log_w"][ok]), s.kept["log_w"][ok], -np.inf)
@@ -191,8 +191,12 @@ class DoubleWellParticles(ParticleTarget):
         if not tau > 0:
             raise BoltzflowError(f"tau must be positive, got {tau}")
         self.a, self.b, self.c, self.d0, self.tau = map(float, (a, b, c, d0, tau))
-        self.spacing = self.d0
         self.name = "dw4" if (n_particles, spatial_dim) == (4, 2) else f"dw{n_particles}_{spatial_dim}d"
+
+    @property
+    def spacing(self) -> float:
+        """d0."""
+        return self.d0
 
     def energy_of_positions(self, positions: jax.Array) -> jax.Array:
         r = pair_distances(positions) - self.d0
@@ -219,8 +223,12 @@ class LennardJonesCluster(ParticleTarget):
             raise BoltzflowError(f"tau and r_m must be positive, got {tau}, {r_m}")
         self.pair_sum = pair_sum
         self.eps, self.r_m, self.tau, self.c_osc = map(float, (eps, r_m, tau, c_osc))
-        self.spacing = self.r_m
         self.name = f"lj{n_particles}" + ("" if pair_sum == "pairs" else "_ordered")
+
+    @property
+    def spacing(self) -> float:
+        """r_m."""
+        return self.r_m
 
     def pair_energy(self, positions: jax.Array) -> jax.Array:
         """The Lennard-Jones term alone, eps s sum_{i<j} [(r_m/d)^12 - 2 (r_m/d)^6] (before dividing by tau)."""

@@ -1,6 +1,6 @@
 """What a target's report and pictures get from the evaluation of a model (boltzflow.evaluate, boltzflow.plot fill
 them in; the targets layer computes with them, below the flows): :class:`Evaluation`, :class:`ModelSamples`,
-:class:`Pictures`, and FAB's quadratic test function
+:class:`Pictures`, :func:`apply_in_chunks`, and FAB's quadratic test function
 
     f(x) = a^T (x - 2b) + 2 (x - 2b)^T C (x - 2b),
 
@@ -94,3 +94,9 @@ def quadratic_test_function(dim: int) -> Callable[[jax.Array], jax.Array]:
         return d @ a + 2.0 * jnp.einsum("ni,ij,nj->n", d, c.astype(x.dtype), d)
 
     return f
+
+
+def apply_in_chunks(fn: Callable[[jax.Array], jax.Array], x: jax.Array, chunk: int) -> jax.Array:
+    """``fn`` (a batched function, e.g. a jitted log density) over ``x`` ``chunk`` rows at a time, concatenated: bounds
+    memory for large point sets (a reference set, a model's samples)."""
+    return jnp.concatenate([fn(x[i:i + chunk]) for i in range(0, x.shape[0], chunk)])
