@@ -46,7 +46,7 @@ from boltzflow.experiment import CHECK_FILES, Experiment
 from boltzflow.explore import check_flow
 from boltzflow.explore_cache import load_exploration, save_exploration
 from boltzflow.flows.paths import Space, backward_log_q, block_metrics, path_weights
-from boltzflow.plot import plot_image_grid, plot_molecule_samples, plot_samples
+from boltzflow.plot import plot_histograms, plot_image_grid, plot_molecule_samples, plot_samples
 from boltzflow.sharding import device_chunk, writes_files
 from boltzflow.targets.base import Target
 from boltzflow.targets.report import Evaluation, ModelSamples, Pictures, apply_in_chunks
@@ -101,7 +101,7 @@ def draw_pictures(exp: Experiment, out_dir: Path, key: jax.Array) -> list[Path]:
         The paths written.
     """
     return exp.target.draw(Pictures(exp.config.name, Path(out_dir), key, exp.model, exp.weighted_samples,
-                                    plot_samples, plot_molecule_samples, plot_image_grid))
+                                    plot_samples, plot_molecule_samples, plot_image_grid, plot_histograms))
 
 
 class CheckSetup(NamedTuple):

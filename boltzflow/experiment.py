@@ -34,7 +34,7 @@ from boltzflow.checkpoint import check_writable, write_atomic, write_json
 from boltzflow.config import Config, config_from_dict
 from boltzflow.errors import BoltzflowError
 from boltzflow.flows.builders import make_flow
-from boltzflow.flows.paths import Space, model_space, path_weights
+from boltzflow.flows.paths import Space, model_space, path_weights, samples_below_last
 from boltzflow.settings import to_dict
 from boltzflow.sharding import device_chunk, hosts_meet, to_host, writes_files
 from boltzflow.snf.builder import make_snf
@@ -61,7 +61,7 @@ class Experiment:
         boltzflow.flows.paths.model_space), path space for an SNF with Langevin blocks (boltzflow.snf.paths);
         otherwise a one-line error saying that ``purpose`` needs a tractable density."""
         self._require_sampler(purpose)
-        if not self.model.stochastic:
+        if not self.model.stochastic or samples_below_last(self.model):
             return model_space(self.model, self.target)
         try:
             return path_space(self.model, self.target)
@@ -112,7 +112,8 @@ def build_experiment(config: Config) -> Experiment:
             auto["settings"] = to_dict(config.flow, "type")
             config = dataclasses.replace(config, flow=chosen)
         model = (make_snf(config.flow.settings, key, target, dtype) if config.flow.name == "snf" else
-                 make_flow(config.flow, key, target.dim, dtype, molecule=getattr(target, "molecule", None)))
+                 make_flow(config.flow, key, target.dim, dtype, molecule=getattr(target, "molecule", None),
+                           particles=getattr(target, "particles", None)))
     if config.train.init_from is not None:
         model = _trained_model_like(Path(config.train.init_from), model)
     return Experiment(config, target, model, auto)

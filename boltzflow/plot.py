@@ -238,6 +238,29 @@ def plot_torsion_marginals(named: dict, path, log_scale: bool = True, bins: int 
     return _save(fig, path)
 
 
+def plot_histograms(panels: dict, path, title: str = "", bins: int = 80) -> Path:
+    """Histogram densities side by side: ``panels`` maps a panel's x label to a list of ``(label, values,
+    weights or None)``, each drawn as a step line over the range of all its values (non-finite values and their
+    weights left out; the weights normalised)."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    for ax, (xlabel, lines) in zip(axes[0], panels.items()):
+        finite = [np.asarray(v, np.float64)[np.isfinite(v)] for _, v, _ in lines]
+        both = np.concatenate([f for f in finite if f.size])
+        edges = np.linspace(*np.percentile(both, [0.1, 99.9]), bins + 1)
+        for k, (label, values, weights) in enumerate(lines):
+            values = np.asarray(values, np.float64)
+            ok = np.isfinite(values)
+            w = None if weights is None else np.asarray(weights, np.float64)[ok]
+            dens, _ = np.histogram(values[ok], edges, weights=w, density=True)
+            ax.plot(0.5 * (edges[1:] + edges[:-1]), dens, drawstyle="steps-mid", lw=1.1, color=f"C{k}", label=label)
+        ax.set(xlabel=xlabel, ylabel="density")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    if title:
+        axes[0][0].set_title(title)
+    return _save(fig, path)
+
+
 def plot_molecule_samples(target, x, log_w, out_dir, reference_x=None) -> list[Path]:
     """A molecular run's pictures: ``ramachandran.png`` (reference | model | model reweighted, FAB Figure 3; the
     reference panel only when reference samples are given) and ``torsions.png`` (every named torsion's marginal in

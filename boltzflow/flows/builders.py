@@ -27,6 +27,7 @@ from boltzflow.flows.base import Flow
 from boltzflow.flows.compose import Chain, stack_layers
 from boltzflow.flows.coupling import Affine, Coupling, RQSpline
 from boltzflow.flows.distributions import StandardBase, circular_mask
+from boltzflow.flows.equivariant import AugmentedBase, DropAugmented, EquivariantCoupling
 from boltzflow.flows.internal import InternalCoordinates
 from boltzflow.flows.permutation import LULinear
 from boltzflow.flows.standardize import Standardize
@@ -186,7 +187,57 @@ def make_gaussian(key, dim: int, dtype=jnp.float32) -> Flow:
     return Flow(StandardBase(dim, learnable=True, dtype=_dtype(dtype)), ())
 
 
-FLOW_TYPES = {"realnvp": make_realnvp, "nsf": make_nsf, "gaussian": make_gaussian}
+def make_eacf(
+    key,
+    dim: int,
+    particles: tuple[int, int, float],
+    n_layers: int = 12,
+    hidden: int = 32,
+    blocks: int = 3,
+    activation: str = "silu",
+    max_log_scale: float = 3.0,
+    bins: int = 8,
+    augment_scale: float = 0.1,
+    base_scale: float = 0.5,
+    dtype=jnp.float32,
+) -> Flow:
+    """An E(n)-equivariant augmented coupling flow (E-ACF) for a particle target
+    (:mod:`boltzflow.flows.equivariant`): ``n_layers`` coupling layers alternating between the augmented points
+    and the positions, identity at initialisation, then :class:`~boltzflow.flows.equivariant.DropAugmented`.
+
+    Args:
+        key: PRNG key.
+        dim: (N - 1) d, the target's centre-of-mass-free dimension.
+        particles: (N, d, length) of the target (``ParticleTarget.particles``); scales below are in its length.
+        n_layers: coupling layers (>= 2; even numbers update A and X equally often).
+        hidden, blocks, activation: each layer's EGNN: width, message-passing blocks, activation.
+        max_log_scale: bound c on the log-scales, a = c tanh(u / c).
+        bins: bins of each layer's radial spline (of log distance to the origin).
+        augment_scale: eta / length, the augmented target's (and the base's) spread of A around the positions.
+        base_scale: s / length, the spread of the base's centre-of-mass-free coordinates.
+        dtype: float32 (default) or float64.
+
+    Example:
+        >>> import jax, boltzflow as bf
+        >>> t = bf.make_target("dw4")
+        >>> flow = make_eacf(jax.random.key(0), t.dim, t.particles, n_layers=2)
+        >>> flow.sample(jax.random.key(1), 3).shape
+        (3, 6)
+    """
+    dtype = _dtype(dtype)
+    n, d, length = int(particles[0]), int(particles[1]), float(particles[2])
+    if dim != (n - 1) * d:
+        raise BoltzflowError(f"eacf: {n} particles in {d} dimensions have {(n - 1) * d} coordinates, not {dim}")
+    if n_layers < 2:
+        raise BoltzflowError(f"eacf needs n_layers >= 2, got {n_layers}")
+    net = dict(max_log_scale=max_log_scale, bins=bins, hidden=hidden, blocks=blocks, activation=activation, dtype=dtype)
+    layers = tuple(EquivariantCoupling(k, n, d, "a" if i % 2 == 0 else "x", length, **net)
+                   for i, k in enumerate(jax.random.split(key, n_layers)))
+    base = AugmentedBase(n, d, base_scale * length, augment_scale * length, dtype)
+    return Flow(base, layers + (DropAugmented(n, d, augment_scale * length),))
+
+
+FLOW_TYPES = {"realnvp": make_realnvp, "nsf": make_nsf, "gaussian": make_gaussian, "eacf": make_eacf}
 COORDINATES = ("cartesian", "internal")
 
 
@@ -208,19 +259,25 @@ class CoordinateSettings:
 #: Settings of each flow type (a frozen dataclass per type, made from the builder's keyword arguments, so the
 #: defaults live in one place: the signatures above). The dtype is not a flow setting: it is the run's
 #: ``train.dtype``.
-FLOW_SETTINGS = {name: from_signature(fn, f"{name.upper()}Settings", bases=(CoordinateSettings,))
+FLOW_SETTINGS = {name: from_signature(fn, f"{name.upper()}Settings", ("key", "dim", "dtype", "particles"),
+                                      bases=(CoordinateSettings,))
                  for name, fn in FLOW_TYPES.items()}
 
 
-def make_flow(spec, key, dim: int, dtype=jnp.float32, molecule=None) -> Flow:
+def make_flow(spec, key, dim: int, dtype=jnp.float32, molecule=None, particles=None) -> Flow:
     """Build a flow from its settings: a :class:`~boltzflow.settings.Tagged` (``name`` in :data:`FLOW_TYPES`) or a
-    mapping ``{"type": "realnvp" | "nsf", "coordinates": ..., **keyword arguments of make_realnvp / make_nsf}``.
-    ``coordinates: internal`` needs the target's ``molecule`` (a MolecularSystem)."""
+    mapping ``{"type": "realnvp" | "nsf" | ..., "coordinates": ..., **keyword arguments of its builder}``.
+    ``coordinates: internal`` needs the target's ``molecule`` (a MolecularSystem), ``type: eacf`` its
+    ``particles`` (N, d, length)."""
     if not isinstance(spec, Tagged):
         spec = parse_tagged(spec, FLOW_SETTINGS, "type", "flow")
     options = dataclasses.asdict(spec.settings)
     if options.pop("coordinates") == "internal":
         return _internal_flow(spec.name, options, key, dim, dtype, molecule)
+    if spec.name == "eacf":
+        if particles is None:
+            raise BoltzflowError("flow type eacf is for particle targets (dw4, lj13, lj55)")
+        options["particles"] = particles
     try:
         return FLOW_TYPES[spec.name](key, dim, dtype=dtype, **options)
     except BoltzflowError:

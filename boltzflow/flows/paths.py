@@ -127,12 +127,21 @@ def latent_space(model: Flow, target) -> Space:
     pulled = PulledBack(target, last)
     return Space(model.base.dim, lambda m, k, n: _without_last(m).sample_and_log_prob(k, n),
                  lambda m, z: _without_last(m).log_prob(z), pulled.log_prob, lambda z: last.forward(z)[0],
-                 lambda x: last.inverse(x)[0])
+                 None if last.stochastic else lambda x: last.inverse(x)[0])
+
+
+def samples_below_last(model: Flow) -> bool:
+    """Whether a model with a stochastic last layer is a flow below it: a last layer that is a fixed map into the
+    target's coordinates (an augmented flow's :class:`~boltzflow.flows.equivariant.DropAugmented`, whose forward is
+    deterministic and whose dS is the augmented target's log pi(A | y)) above deterministic layers. AIS then runs
+    below it, on the target pulled back through it (:func:`latent_space`: p(y) pi(A | y) for DropAugmented)."""
+    return bool(model.layers) and model.layers[-1].coordinate_map and not _without_last(model).stochastic
 
 
 def model_space(model: Flow, target) -> Space:
     """Where AIS runs for a deterministic flow: x-space, or, if the flow's last layer is a fixed map into the
-    target's coordinates (``Layer.coordinate_map``), the space below it (:func:`latent_space`)."""
+    target's coordinates (``Layer.coordinate_map``; a stochastic one above a flow too, :func:`samples_below_last`),
+    the space below it (:func:`latent_space`)."""
     if model.layers and model.layers[-1].coordinate_map:
         return latent_space(model, target)
     return flow_space(target)

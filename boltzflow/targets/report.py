@@ -70,7 +70,7 @@ class Pictures:
         key: for the samples drawn.
         model: the model.
         weighted_samples: ``(key, n) -> (x, log w)`` of the model, host arrays.
-        plot_samples, plot_molecule_samples, plot_image_grid: the functions of boltzflow.plot.
+        plot_samples, plot_molecule_samples, plot_image_grid, plot_histograms: the functions of boltzflow.plot.
     """
 
     name: str
@@ -81,6 +81,7 @@ class Pictures:
     plot_samples: Callable[..., Path]
     plot_molecule_samples: Callable[..., list[Path]]
     plot_image_grid: Callable[..., Path]
+    plot_histograms: Callable[..., Path]
 
 
 def quadratic_test_function(dim: int) -> Callable[[jax.Array], jax.Array]:
