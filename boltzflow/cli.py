@@ -129,7 +129,8 @@ def _evaluate(args) -> None:
     path = Path(args.run) / "eval.json"
     _check_writable(path)
     with use_devices(args.devices):
-        metrics = run.evaluate(jax.random.key(args.seed), n=args.samples, ais=args.ais, chunk=args.chunk)
+        metrics = run.evaluate(jax.random.key(args.seed), n=args.samples, ais=args.ais, chunk=args.chunk,
+                               baseline=args.baseline)
     print(_table(metrics, f"evaluation of {args.run} ({args.samples} samples)"))
     if writes_files():
         with _keeping(path, "the results are printed above"):
@@ -395,6 +396,9 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--samples", type=int, default=10_000)
     e.add_argument("--chunk", type=int, default=4096, help="samples drawn and reduced at a time (split over devices)")
     e.add_argument("--ais", action="store_true", help="also evaluate AIS targeting p, started from the flow")
+    e.add_argument("--baseline", action="store_true",
+                   help="also report the equal-cost baseline: tempered SMC with HMC moves given the training's "
+                        "target evaluations (the missing-mass check's exploration), keys baseline_...")
     e.add_argument("--seed", type=int, default=1)
     e.set_defaults(func=_evaluate)
     s = sub.add_parser("sample", help="draw samples with importance log weights into an .npz file, or a trajectory "

@@ -72,7 +72,7 @@ def importance_metrics(target, sums: WeightSums, prefix: str = "") -> dict:
 
 def evaluate(exp: Experiment, key: jax.Array, n_samples: int = 10_000, ais_state=None, with_ais: bool = False,
              chunk: int = 4096, check: bool | None = False, check_budget: int | None = None,
-             check_dir: Path | None = None) -> dict:
+             check_dir: Path | None = None, baseline: bool = False) -> dict:
     """All metrics of the trained model in ``exp`` as a flat dict of floats (see the module docstring).
 
     Samples are drawn and reduced ``chunk`` at a time (rounded up to a multiple of the devices of the mesh in use,
@@ -80,12 +80,17 @@ def evaluate(exp: Experiment, key: jax.Array, n_samples: int = 10_000, ais_state
     sample (its ``keep_rows``), leave the devices, so n_samples is bounded by time, not memory. ``check``: run the
     missing-mass check (None: as the config's ``explore.check`` says, what the command line does), within
     ``check_budget`` target evaluations unless the config's ``explore.budget`` says otherwise (None: no limit but
-    ``explore.n``), keeping its explorations in ``check_dir`` (None: nowhere)."""
+    ``explore.n``), keeping its explorations in ``check_dir`` (None: nowhere). ``baseline``: add the equal-cost
+    baseline (:func:`baseline_report`, the check's first exploration: run once, shared with the check)."""
     space = exp.space("evaluate --ais") if with_ais else None  # before any work: the error comes first
-    check = (exp.config.explore.wants("check", exp.target) if check is None else check) and \
-        CheckSetup(check_budget, None if check_dir is None else Path(check_dir))
-    sampled = partial(_sampled_report, exp, key, n_samples, device_chunk(chunk, n_samples), space, ais_state, check)
-    return _flag_nonfinite(exp.target.report(Evaluation(exp.model, key, sampled)))
+    setup = CheckSetup(check_budget, None if check_dir is None else Path(check_dir))
+    check = (exp.config.explore.wants("check", exp.target) if check is None else check) and setup
+    chunk = device_chunk(chunk, n_samples)
+    sampled = partial(_sampled_report, exp, key, n_samples, chunk, space, ais_state, check)
+    out = exp.target.report(Evaluation(exp.model, key, sampled))
+    if baseline:
+        out |= baseline_report(exp, jax.random.fold_in(key, 6), chunk, setup)
+    return _flag_nonfinite(out)
 
 
 def draw_pictures(exp: Experiment, out_dir: Path, key: jax.Array) -> list[Path]:
@@ -171,25 +176,14 @@ def missing_mass_check(exp: Experiment, key, log_z: float, log_z_stderr: float, 
     of p). The explorations use the run's own key (:data:`CHECK_STREAM`) and ``setup``'s budget, and are kept in
     and taken from ``setup.cache`` (boltzflow.explore_cache); ``explore_seconds`` is what they cost when run,
     ``explore_reused`` the looks taken from the run directory."""
-    target, model, settings = exp.target, exp.model, exp.config.explore
-    dtype = jnp.result_type(float)
-    budget = settings.budget if settings.budget is not None else setup.budget
+    target, model = exp.target, exp.model
+    budget = _check_budget(exp, setup)
     reused = []
 
     def look(k):
-        slot = len(reused)
-        used = {f: v for f, v in dataclasses.asdict(settings).items() if f not in ("check", "seed_buffer")}
-        meta = {"settings": used, "budget": budget, "key": np.asarray(jax.random.key_data(k)).ravel().tolist(),
-                "dtype": str(np.dtype(dtype)), "dim": target.dim}
-        path = None if setup.cache is None else setup.cache / CHECK_FILES[slot]
-        e = None if path is None else load_exploration(path, meta, target.log_prob)
-        reused.append(e is not None)
-        if e is None:
-            e = settings.run(k, target, dtype, budget=budget)
-            if path is not None and writes_files():
-                save_exploration(path, e, meta)
-        xe = jnp.asarray(e.x, dtype)
-        return e, e.log_p - np.asarray(log_q(xe))
+        e, was_kept = _exploration(exp, k, len(reused), budget, setup.cache)
+        reused.append(was_kept)
+        return e, e.log_p - np.asarray(log_q(jnp.asarray(e.x, jnp.result_type(float))))
 
     flow_log_w = stream_sums(lambda k, valid: ((), {"log_w": path_weights(model, target, k, chunk)[1]}), key,
                              n_flow, chunk)[1]["log_w"]
@@ -198,6 +192,50 @@ def missing_mass_check(exp: Experiment, key, log_z: float, log_z_stderr: float, 
     se = float(np.hypot(out["explore_log_z_stderr"], log_z_stderr))
     return out | {"explore_budget": budget, "explore_reused": sum(reused),
                   "log_z_difference": diff, "log_z_difference_sigma": diff / se if se > 0 else float("inf")}
+
+
+def _check_budget(exp: Experiment, setup: CheckSetup) -> int | None:
+    """The explorations' budget: the config's ``explore.budget``, else the setup's (the training's evaluations)."""
+    return exp.config.explore.budget if exp.config.explore.budget is not None else setup.budget
+
+
+def _exploration(exp: Experiment, key, slot: int, budget: int | None, cache: Path | None):
+    """Exploration number ``slot`` of the run's check (key ``key``), taken from ``cache`` where it was kept with the
+    same settings, else run and kept there; returns it and whether it was taken from the cache."""
+    settings, target, dtype = exp.config.explore, exp.target, jnp.result_type(float)
+    used = {f: v for f, v in dataclasses.asdict(settings).items() if f not in ("check", "seed_buffer")}
+    meta = {"settings": used, "budget": budget, "key": np.asarray(jax.random.key_data(key)).ravel().tolist(),
+            "dtype": str(np.dtype(dtype)), "dim": target.dim}
+    path = None if cache is None else cache / CHECK_FILES[slot]
+    e = None if path is None else load_exploration(path, meta, target.log_prob)
+    if e is not None:
+        return e, True
+    e = settings.run(key, target, dtype, budget=budget)
+    if path is not None and writes_files():
+        save_exploration(path, e, meta)
+    return e, False
+
+
+def baseline_report(exp: Experiment, key: jax.Array, chunk: int, setup: CheckSetup = CheckSetup(None, None)) -> dict:
+    """The equal-cost baseline beside the model: the missing-mass check's first exploration of the target, tempered
+    SMC with HMC moves from a broad Gaussian (boltzflow.explore) within the training's target evaluations (or
+    ``explore.budget``), reported as the model is where no density of q is needed, every key prefixed
+    ``baseline_``: its ESS (Kish, of its final weights), log Z +- the standard error of its independent groups,
+    and the target's metrics of its weighted samples (``key`` for the target's exact samples), with
+    ``baseline_target_evals`` and ``baseline_converged``."""
+    target = exp.target
+    e, _ = _exploration(exp, jax.random.fold_in(seed_key(exp.config.train.seed), CHECK_STREAM), 0,
+                        _check_budget(exp, setup), setup.cache)
+    x = jnp.asarray(e.x, jnp.result_type(float))
+    log_w = jnp.where(jnp.isfinite(jnp.asarray(e.log_w)), jnp.asarray(e.log_w, x.dtype), -jnp.inf)
+    sums = WeightSums.of(log_w, jnp.ones(len(e.log_w), bool), target.test_values(x))
+    kept = target.keep_rows({k: np.asarray(v) for k, v in target.sample_rows(x, log_w).items()})
+    k_exact, k_truth = jax.random.split(key)
+    out = importance_metrics(target, sums)
+    out |= {"log_z": e.log_z, "log_z_stderr": e.log_z_stderr, "target_evals": e.target_evals,
+            "converged": e.converged, "samples": len(e.log_w)}
+    out |= target.metrics(ModelSamples(len(e.log_w), chunk, sums, kept, None, k_exact, k_truth))
+    return {f"baseline_{k}": v for k, v in out.items()}
 
 
 def _flag_nonfinite(metrics: dict) -> dict:

@@ -91,7 +91,7 @@ class Run:
             return self.experiment.weighted_samples(key, n, chunk)
 
     def evaluate(self, key: jax.Array, n: int = 10_000, *, ais: bool = False, chunk: int = 4096,
-                 check: bool | None = None) -> dict:
+                 check: bool | None = None, baseline: bool = False) -> dict:
         """The report of ``boltzflow evaluate``: ESS, log Z with its standard error, and what the target adds.
 
         Args:
@@ -103,6 +103,9 @@ class Run:
                 config's ``explore.check`` says. Its budget is the config's ``explore.budget``, else the training's
                 target evaluations; a run with a directory keeps its explorations there, so a second evaluation
                 reuses them.
+            baseline: also report the equal-cost baseline, keys ``baseline_...``: tempered SMC with HMC moves
+                (the check's first exploration, within the same budget), its ESS, log Z and the target's metrics
+                of its samples (boltzflow.evaluate.baseline_report).
 
         Returns:
             A flat dict of numbers (boltzflow.evaluate): ``ess`` (a fraction), ``log_z``, ``log_z_stderr``, and where
@@ -115,7 +118,8 @@ class Run:
         ais_state = getattr(self.state.method_state, "ais_state", None)
         with precision(self.config):
             return evaluate(self.experiment, key, n_samples=n, ais_state=ais_state, with_ais=ais, chunk=chunk,
-                            check=check, check_budget=self.summary.get("target_evals") or None, check_dir=self.out)
+                            check=check, check_budget=self.summary.get("target_evals") or None, check_dir=self.out,
+                            baseline=baseline)
 
     def plot(self, out: str | Path | None = None) -> list[Path]:
         """Draw the run's pictures (the model's samples as its target shows them, the training curves).

@@ -1,47 +1,31 @@
 """An E(n)-equivariant augmented coupling flow for identical particles (E-ACF; Midgley et al. 2023, "SE(3)
-Equivariant Augmented Coupling Flows", sections 3-4), on the centre-of-mass-free coordinates of
-:mod:`boltzflow.targets.particles`.
+Equivariant Augmented Coupling Flows", sections 3-4), on the centre-of-mass-free coordinates y of
+:mod:`boltzflow.targets.particles` (positions X = H y, H the Helmert matrix). Derivations: docs/concepts/
+equivariant-flows.md.
 
-Augmentation. Beside the N positions X = H y (y the (N - 1) d centre-of-mass-free coordinates, H the Helmert matrix)
-the flow carries N augmented points A in R^{N x d} and models the joint q(y, A). Its target is the joint
+Augmentation. The flow models q(y, A) of the positions and N augmented points A, for the joint target
 
     p(y, A) = p(y) pi(A | y),        pi(A | y) = N(A; H y, eta^2 I_{Nd})        (E-ACF eq. 5),
 
-normalised in A, so it has the same normaliser Z as p and importance weights p(y) pi(A | y) / q(y, A) give Z, the
-ESS and FAB's AIS unchanged. The last layer, :class:`DropAugmented`, returns y and contributes log pi(A | y) to the
-path weight, as an SNF's stochastic block contributes its backward kernel (SNF eq. 8): forward (y, A) -> y with
-dS = log pi(A | y); inverse y -> (y, A), A ~ pi(. | y), dS = -log pi(A | y). So log q(y) from a backward path is
-log q(y, A) - log pi(A | y), a lower bound of log q(y) in expectation (Jensen), exact in expectation of its
-exponential (E-ACF eq. 6).
+which has p's normaliser Z. The last layer, :class:`DropAugmented`, maps (y, A) -> y with dS = log pi(A | y)
+(inverse: A ~ pi, dS = -log pi), as an SNF block adds its backward kernel (SNF eq. 8), so path weights are
+p(y) pi(A | y) / q(y, A) and FAB's AIS runs below it; log q(y) from a backward path is a lower bound in expectation.
+The joint vector is z = [y, b, c], b = H^T A, c = sqrt(N) mean(A): orthogonal coordinates of A. Base:
+y ~ N(0, s^2 I), A | y ~ N(H y, eta^2 I).
 
-Representation. The joint vector is z = [y, b, c] with b = H^T A and c = sqrt(N) mean_i a_i, an orthogonal change of
-coordinates of A (A = H b + 1 c^T / sqrt(N)), so densities of z are densities of (y, A) with no Jacobian. A layer
-that moves X then shifts every point changes c but not b: the frames built from A's centred points (H b) are then
-the same floats in the forward and the inverse pass, which keeps the two consistent to rounding in float32 (frames
-are sensitive functions of their points; recomputed from shifted points they would not be).
+Coupling layers alternate between A given X and X given A. An EGNN (Satorras et al. 2021) of the conditioning points
+P gives each particle an origin o_i = p_i + v_i^0, a shift s_i, a frame Q_i (Gram-Schmidt of v_i^1 .. v_i^d; every
+v = sum_j (p_i - p_j) w_ij, w invariant), log-scales a_i and a spline g_i. With u = x_i - o_i and
+sigma = log(|u| / l):
 
-Base: y ~ N(0, s^2 I) (an isotropic Gaussian on the centre-of-mass-free subspace) and A | y ~ N(H y, eta^2 I), the
-augmented target's own conditional, so a new flow's weights are p(y) / q0(y).
+    u -> u exp(g_i(sigma) - sigma)                           log|det| = log g_i'(sigma) + d (g_i(sigma) - sigma)
+    u -> Q_i diag(exp(a~_i)) Q_i^T u + s_i,   x_i' = o_i + u,  log|det| = sum_k a~_ik = sum_k a_ik
+    a~_ik = mean_k a_ik + t_i (a_ik - mean_k a_ik),           t_i = prod_k R_kk^2 / (R_kk^2 + (0.1 l)^2)
 
-Coupling layers (E-ACF eq. 7, section 3.2, the "projection" variant with an affine transformer). An equivariant
-graph network (EGNN; Satorras et al. 2021, eqs. 3-6, invariant features updated, vectors read out once) of the
-conditioning points P (A when X is updated, X when A is) gives every particle i an origin o_i = p_i + v_i^0, a
-shift s_i, an orthonormal frame Q_i (Gram-Schmidt of v_i^1 .. v_i^d, all v = sum_j (p_i - p_j) w_ij with invariant
-weights w) and invariant log-scales a_i in R^d. The updated points move in their own frames,
-
-    x_i' = o_i + s_i + Q_i diag(exp(a~_i)) Q_i^T (x_i - o_i),   a~_ik = mean_k a_ik + g_i (a_ik - mean_k a_ik),
-    log|det| = sum_{i, k} a~_ik = sum_{i, k} a_ik,
-
-with g_i = prod_k R_kk^2 / (R_kk^2 + (0.1 l)^2) in [0, 1), R_kk the parts of the frame's vectors that fix its axes
-(l the target's length scale). Where a frame is ill-determined (a particle whose neighbours sit symmetrically around
-it, as LJ-13's central particle's do), g -> 0 and the scaling becomes isotropic, which no choice of axes changes: the
-map stays smooth and float32 rounding is not amplified by the frame, while the log-determinant does not depend on
-g. Under a rotation or reflection R, a translation and a permutation of the particles, o, s, Q, a and g transform
-as the points do (R o + t, R s, R Q, invariant a and g, permuted), so the layer is equivariant and log q is
-invariant. When X is updated its centre of mass moves by m = mean_i x_i'; X' and A are both shifted by -m, which
-keeps y centre-of-mass free without changing the log-determinant: the unshifted map F is a bijection of R^{2Nd}
-equivariant under joint translations (F(z + m) = F(z) + m), so in coordinates (u, m) with u on the section
-{mean x = 0} it is (u, m) -> (G(u), m + h(u)) and det dF = det dG, G the shifted map the layer applies.
+(R_kk from the frame's QR): where a frame is ill-determined the scaling fades to isotropic, so rounding is not
+amplified. After X moves, X' and A are shifted by -mean(X'), which keeps y centre-of-mass free and leaves the
+log-determinant unchanged (the unshifted map commutes with joint translations) and b unchanged, so forward and
+inverse build the same frames from the same floats.
 """
 
 from __future__ import annotations

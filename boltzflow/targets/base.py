@@ -128,10 +128,12 @@ class Target:
             kl = self.log_prob(xs) - (self.log_z or 0.0) - log_q
             return {"log_q": jnp.sum(jnp.where(valid, log_q, 0.0)), "kl": jnp.sum(jnp.where(valid, kl, 0.0))}, {}
 
-        sums = stream_sums(exact, s.key, s.n, s.chunk)[0]
-        out = {"mean_log_q_exact": float(sums["log_q"]) / s.n}
-        if self.log_z is not None:
-            out["forward_kl"] = float(sums["kl"]) / s.n
+        out = {}
+        if s.log_q is not None:
+            sums = stream_sums(exact, s.key, s.n, s.chunk)[0]
+            out["mean_log_q_exact"] = float(sums["log_q"]) / s.n
+            if self.log_z is not None:
+                out["forward_kl"] = float(sums["kl"]) / s.n
         f = quadratic_test_function(self.dim)
         truth = stream_sums(lambda k, valid: (jnp.sum(f(shard_batch(self.sample(k, TRUTH_CHUNK)))), {}),
                             s.reference_key, TRUTH_SAMPLES, TRUTH_CHUNK)[0]
@@ -142,7 +144,7 @@ class Target:
     def _mode_metrics(self, s: ModelSamples) -> dict:
         modes = self.mode_points()
         out = {}
-        if self.dim > 2:
+        if self.dim > 2 and s.log_q is not None:
             log_q_modes = s.log_q(modes)
             out["mean_log_q_modes"] = float(jnp.mean(log_q_modes))
             out["min_log_q_modes"] = float(jnp.min(log_q_modes))

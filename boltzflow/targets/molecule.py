@@ -179,21 +179,27 @@ class MoleculeTarget(Target):
         ref_x = load_reference(self.reference_path)["x"]
         ref = torsion_angles(ref_x, self.torsions)
         out.update(molecular_metrics(self.molecule, ref, model, log_w))
+        if s.log_q is not None:
+            out.update(self._log_q_reference(s, ref_x))
+        for phi, psi in ramachandran_pairs(self.molecule):  # phi_positive, or phi_positive_2 for residue 2's
+            residue = residue_suffix(phi)
+            out[f"phi_positive{residue}_reweighted"] = basin_populations(model[phi], model[psi], log_w)["phi_positive"]
+            out[f"phi_positive{residue}_reference"] = basin_populations(ref[phi], ref[psi])["phi_positive"]
+        return out
+
+    def _log_q_reference(self, s: ModelSamples, ref_x: np.ndarray) -> dict:
+        """E_ref[log q], -H and KL(p || q) on the reference (module docstring), in the FAB paper's frame too."""
         xs = jnp.asarray(ref_x, jnp.result_type(float))
         log_q_ref = np.asarray(s.log_q(xs), np.float64)
         log_p_ref = np.asarray(apply_in_chunks(jax.jit(self.log_prob), xs, s.chunk), np.float64)
-        out["mean_log_q_reference"] = float(np.mean(log_q_ref))
-        out["mean_log_p_reference"] = float(np.mean(log_p_ref) - s.weights.log_z()[0])
+        out = {"mean_log_q_reference": float(np.mean(log_q_ref)),
+               "mean_log_p_reference": float(np.mean(log_p_ref) - s.weights.log_z()[0])}
         out["forward_kl_reference"] = out["mean_log_p_reference"] - out["mean_log_q_reference"]
         if "phi" in self.torsions:  # canonical frame of the FAB paper: CA at the origin, N on +x, C in the xy plane
             _, n, ca, c = self.torsions["phi"]
             frame = float(np.mean(frame_log_jacobian(ref_x, (ca, n, c))))
             out["mean_log_q_reference_frame"] = out["mean_log_q_reference"] + frame
             out["mean_log_p_reference_frame"] = out["mean_log_p_reference"] + frame
-        for phi, psi in ramachandran_pairs(self.molecule):  # phi_positive, or phi_positive_2 for residue 2's
-            residue = residue_suffix(phi)
-            out[f"phi_positive{residue}_reweighted"] = basin_populations(model[phi], model[psi], log_w)["phi_positive"]
-            out[f"phi_positive{residue}_reference"] = basin_populations(ref[phi], ref[psi])["phi_positive"]
         return out
 
     def draw(self, pictures: Pictures) -> list[Path]:

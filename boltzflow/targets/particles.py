@@ -163,7 +163,8 @@ class ParticleTarget(Target):
         if ref.ndim != 2 or ref.shape[1] != self.dim:
             raise BoltzflowError(f"reference {self.reference_path}: x must be (n, {self.dim}), got {ref.shape}")
         xs = jnp.asarray(ref, jnp.result_type(float))
-        out["mean_log_q_reference"] = float(np.mean(np.asarray(s.log_q(xs), np.float64)))
+        if s.log_q is not None:
+            out["mean_log_q_reference"] = float(np.mean(np.asarray(s.log_q(xs), np.float64)))
         ref_energy = -np.asarray(apply_in_chunks(jax.jit(self.log_prob), xs, s.chunk), np.float64)
         ref_hist = self.distance_counts(ref).sum(axis=0, dtype=np.float64)
         ok = np.isfinite(s.kept["energy"])  # a sample with infinite energy (overlapping particles) is left out

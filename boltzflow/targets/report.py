@@ -46,7 +46,8 @@ class ModelSamples:
         weights: the sums of their importance weights, with the target's ``test_values``.
         kept: what the target's ``keep_rows`` kept of them, concatenated.
         log_q: log q of points ``(m, dim) -> (m,)``, chunk at a time, traceable; for an SNF the backward-path
-            estimate, a lower bound in expectation.
+            estimate, a lower bound in expectation; None for samples of a sampler without a density (the
+            equal-cost baseline, boltzflow.evaluate), whose report leaves out what needs one.
         key: for the target's exact samples (log_q's backward paths use it too).
         reference_key: for the target's reference values.
     """
@@ -55,7 +56,7 @@ class ModelSamples:
     chunk: int
     weights: WeightSums
     kept: dict[str, np.ndarray]
-    log_q: Callable[[jax.Array], jax.Array]
+    log_q: Callable[[jax.Array], jax.Array] | None
     key: jax.Array
     reference_key: jax.Array
 
