@@ -147,7 +147,7 @@ def test_report_against_the_reference_is_zero_for_the_reference_itself(tmp_path)
     s = ModelSamples(len(ref), 128, WeightSums.of(jnp.zeros(len(ref))), kept, log_q, jax.random.key(0),
                      jax.random.key(1))
     report = target.metrics(s)
-    for name in ("energy_w2", "distance_w1", "distance_tv"):  # energies kept in float32: W2 ~ 1e-5
+    for name in ("energy_w2", "energy_w1", "distance_w1", "distance_tv"):  # energies kept in float32: W2 ~ 1e-5
         assert report[name] == pytest.approx(0.0, abs=1e-4)
         assert report[f"{name}_reweighted"] == pytest.approx(0.0, abs=1e-4)
     np.testing.assert_allclose(report["mean_log_q_reference"], np.mean(-0.5 * np.sum(ref.astype(np.float64)**2, 1)),
@@ -157,6 +157,7 @@ def test_report_against_the_reference_is_zero_for_the_reference_itself(tmp_path)
                      log_q, jax.random.key(0), jax.random.key(1))
     report = target.metrics(s)
     assert report["energy_w2"] == pytest.approx(0.0, abs=1e-4) and report["energy_w2_reweighted"] > 0.1
+    assert 0 < report["energy_w1_reference_noise"] < np.std(kept["energy"])  # halves of one set: closer than its spread
     assert report["distance_tv_reweighted"] > 0 and kept["distances"].sum(axis=1).tolist() == [6] * len(ref)
 
 

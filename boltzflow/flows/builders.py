@@ -210,7 +210,9 @@ def make_eacf(
         dim: (N - 1) d, the target's centre-of-mass-free dimension.
         particles: (N, d, length) of the target (``ParticleTarget.particles``); scales below are in its length.
         n_layers: coupling layers (>= 2; even numbers update A and X equally often).
-        hidden, blocks, activation: each layer's EGNN: width, message-passing blocks, activation.
+        hidden: width of each layer's EGNN.
+        blocks: its message-passing blocks.
+        activation: its activation.
         max_log_scale: bound c on the log-scales, a = c tanh(u / c).
         bins: bins of each layer's radial spline (of log distance to the origin).
         augment_scale: eta / length, the augmented target's (and the base's) spread of A around the positions.

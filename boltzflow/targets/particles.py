@@ -33,9 +33,10 @@ Report (:meth:`ParticleTarget.metrics`), against reference samples y (``referenc
 
 - ``mean_log_q_reference``: E_ref[log q(y)], q as a density of the centre-of-mass-free coordinates of labelled
   particles (no factor N! for permutations, none for orientations: q and p are densities of the same y);
-- ``energy_w2`` (``_reweighted``): the 2-Wasserstein distance between the energies E / tau of the model's samples
-  (raw, or importance-weighted) and of the reference, W2^2 = int_0^1 (F^-1(u) - G^-1(u))^2 du of the two
-  (weighted) empirical distributions;
+- ``energy_w2``, ``energy_w1`` (``_reweighted``): the 2- and 1-Wasserstein distances between the energies E / tau
+  of the model's samples (raw, or importance-weighted) and of the reference, Wp^p = int_0^1 |F^-1(u) - G^-1(u)|^p du
+  of the two (weighted) empirical distributions; ``energy_w1_reference_noise``: W1 between the reference's two
+  halves, the size of W1 that the reference's own sampling noise gives;
 - ``distance_w1`` and ``distance_tv`` (``_reweighted``): the interatomic distances of all pairs, histogrammed on
   :data:`DISTANCE_BINS` bins over [0, 2 spacing N^(1/d)]: W1 = sum_b |F_b - G_b| width (the histograms' CDFs) and
   the total variation 1/2 sum_b |f_b - g_b|.
@@ -167,12 +168,15 @@ class ParticleTarget(Target):
             out["mean_log_q_reference"] = float(np.mean(np.asarray(s.log_q(xs), np.float64)))
         ref_energy = -np.asarray(apply_in_chunks(jax.jit(self.log_prob), xs, s.chunk), np.float64)
         ref_hist = self.distance_counts(ref).sum(axis=0, dtype=np.float64)
+        half = len(ref_energy) // 2
+        out["energy_w1_reference_noise"] = wasserstein_1d(ref_energy[:half], ref_energy[half:], p=1)
         ok = np.isfinite(s.kept["energy"])  # a sample with infinite energy (overlapping particles) is left out
         lw = np.where(np.isfinite(s.kept["log_w"][ok]), s.kept["log_w"][ok], -np.inf)
         w = np.exp(lw - lw.max())
         width = np.diff(self.distance_edges())[0]
         for suffix, weights in (("", np.ones(len(w)) / len(w)), ("_reweighted", w / w.sum())):
-            out[f"energy_w2{suffix}"] = wasserstein_1d(s.kept["energy"][ok], ref_energy, weights, p=2)
+            for p in (2, 1):
+                out[f"energy_w{p}{suffix}"] = wasserstein_1d(s.kept["energy"][ok], ref_energy, weights, p=p)
             hist = (s.kept["distances"][ok].astype(np.float64) * weights[:, None]).sum(0)
             f, g = hist / hist.sum(), ref_hist / ref_hist.sum()
             out[f"distance_w1{suffix}"] = float(np.sum(np.abs(np.cumsum(f) - np.cumsum(g))) * width)
@@ -208,7 +212,11 @@ class DoubleWellParticles(ParticleTarget):
     Args:
         n_particles: N (4 for DW-4).
         spatial_dim: d (2 for DW-4).
-        a, b, c, d0, tau: the pair potential's coefficients and the temperature.
+        a: the pair potential's linear coefficient.
+        b: its quadratic coefficient.
+        c: its quartic coefficient.
+        d0: its centre distance.
+        tau: the temperature.
         reference: an ``.npz`` of reference samples (``x`` (n, dim)) for the report.
     """
 
@@ -237,7 +245,10 @@ class LennardJonesCluster(ParticleTarget):
         n_particles: N (13 or 55).
         spatial_dim: d (3).
         pair_sum: ``"pairs"`` (each pair once) or ``"ordered"`` (i != j, each pair twice).
-        eps, r_m, tau, c_osc: well depth, pair minimum's distance, temperature, harmonic constant.
+        eps: the well depth.
+        r_m: the pair minimum's distance.
+        tau: the temperature.
+        c_osc: the harmonic well's constant.
         reference: an ``.npz`` of reference samples (``x`` (n, dim)) for the report.
     """
 
