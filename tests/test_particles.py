@@ -161,6 +161,14 @@ def test_report_against_the_reference_is_zero_for_the_reference_itself(tmp_path)
     assert report["distance_tv_reweighted"] > 0 and kept["distances"].sum(axis=1).tolist() == [6] * len(ref)
 
 
+def test_shipped_lj13_reference_is_used_by_default():
+    from boltzflow.targets.particles import LJ13_REFERENCE
+
+    assert lj13().reference_path == str(LJ13_REFERENCE) and lj13(pair_sum="ordered").reference_path is None
+    ref = np.load(LJ13_REFERENCE)["x"]
+    assert ref.shape == (16_000, 36) and np.all(np.isfinite(np.asarray(lj13().log_prob(jnp.asarray(ref)))))
+
+
 def test_shipped_dw4_reference_is_used_by_default_and_samples_the_target():
     """dw4() reports against its shipped MD samples (and a dw4 with another potential against none); their mean
     energy agrees with self-normalised importance sampling from a broad Gaussian within 5 standard errors."""

@@ -290,9 +290,15 @@ def dw4(**kwargs) -> DoubleWellParticles:
     return DoubleWellParticles(4, 2, **(kwargs or {"reference": str(DW4_REFERENCE)}))
 
 
+#: reference samples of LJ-13 with its default potential (16,000 from replica-exchange Langevin dynamics; how they
+#: were made: lj13_reference.json beside it)
+LJ13_REFERENCE = Path(__file__).parent / "data" / "lj13_reference.npz"
+
+
 def lj13(**kwargs) -> LennardJonesCluster:
-    """LJ-13 (``pair_sum="pairs"`` unless given)."""
-    return LennardJonesCluster(13, 3, **kwargs)
+    """LJ-13 (``pair_sum="pairs"`` unless given); with no option given, its report is against the shipped
+    reference samples (:data:`LJ13_REFERENCE`)."""
+    return LennardJonesCluster(13, 3, **(kwargs or {"reference": str(LJ13_REFERENCE)}))
 
 
 def lj55(**kwargs) -> LennardJonesCluster:
