@@ -161,7 +161,10 @@ def test_fab_runs_below_the_layer_that_drops_the_augmented_points():
     assert z.shape == (16, flow.base.dim) and space.from_x is None
     y = space.to_x(z)
     x, a_centred, centre = unpack(z, 4, 2)
-    log_pi = flow.layers[-1].forward(z)[1]
+    eta = flow.layers[-1].scale  # log pi(A | y) = log N(A; X, eta^2 I), written out
+    r = np.asarray(a_centred + centre - x, np.float64) / eta
+    log_pi = -0.5 * np.sum(r**2, axis=(1, 2)) - 8 * (np.log(eta) + 0.5 * np.log(2 * np.pi))
+    np.testing.assert_allclose(flow.layers[-1].forward(z)[1], log_pi, rtol=1e-5)
     np.testing.assert_allclose(space.log_p(z), target.log_prob(y) + log_pi, rtol=1e-6)
     np.testing.assert_allclose(space.log_q(flow, z), log_q, rtol=1e-5, atol=1e-4)
     # the same weights as the model's paths
