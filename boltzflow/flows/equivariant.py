@@ -42,7 +42,7 @@ from boltzflow.flows.base import Base, Layer
 from boltzflow.flows.coupling import get_activation
 from boltzflow.flows.spline import rq_spline_forward, rq_spline_inverse, rq_spline_params
 from boltzflow.sharding import shard_batch
-from boltzflow.targets.particles import helmert
+from boltzflow.targets.particles import helmert_coordinates, helmert_positions
 
 #: radial basis functions of a distance (in units of the target's length scale) that the EGNN's messages see
 N_RBF = 16
@@ -54,28 +54,17 @@ RADIAL_BOUND = 3.0
 FRAME_TRUST = 0.1
 
 
-def _positions(y: jax.Array, n: int, d: int) -> jax.Array:
-    """``(b, (n - 1) d) -> (b, n, d)``: X = H y."""
-    return jnp.einsum("ik,bkd->bid", jnp.asarray(helmert(n), y.dtype), y.reshape(y.shape[0], n - 1, d))
-
-
-def _coordinates(x: jax.Array) -> jax.Array:
-    """``(b, n, d) -> (b, (n - 1) d)``: y = H^T X (the centre of mass dropped)."""
-    y = jnp.einsum("ik,bid->bkd", jnp.asarray(helmert(x.shape[1]), x.dtype), x)
-    return y.reshape(x.shape[0], -1)
-
-
 def unpack(z: jax.Array, n: int, d: int):
     """The joint vector ``z = [y, b, c]`` -> (X, A - mean A, mean A) as ``(B, n, d), (B, n, d), (B, 1, d)``."""
     m = (n - 1) * d
     centre = z[:, 2 * m:].reshape(-1, 1, d) / math.sqrt(n)
-    return _positions(z[:, :m], n, d), _positions(z[:, m: 2 * m], n, d), centre
+    return helmert_positions(z[:, :m], n, d), helmert_positions(z[:, m: 2 * m], n, d), centre
 
 
 def pack(y: jax.Array, b: jax.Array, a: jax.Array) -> jax.Array:
     """``[y, b, c]`` with c = sqrt(n) mean A of the points ``a`` ``(B, n, d)``; ``b`` (H^T A) is computed from ``a``
     when None."""
-    b = _coordinates(a) if b is None else b
+    b = helmert_coordinates(a) if b is None else b
     return jnp.concatenate([y, b, math.sqrt(a.shape[1]) * jnp.mean(a, axis=1)], axis=1)
 
 
@@ -179,7 +168,7 @@ class AugmentedBase(Base):
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         ky, ka = jax.random.split(key)
         y = self.scale * jax.random.normal(ky, (n, (self.n_particles - 1) * self.spatial_dim), self.dtype)
-        x = _positions(y, self.n_particles, self.spatial_dim)
+        x = helmert_positions(y, self.n_particles, self.spatial_dim)
         return shard_batch(pack(y, None, x + self.augment_scale * jax.random.normal(ka, x.shape, self.dtype)))
 
     def log_prob(self, z: jax.Array) -> jax.Array:
@@ -261,8 +250,8 @@ class EquivariantCoupling(Layer):
             return pack(z[:, :m], None, moved), log_det
         com = jnp.mean(moved, axis=1, keepdims=True)  # centre of mass back to 0 and A moved with it (forward: by
         centre = centre - com  # -mean X'; inverse: the forward's shift undone); A's b unchanged
-        out = jnp.concatenate([_coordinates(moved - com), z[:, m: 2 * m], math.sqrt(n) * centre[:, 0]], axis=1)
-        return out, log_det
+        out = [helmert_coordinates(moved - com), z[:, m: 2 * m], math.sqrt(n) * centre[:, 0]]
+        return jnp.concatenate(out, axis=1), log_det
 
     def forward(self, z, key=None):
         return self._apply(z, inverse=False)
@@ -304,6 +293,6 @@ class DropAugmented(Layer):
     def inverse(self, y, key=None):
         if key is None:
             raise BoltzflowError("DropAugmented.inverse draws the augmented points: it needs a key")
-        x = _positions(y, self.n_particles, self.spatial_dim)
+        x = helmert_positions(y, self.n_particles, self.spatial_dim)
         a = x + self.scale * jax.random.normal(key, x.shape, y.dtype)
         return pack(y, None, a), -_gaussian_log_prob(a, x, self.scale)

@@ -51,6 +51,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from boltzflow.errors import BoltzflowError
+from boltzflow.molecules.metrics import normalised_weights
 from boltzflow.molecules.reference import load_reference
 from boltzflow.targets.base import Target
 from boltzflow.targets.report import ModelSamples, Pictures, apply_in_chunks
@@ -68,6 +69,17 @@ def helmert(n: int) -> np.ndarray:
         h[k, k - 1] = -k
         h[:, k - 1] /= np.sqrt(k * (k + 1.0))
     return h
+
+
+def helmert_positions(y: jax.Array, n: int, d: int) -> jax.Array:
+    """``(B, (n - 1) d) -> (B, n, d)``: X = H y, centre of mass at the origin."""
+    return jnp.einsum("ik,bkd->bid", jnp.asarray(helmert(n), y.dtype), y.reshape(y.shape[0], n - 1, d))
+
+
+def helmert_coordinates(positions: jax.Array) -> jax.Array:
+    """``(B, n, d) -> (B, (n - 1) d)``: y = H^T X (the centre of mass dropped)."""
+    y = jnp.einsum("ik,bid->bkd", jnp.asarray(helmert(positions.shape[1]), positions.dtype), positions)
+    return y.reshape(positions.shape[0], -1)
 
 
 def pair_distances(positions: jax.Array) -> jax.Array:
@@ -96,13 +108,11 @@ class ParticleTarget(Target):
 
     def positions(self, y: jax.Array) -> jax.Array:
         """``(n, (N - 1) d) -> (n, N, d)``: X = H y, centre of mass at the origin."""
-        return jnp.einsum("ik,nkd->nid", jnp.asarray(self._h, y.dtype),
-                          y.reshape(y.shape[0], self.n_particles - 1, self.spatial_dim))
+        return helmert_positions(y, self.n_particles, self.spatial_dim)
 
     def coordinates(self, positions: jax.Array) -> jax.Array:
         """``(n, N, d) -> (n, (N - 1) d)``: y = H^T X (the centre of mass dropped)."""
-        y = jnp.einsum("ik,nid->nkd", jnp.asarray(self._h, positions.dtype), positions)
-        return y.reshape(positions.shape[0], self.dim)
+        return helmert_coordinates(positions)
 
     def energy_of_positions(self, positions: jax.Array) -> jax.Array:
         """E / tau of positions ``(n, N, d) -> (n,)``."""
@@ -171,10 +181,9 @@ class ParticleTarget(Target):
         half = len(ref_energy) // 2
         out["energy_w1_reference_noise"] = wasserstein_1d(ref_energy[:half], ref_energy[half:], p=1)
         ok = np.isfinite(s.kept["energy"])  # a sample with infinite energy (overlapping particles) is left out
-        lw = np.where(np.isfinite(s.kept["log_w"][ok]), s.kept["log_w"][ok], -np.inf)
-        w = np.exp(lw - lw.max())
+        w = normalised_weights(s.kept["log_w"][ok])
         width = np.diff(self.distance_edges())[0]
-        for suffix, weights in (("", np.ones(len(w)) / len(w)), ("_reweighted", w / w.sum())):
+        for suffix, weights in (("", np.ones(len(w)) / len(w)), ("_reweighted", w)):
             for p in (2, 1):
                 out[f"energy_w{p}{suffix}"] = wasserstein_1d(s.kept["energy"][ok], ref_energy, weights, p=p)
             hist = (s.kept["distances"][ok].astype(np.float64) * weights[:, None]).sum(0)
@@ -187,8 +196,7 @@ class ParticleTarget(Target):
         """``particles.png``: the energies E / tau and the interatomic distances of 20,000 model samples, raw and
         reweighted, beside the reference's where the target has one (the E-ACF paper's figures)."""
         x, log_w = pictures.weighted_samples(pictures.key, 20_000)
-        lw = np.where(np.isfinite(log_w), log_w, -np.inf)
-        w = np.exp(lw - lw.max())
+        w = normalised_weights(log_w)
         energy = -np.asarray(self.log_prob(jnp.asarray(x)), np.float64)
         dist = np.asarray(pair_distances(self.positions(jnp.asarray(x))), np.float64)
         pairs = dist.shape[1]
