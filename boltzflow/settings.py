@@ -39,12 +39,13 @@ class Tagged:
     settings: Any
 
 
-def _type_name(hint) -> str:
+def type_name(hint) -> str:
+    """A type annotation in words, as errors and the settings reference (boltzflow.config_reference) write it."""
     if hint is type(None):
         return "null"
     origin = typing.get_origin(hint)
     if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(hint))
+        return " or ".join(type_name(a) for a in typing.get_args(hint))
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
     if origin in (list, tuple):
@@ -71,10 +72,10 @@ def _check(value, hint, where: str, field_meta=None):
                 return _check(value, arg, where)
             except BoltzflowError:
                 pass
-        raise BoltzflowError(f"{where} must be {_type_name(hint)}, got {value!r}")
+        raise BoltzflowError(f"{where} must be {type_name(hint)}, got {value!r}")
     if origin is Literal:
         if value not in typing.get_args(hint):
-            raise BoltzflowError(f"{where} must be {_type_name(hint)}, got {value!r}")
+            raise BoltzflowError(f"{where} must be {type_name(hint)}, got {value!r}")
         return value
     if hint is type(None):
         if value is not None:
@@ -180,4 +181,6 @@ def from_signature(fn, name: str, skip=("key", "dim", "dtype"), bases: tuple = (
         if p.name not in hints:
             raise TypeError(f"{fn.__name__}: parameter {p.name} needs a type annotation")
         fields.append((p.name, hints[p.name], dataclasses.field(default=p.default)))
-    return dataclasses.make_dataclass(name, fields, bases=bases, frozen=True)
+    cls = dataclasses.make_dataclass(name, fields, bases=bases, frozen=True)
+    cls.__settings_source__ = fn  # its keys' descriptions are fn's Args (boltzflow.config_reference)
+    return cls

@@ -1,4 +1,5 @@
-"""The documentation site: ``mkdocs build --strict`` succeeds, and the Python code blocks of the pages run.
+"""The documentation site: ``mkdocs build --strict`` succeeds, and the Python code blocks of its pages and of the
+README run.
 
 Each page's ```python blocks run in order in one fresh namespace, in a fresh Python process whose working directory
 is a temporary one (a block may write files); a failure names the page and the block.
@@ -21,10 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 
 # The pages written for the site (docs/benchmarks.md is the benchmarks' own record, and has no Python blocks).
-PAGES = [DOCS / "index.md", DOCS / "getting-started.md", *sorted((DOCS / "api").glob("*.md"))]
-# README.md is left out: its first python block ("From Python") trains the `auto` preset for 2,000 steps and
-# evaluates 100,000 samples; on the 2-core machine, busy with other trainings, it had run 4 minutes (410 of the 2,000
-# steps) when it was stopped. (Its second block, a RealNVP on gmm40, ran alone in 9 s.)
+PAGES = [ROOT / "README.md", *sorted(p for p in DOCS.rglob("*.md") if p.name != "benchmarks.md")]
 
 BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```\s*$", re.S | re.M)
 
@@ -54,6 +52,43 @@ def test_mkdocs_build_strict(tmp_path):
                        cwd=ROOT, capture_output=True, text=True, env=_env())
     assert r.returncode == 0, f"mkdocs build --strict failed:\n{r.stdout}\n{r.stderr}"
     assert (tmp_path / "site" / "getting-started" / "index.html").is_file()
+    configs = (tmp_path / "site" / "how-to" / "configs" / "index.html").read_text()
+    assert "settings-reference" not in configs and "<code>n_intermediate</code>" in configs  # the hook ran
+
+
+def test_settings_reference_covers_every_key():
+    """Every key of every config section is in the generated reference, with its default."""
+    import dataclasses
+
+    from boltzflow.config import MODEL_SETTINGS
+    from boltzflow.config_reference import settings_reference
+    from boltzflow.train.registry import METHOD_SETTINGS
+
+    text = settings_reference()
+    classes = [*MODEL_SETTINGS.values(), *METHOD_SETTINGS.values()]
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            if not f.metadata.get("extra") and not dataclasses.is_dataclass(f.default_factory
+                                                                             if callable(f.default_factory) else None):
+                assert f"`{f.name}`" in text or f"`blocks.{f.name}`" in text, (cls.__name__, f.name)
+    assert "| `lr` | float | `0.0003` |" in text
+    assert "| `n_leapfrog: 5` |" in text or "`n_leapfrog: 5`" in text  # the kernels' own settings
+    assert "| `gmm40` |" in text  # the targets
+
+
+def test_settings_reference_follows_the_code(monkeypatch):
+    """A key added to a settings dataclass appears in the reference, with the comment on its line, unedited."""
+    import dataclasses
+
+    import boltzflow.config_reference as ref
+    from boltzflow.train.state import TrainSettings
+
+    @dataclasses.dataclass(frozen=True)
+    class Extended(TrainSettings):
+        patience: int = 7  # steps without improvement before stopping
+
+    monkeypatch.setattr(ref, "TrainSettings", Extended)
+    assert "| `patience` | int | `7` | steps without improvement before stopping |" in ref.settings_reference()
 
 
 def test_pages_have_python_blocks():

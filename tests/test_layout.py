@@ -21,7 +21,7 @@ LAYERS = [
     ["boltzflow.snf"],
     ["boltzflow.vae"],
     ["boltzflow.train"],
-    ["boltzflow.config", "boltzflow.configs"],
+    ["boltzflow.config", "boltzflow.configs", "boltzflow.config_reference"],
     ["boltzflow.experiment"],
     ["boltzflow.evaluate", "boltzflow.plot"],
     ["boltzflow.run"],

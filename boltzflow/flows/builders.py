@@ -108,18 +108,28 @@ def make_realnvp(
         key: PRNG key (conditioner initialisation and the random splits).
         dim: dimension (>= 2).
         n_layers: number of coupling layers (pairs of complementary masks, plus one if odd).
-        hidden, depth, activation: conditioner MLP width, number of hidden layers, activation.
+        hidden: width of each conditioner MLP.
+        depth: hidden layers of each conditioner MLP.
+        activation: the conditioners' activation (a ``jax.nn`` name: silu, relu, gelu, tanh, ...).
         max_log_scale: bound c on the per-dimension log-scale, a = c tanh(u / c) (see :class:`Affine`).
         lu: a learnable LU-parameterised linear map of the real dimensions after every pair (identity at init;
             :class:`~boltzflow.flows.permutation.LULinear`), so the flow does not depend on the target's axes.
         learn_base: learnable mean and log-scale of the Gaussian base.
         scan: run the layer pairs with ``jax.lax.scan`` (compile time flat in depth) instead of unrolled (see the
             module docstring for the trade-off).
-        loc, scale, rotation: a fixed last layer x = loc + rotation (scale * y) (loc, scale: numbers or one per
-            dimension; rotation: a d x d matrix whose columns are the target's axes, boltzflow.frame;
-            :class:`~boltzflow.flows.standardize.Standardize`), so the flow models standardized coordinates y;
-            None for all three (the flow models x itself).
+        loc: the fixed last layer x = loc + rotation (scale * y) (:class:`~boltzflow.flows.standardize.Standardize`)
+            that lets the flow model standardized coordinates y: a number or one per dimension; None for all three
+            of loc, scale, rotation: the flow models x itself.
+        scale: that layer's scale, a number or one per dimension.
+        rotation: that layer's rotation, a d x d matrix whose columns are the target's axes (boltzflow.frame).
         dtype: float32 (default) or float64 (needs ``jax_enable_x64``).
+
+    Returns:
+        The :class:`~boltzflow.flows.base.Flow`.
+
+    Example:
+        >>> flow = make_realnvp(jax.random.key(0), 4, n_layers=4, hidden=16)
+        >>> x, log_q = flow.sample_and_log_prob(jax.random.key(1), 8)
     """
     dtype = _dtype(dtype)
     circ = np.zeros(dim, bool)
@@ -151,10 +161,37 @@ def make_nsf(
 ) -> Flow:
     """Neural spline flow: ``n_layers`` rational-quadratic spline couplings, identity at initialisation.
 
-    Real dimensions: splines on [-bound, bound] with identity tails and a N(0, 1) base. Circular dimensions
-    (``circular``: bool mask or list of indices): periodic splines on [-pi, pi) and a uniform base; their values
-    stay in [-pi, pi). Other arguments as :func:`make_realnvp`; ``bins`` is the number of spline bins K; ``lu``
-    mixes the real dimensions only (circular ones are only ever split differently by the next pair).
+    Real dimensions: splines on [-bound, bound] with identity tails and a N(0, 1) base. Circular dimensions:
+    periodic splines on [-pi, pi) and a uniform base; their values stay in [-pi, pi).
+
+    Args:
+        key: PRNG key (conditioner initialisation and the random splits).
+        dim: dimension (>= 2).
+        n_layers: number of coupling layers (pairs of complementary masks, plus one if odd).
+        circular: the circular dimensions (angles), a bool mask or a list of indices; None: none.
+        bins: spline bins K per dimension.
+        bound: the real dimensions' splines act on [-bound, bound] and are the identity outside.
+        hidden: width of each conditioner MLP.
+        depth: hidden layers of each conditioner MLP.
+        activation: the conditioners' activation (a ``jax.nn`` name).
+        min_bin: the smallest bin width and height, as a fraction of the interval.
+        min_derivative: the smallest derivative of a spline at a knot.
+        lu: a learnable LU-parameterised linear map after every pair, of the real dimensions only (circular ones
+            are only ever split differently by the next pair); identity at init.
+        learn_base: learnable mean and log-scale of the Gaussian base (real dimensions).
+        scan: run the layer pairs with ``jax.lax.scan`` (compile time flat in depth) instead of unrolled.
+        loc: a fixed last layer x = loc + rotation (scale * y), as :func:`make_realnvp`'s (circular dimensions keep
+            loc 0, scale 1 and allow no rotation).
+        scale: that layer's scale.
+        rotation: that layer's rotation.
+        dtype: float32 (default) or float64 (needs ``jax_enable_x64``).
+
+    Returns:
+        The :class:`~boltzflow.flows.base.Flow`.
+
+    Example:
+        >>> flow = make_nsf(jax.random.key(0), 3, n_layers=4, circular=[2])
+        >>> x, log_q = flow.sample_and_log_prob(jax.random.key(1), 8)
     """
     dtype = _dtype(dtype)
     if bins < 1 or not bound > 0:
@@ -251,7 +288,7 @@ class CoordinateSettings:
     :class:`~boltzflow.flows.internal.InternalCoordinates` is its last layer (nsf: torsions circular; realnvp:
     torsions on the real line, see :func:`_internal_flow`)."""
 
-    coordinates: str = "cartesian"
+    coordinates: str = "cartesian"  # cartesian, or internal for a molecule (bonds, angles, dihedrals)
 
     def __post_init__(self):
         if self.coordinates not in COORDINATES:
