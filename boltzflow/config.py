@@ -74,6 +74,7 @@ class Config:
                 "explore": to_dict(self.explore)}
 
     def with_train(self, **kw) -> "Config":
+        """This config with the ``train`` keys ``kw`` replaced (checked as the section is)."""
         try:
             return dataclasses.replace(self, train=dataclasses.replace(self.train, **kw))
         except TypeError as e:

@@ -169,6 +169,7 @@ class WeightSums(NamedTuple):
         return cls(jnp.sum(valid), jnp.sum(valid & ~jnp.isfinite(raw)), m, jnp.sum(e), jnp.sum(e * e), sf)
 
     def merge(self, other: "WeightSums") -> "WeightSums":
+        """The sums of both sets of weights (each rescaled to the larger maximum)."""
         m = jnp.maximum(self.m, other.m)
         shift = jnp.where(jnp.isfinite(m), m, 0.0)
         a, b = (jnp.where(jnp.isfinite(s.m), jnp.exp(s.m - shift), 0.0) for s in (self, other))
@@ -208,7 +209,8 @@ def stream_sums(fn: Callable, key: jax.Array, n: int, chunk: int,
         fn: one chunk, jitted once: ``valid_i`` (chunk,) masks the last chunk's rows past n; ``rows`` is a dict of
             per-sample arrays (chunk, ...).
         key: split into one key per chunk.
-        n, chunk: samples in all and per chunk.
+        n: samples in all.
+        chunk: samples per chunk.
         keep: what is kept of a chunk's rows (host arrays cut to its valid rows); default: the rows as they are.
 
     Returns:

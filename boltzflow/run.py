@@ -61,10 +61,12 @@ class Run:
 
     @property
     def config(self) -> Config:
+        """The run's config, every setting it trained with."""
         return self.experiment.config
 
     @property
     def target(self) -> Any:
+        """The target the run samples."""
         return self.experiment.target
 
     @property

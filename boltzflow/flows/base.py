@@ -36,9 +36,11 @@ class Layer(eqx.Module):
     """Abstract layer. ``key`` may be ``None`` for deterministic layers."""
 
     def forward(self, x: jax.Array, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """``(y, dS)``: the layer applied to a batch ``x``, and its log path ratio per sample."""
         raise NotImplementedError
 
     def inverse(self, y: jax.Array, key: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+        """``(x, dS)``: the layer run backwards on a batch ``y``, and its log path ratio per sample."""
         raise NotImplementedError
 
     def run(self, x: jax.Array, key: jax.Array | None, inverse: bool):
@@ -49,6 +51,7 @@ class Layer(eqx.Module):
 
     @property
     def stochastic(self) -> bool:
+        """Whether the layer draws random numbers (then ``dS`` is a log path ratio, not a log-determinant)."""
         return False
 
     @property
@@ -75,9 +78,11 @@ class Base(eqx.Module):
     dim: int = eqx.field(static=True)
 
     def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """``n`` samples ``(n, dim)`` of the base."""
         raise NotImplementedError
 
     def log_prob(self, z: jax.Array) -> jax.Array:
+        """The base's log density of a batch ``z``, ``(n,)``."""
         raise NotImplementedError
 
 
@@ -105,6 +110,7 @@ class Flow(eqx.Module):
 
     @property
     def stochastic(self) -> bool:
+        """Whether any layer is stochastic (an SNF): log q is then estimated from backward paths."""
         return any(layer.stochastic for layer in self.layers)
 
     @property
@@ -148,6 +154,7 @@ class Flow(eqx.Module):
         return x, log_q0 - ds
 
     def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """``n`` samples ``(n, dim)`` of the flow."""
         return self.sample_with_path(key, n)[0]
 
     def log_prob(self, x: jax.Array) -> jax.Array:

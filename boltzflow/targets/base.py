@@ -59,6 +59,7 @@ class Target:
 
     @property
     def can_sample(self) -> bool:
+        """Whether the target draws exact samples (it overrides :meth:`sample`)."""
         return type(self).sample is not Target.sample
 
     @property

@@ -242,6 +242,7 @@ class DoubleWellParticles(ParticleTarget):
         return self.d0
 
     def energy_of_positions(self, positions: jax.Array) -> jax.Array:
+        """The energy (module docstring) of positions ``(..., N, d)``."""
         r = pair_distances(positions) - self.d0
         return jnp.sum(self.a * r + self.b * r**2 + self.c * r**4, axis=-1) / self.tau
 
@@ -282,6 +283,7 @@ class LennardJonesCluster(ParticleTarget):
         return PAIR_SUMS[self.pair_sum] * self.eps * jnp.sum(s6 * s6 - 2.0 * s6, axis=-1)
 
     def energy_of_positions(self, positions: jax.Array) -> jax.Array:
+        """The energy (module docstring) of positions ``(..., N, d)``."""
         centred = positions - jnp.mean(positions, axis=-2, keepdims=True)
         harmonic = 0.5 * self.c_osc * jnp.sum(centred * centred, axis=(-2, -1))
         return (self.pair_energy(positions) + harmonic) / self.tau
