@@ -130,7 +130,7 @@ def _evaluate(args) -> None:
     _check_writable(path)
     with use_devices(args.devices):
         metrics = run.evaluate(jax.random.key(args.seed), n=args.samples, ais=args.ais, chunk=args.chunk,
-                               baseline=args.baseline)
+                               baseline=args.baseline, paths=args.paths)
     print(_table(metrics, f"evaluation of {args.run} ({args.samples} samples)"))
     if writes_files():
         with _keeping(path, "the results are printed above"):
@@ -150,7 +150,7 @@ def _sample(args) -> None:
         _molecular(run, f"a trajectory ({out.name})")
     _check_writable(out)
     with use_devices(args.devices):
-        x, log_w = run.sample(jax.random.key(args.seed), args.n)
+        x, log_w = run.sample(jax.random.key(args.seed), args.n, paths=args.paths)
     if not writes_files():
         return
     with _keeping(out, "the samples are not kept"):
@@ -187,7 +187,7 @@ def _free_energy(args) -> None:
     for name in ("free_energy.npz", "free_energy.png"):
         _check_writable(out / name)
     with use_devices(args.devices):
-        x, log_w = run.sample(jax.random.key(args.seed), args.n)
+        x, log_w = run.sample(jax.random.key(args.seed), args.n, paths=args.paths)
     if not writes_files():
         return
     values, key = cv_values(x, cvs), jax.random.key(args.seed + 1)
@@ -377,6 +377,10 @@ def parser() -> argparse.ArgumentParser:
     scale.add_argument("--coordinator", metavar="HOST:PORT", help="several hosts: host 0's address, on every host")
     scale.add_argument("--num-hosts", type=int, help="several hosts: how many")
     scale.add_argument("--host-id", type=int, help="several hosts: this host's index, 0 .. num-hosts - 1")
+    weights = argparse.ArgumentParser(add_help=False)
+    weights.add_argument("--paths", type=int, default=1,
+                         help="a stochastic model's (an SNF's, an augmented flow's) paths pooled into each importance "
+                              "weight and log q estimate: lower variance for their cost (default 1)")
     t = sub.add_parser("train", help="train a sampler from a config file or preset", parents=[scale])
     t.add_argument("config", help="YAML file or preset name (see `boltzflow presets`)")
     t.add_argument("--out", help="run directory (default runs/NAME-seedN); an existing run there is resumed")
@@ -391,7 +395,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-samples", type=int, default=10_000)
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(func=_train)
-    e = sub.add_parser("evaluate", help="evaluate a run directory; writes DIR/eval.json", parents=[scale])
+    e = sub.add_parser("evaluate", help="evaluate a run directory; writes DIR/eval.json", parents=[scale, weights])
     e.add_argument("run")
     e.add_argument("--samples", type=int, default=10_000)
     e.add_argument("--chunk", type=int, default=4096, help="samples drawn and reduced at a time (split over devices)")
@@ -402,7 +406,7 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=1)
     e.set_defaults(func=_evaluate)
     s = sub.add_parser("sample", help="draw samples with importance log weights into an .npz file, or a trajectory "
-                                      "of a molecule", parents=[scale])
+                                      "of a molecule", parents=[scale, weights])
     s.add_argument("run")
     s.add_argument("--n", type=int, default=10_000)
     s.add_argument("--out", default="samples.npz",
@@ -414,7 +418,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=_sample)
     fe = sub.add_parser("free-energy", help="free-energy surface and state free energies of a molecular run "
                                             "(reweighted samples); writes DIR/free_energy.npz and .png",
-                        parents=[scale])
+                        parents=[scale, weights])
     fe.add_argument("run")
     fe.add_argument("--cv", nargs=2, metavar=("CV1", "CV2"),
                     help="collective variables: named torsions or atom indices i,j (distance) / i,j,k,l (torsion); "

@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from boltzflow.ais import ais_from_settings
+from boltzflow.errors import BoltzflowError
 from boltzflow.estimators import WeightSums, stream_sums
 from boltzflow.experiment import CHECK_FILES, Experiment
 from boltzflow.explore import check_flow
@@ -72,7 +73,7 @@ def importance_metrics(target, sums: WeightSums, prefix: str = "") -> dict:
 
 def evaluate(exp: Experiment, key: jax.Array, n_samples: int = 10_000, ais_state=None, with_ais: bool = False,
              chunk: int = 4096, check: bool | None = False, check_budget: int | None = None,
-             check_dir: Path | None = None, baseline: bool = False) -> dict:
+             check_dir: Path | None = None, baseline: bool = False, paths: int = 1) -> dict:
     """All metrics of the trained model in ``exp`` as a flat dict of floats (see the module docstring).
 
     Samples are drawn and reduced ``chunk`` at a time (rounded up to a multiple of the devices of the mesh in use,
@@ -81,12 +82,16 @@ def evaluate(exp: Experiment, key: jax.Array, n_samples: int = 10_000, ais_state
     missing-mass check (None: as the config's ``explore.check`` says, what the command line does), within
     ``check_budget`` target evaluations unless the config's ``explore.budget`` says otherwise (None: no limit but
     ``explore.n``), keeping its explorations in ``check_dir`` (None: nowhere). ``baseline``: add the equal-cost
-    baseline (:func:`baseline_report`, the check's first exploration: run once, shared with the check)."""
+    baseline (:func:`baseline_report`, the check's first exploration: run once, shared with the check). ``paths``:
+    for a stochastic model (an SNF, an augmented flow), the paths pooled into each weight and each estimate of log q
+    (boltzflow.flows.paths.path_weights), reported as ``paths``; a flow ignores it."""
+    if paths < 1:
+        raise BoltzflowError(f"paths must be a positive integer, got {paths}")
     space = exp.space("evaluate --ais") if with_ais else None  # before any work: the error comes first
     setup = CheckSetup(check_budget, None if check_dir is None else Path(check_dir))
     check = (exp.config.explore.wants("check", exp.target) if check is None else check) and setup
     chunk = device_chunk(chunk, n_samples)
-    sampled = partial(_sampled_report, exp, key, n_samples, chunk, space, ais_state, check)
+    sampled = partial(_sampled_report, exp, key, n_samples, chunk, space, ais_state, check, paths)
     out = exp.target.report(Evaluation(exp.model, key, sampled))
     if baseline:
         out |= baseline_report(exp, jax.random.fold_in(key, 6), chunk, setup)
@@ -118,7 +123,7 @@ class CheckSetup(NamedTuple):
 
 
 def _sampled_report(exp: Experiment, key: jax.Array, n_samples: int, chunk: int, space: Space | None, ais_state: Any,
-                    check: CheckSetup | bool, target: Target) -> dict:
+                    check: CheckSetup | bool, paths: int, target: Target) -> dict:
     """The report on ``n_samples`` importance-weighted samples of ``target`` by ``exp``'s model (module
     docstring), with the target's metrics."""
     model = exp.model
@@ -126,7 +131,7 @@ def _sampled_report(exp: Experiment, key: jax.Array, n_samples: int, chunk: int,
     k_check = jax.random.fold_in(key, 5)  # a fifth stream, leaving the four above as they were
 
     def draw(k, valid):  # block diagnostics: per-chunk means, summed here and divided by the chunks below
-        x, log_w, infos = path_weights(model, target, k, chunk)
+        x, log_w, infos = path_weights(model, target, k, chunk, paths)
         sums = {"w": WeightSums.of(log_w, valid, target.test_values(x)), "blocks": block_metrics(infos)}
         return sums, target.sample_rows(x, log_w)
 
@@ -137,10 +142,11 @@ def _sampled_report(exp: Experiment, key: jax.Array, n_samples: int, chunk: int,
         out["block_accept"] = [float(a) / n_chunks for a in np.asarray(sums["blocks"]["block_accept"])]
         out["block_nonfinite"] = int(sums["blocks"]["block_nonfinite"])
     # log q of given points: exact for a flow; for an SNF the backward-path estimate, a lower bound in expectation
-    log_q_fn = jax.jit(lambda xs: backward_log_q(model, xs, k_exact))
+    log_q_fn = jax.jit(lambda xs: backward_log_q(model, xs, k_exact, paths))
     log_q = lambda x: apply_in_chunks(log_q_fn, x, chunk)  # noqa: E731
     if model.stochastic:
         out["log_q_is_lower_bound"] = True
+        out["paths"] = paths
     if target.log_z is not None:
         out["log_z_true"] = target.log_z
     out.update(target.metrics(ModelSamples(n_samples, chunk, sums["w"], kept, log_q, k_exact, k_truth)))
@@ -148,7 +154,7 @@ def _sampled_report(exp: Experiment, key: jax.Array, n_samples: int, chunk: int,
         out.update(ais_metrics(exp, space, ais_state, target, k_ais, n_samples, chunk))
     if check:
         out.update(missing_mass_check(exp, k_check, out["log_z"], out["log_z_stderr"], log_q,
-                                      min(n_samples, CHECK_SAMPLES), chunk, check))
+                                      min(n_samples, CHECK_SAMPLES), chunk, check, paths))
     return out
 
 
@@ -168,7 +174,7 @@ def ais_metrics(exp: Experiment, space: Space, ais_state: Any, target: Target, k
 
 
 def missing_mass_check(exp: Experiment, key, log_z: float, log_z_stderr: float, log_q, n_flow: int,
-                       chunk: int, setup: CheckSetup = CheckSetup(None, None)) -> dict:
+                       chunk: int, setup: CheckSetup = CheckSetup(None, None), paths: int = 1) -> dict:
     """The model's estimates against an exploration that does not use it (boltzflow.explore.check_flow): log Z
     both ways, their difference in standard errors, and the mass in the region where q is ten times too thin (X5) by
     each (``log_q`` of points, chunk at a time), on ``n_flow`` fresh model samples (``key``); a second exploration
@@ -185,7 +191,7 @@ def missing_mass_check(exp: Experiment, key, log_z: float, log_z_stderr: float, 
         reused.append(was_kept)
         return e, e.log_p - np.asarray(log_q(jnp.asarray(e.x, jnp.result_type(float))))
 
-    flow_log_w = stream_sums(lambda k, valid: ((), {"log_w": path_weights(model, target, k, chunk)[1]}), key,
+    flow_log_w = stream_sums(lambda k, valid: ((), {"log_w": path_weights(model, target, k, chunk, paths)[1]}), key,
                              n_flow, chunk)[1]["log_w"]
     out = check_flow(look, jax.random.fold_in(seed_key(exp.config.train.seed), CHECK_STREAM), flow_log_w, log_z)
     diff = out["explore_log_z"] - log_z

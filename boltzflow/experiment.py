@@ -69,16 +69,18 @@ class Experiment:
             raise BoltzflowError(f"{purpose} needs a model with a tractable density (a flow, or an SNF with "
                                  f"unadjusted Langevin blocks through its path space): {e}") from None
 
-    def weighted_samples(self, key: jax.Array, n: int, chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
-        """n model samples x with their path log weights log w (boltzflow.flows.paths.path_weights), as host
-        (numpy) arrays: drawn ``chunk`` at a time (rounded up to a multiple of the devices in use) by one jitted
-        program, chunk i from ``jax.random.fold_in(key, i)``, so memory is bounded by the chunk, not by n, and of two
-        draws of at least one chunk with the same key the shorter is the start of the longer."""
+    def weighted_samples(self, key: jax.Array, n: int, chunk: int = 65_536,
+                         paths: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """n model samples x with their path log weights log w (boltzflow.flows.paths.path_weights, ``paths`` per
+        sample), as host (numpy) arrays: drawn ``chunk`` at a time (rounded up to a multiple of the devices in use)
+        by one jitted program, chunk i from ``jax.random.fold_in(key, i)``, so memory is bounded by the chunk, not
+        by n, and of two draws of at least one chunk with the same key the shorter is the start of the longer."""
         self._require_sampler("weighted samples")
-        if n < 1 or chunk < 1:
-            raise BoltzflowError(f"weighted samples: n and chunk must be positive, got n={n}, chunk={chunk}")
+        if n < 1 or chunk < 1 or paths < 1:
+            raise BoltzflowError(f"weighted samples: n, chunk and paths must be positive, got n={n}, chunk={chunk}, "
+                                 f"paths={paths}")
         chunk = device_chunk(chunk, n)
-        draw = jax.jit(lambda k: path_weights(self.model, self.target, k, chunk)[:2])
+        draw = jax.jit(lambda k: path_weights(self.model, self.target, k, chunk, paths)[:2])
         parts = [to_host(draw(jax.random.fold_in(key, i))) for i in range(-(-n // chunk))]
         return tuple(np.concatenate(c)[:n] for c in zip(*parts))
 

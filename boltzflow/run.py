@@ -74,13 +74,16 @@ class Run:
         """The trained model (the parameter average where ``train.ema_decay`` keeps one)."""
         return self.experiment.model
 
-    def sample(self, key: jax.Array, n: int, chunk: int = 65_536) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, key: jax.Array, n: int, chunk: int = 65_536, paths: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Samples of the model with their importance log weights.
 
         Args:
             key: a JAX key.
             n: how many samples.
             chunk: samples drawn at a time (bounds memory; chunk i uses ``jax.random.fold_in(key, i)``).
+            paths: for a stochastic model (an SNF, an augmented flow), paths pooled into each weight: a forward
+                path and ``paths - 1`` backward paths from its sample, a weight of lower variance for that cost
+                (boltzflow.flows.paths.path_weights); a flow ignores it.
 
         Returns:
             ``(x, log_w)``: numpy arrays ``(n, dim)`` and ``(n,)``, log w = log p(x) - log q(x) (path weights for an
@@ -90,10 +93,10 @@ class Run:
             >>> x, log_w = run.sample(jax.random.key(1), 10_000)
         """
         with precision(self.config):
-            return self.experiment.weighted_samples(key, n, chunk)
+            return self.experiment.weighted_samples(key, n, chunk, paths)
 
     def evaluate(self, key: jax.Array, n: int = 10_000, *, ais: bool = False, chunk: int = 4096,
-                 check: bool | None = None, baseline: bool = False) -> dict:
+                 check: bool | None = None, baseline: bool = False, paths: int = 1) -> dict:
         """The report of ``boltzflow evaluate``: ESS, log Z with its standard error, and what the target adds.
 
         Args:
@@ -108,6 +111,8 @@ class Run:
             baseline: also report the equal-cost baseline, keys ``baseline_...``: tempered SMC with HMC moves
                 (the check's first exploration, within the same budget), its ESS, log Z and the target's metrics
                 of its samples (boltzflow.evaluate.baseline_report).
+            paths: for a stochastic model, paths pooled into each weight and each estimate of log q (as
+                :meth:`sample`'s), reported as ``paths``; a flow ignores it.
 
         Returns:
             A flat dict of numbers (boltzflow.evaluate): ``ess`` (a fraction), ``log_z``, ``log_z_stderr``, and where
@@ -121,7 +126,7 @@ class Run:
         with precision(self.config):
             return evaluate(self.experiment, key, n_samples=n, ais_state=ais_state, with_ais=ais, chunk=chunk,
                             check=check, check_budget=self.summary.get("target_evals") or None, check_dir=self.out,
-                            baseline=baseline)
+                            baseline=baseline, paths=paths)
 
     def plot(self, out: str | Path | None = None) -> list[Path]:
         """Draw the run's pictures (the model's samples as its target shows them, the training curves).

@@ -9,7 +9,15 @@ blocks' inverse runs their kernel from x, boltzflow.snf.block): with D the sum o
 
     log q0(z) + D = log q(x)  (deterministic flow),   <= log q(x) in expectation over backward paths (an SNF),
 
-by Jensen, log q(x) = log E_b[q0(z) e^D] >= E_b[log q0(z) + D]. Nothing here special-cases a layer: every layer
+by Jensen, log q(x) = log E_b[q0(z) e^D] >= E_b[log q0(z) + D]. With K paths per sample (``paths=K``) the
+estimate is their log-mean-exp, a bound that tightens as K grows (Burda et al. 2016, eq. 8 and Theorem 1), and a
+forward path's weight pools it with K - 1 backward paths from its x:
+
+    log w_K = log p(x) - log (1/K) [q0(z_1) e^{-sum dS} + sum_{k=2..K} q0(z_k) e^{D_k}],     E[w_K] = Z,
+
+an importance weight of x on the space of K paths, whose proposal picks which of them runs forwards uniformly
+(derivation: docs/concepts/path-weights.md); it tends to p(x)/q(x) as K grows, so its ESS is higher. For a
+flow every path is the same and K changes nothing. Nothing here special-cases a layer: every layer
 returns its dS, and the stochastic ones also their diagnostics (acceptance, non-finite counts), which
 :func:`block_metrics` turns into training / evaluation metrics.
 
@@ -29,12 +37,17 @@ from boltzflow.errors import BoltzflowError
 from boltzflow.flows.base import Flow
 
 
-def path_weights(model: Flow, target, key: jax.Array, n: int):
+def path_weights(model: Flow, target, key: jax.Array, n: int, paths: int = 1):
     """n forward paths: (x (n, d), log w (n,), infos) with log w = log p(x) - log q0(z) + sum dS (SNF eq. 11);
     ``infos`` are the stochastic layers' diagnostics (empty for a flow). Self-normalised weights of these samples
-    give asymptotically unbiased estimates; logmeanexp(log w) estimates log Z."""
+    give asymptotically unbiased estimates; logmeanexp(log w) estimates log Z. ``paths`` > 1 (a stochastic model):
+    each forward path pooled with ``paths - 1`` backward paths from its x (module docstring), a weight of lower
+    variance at the cost of those paths."""
     x, log_q0, ds, infos = model.sample_with_path(key, n)
-    return x, target.log_prob(x) - log_q0 + ds, infos
+    log_q = log_q0 - ds
+    if paths > 1 and model.stochastic:
+        log_q = _pooled(log_q, model, x, key, paths - 1)
+    return x, target.log_prob(x) - log_q, infos
 
 
 def backward_path(model: Flow, x: jax.Array, key: jax.Array):
@@ -44,9 +57,24 @@ def backward_path(model: Flow, x: jax.Array, key: jax.Array):
     return z, model.base.log_prob(z) + d, infos
 
 
-def backward_log_q(model: Flow, x: jax.Array, key: jax.Array) -> jax.Array:
-    """log q(x) per sample (n,): exact for a flow, its backward-path lower bound (in expectation) for an SNF."""
-    return backward_path(model, x, key)[1]
+def backward_log_q(model: Flow, x: jax.Array, key: jax.Array, paths: int = 1) -> jax.Array:
+    """log q(x) per sample (n,): exact for a flow; for an SNF the log-mean-exp of ``paths`` backward-path
+    estimates, a lower bound in expectation that tightens as ``paths`` grows (module docstring)."""
+    log_q = backward_path(model, x, key)[1]
+    if paths > 1 and model.stochastic:
+        log_q = _pooled(log_q, model, x, jax.random.fold_in(key, 0), paths - 1)
+    return log_q
+
+
+def _pooled(log_q: jax.Array, model: Flow, x: jax.Array, key: jax.Array, extra: int) -> jax.Array:
+    """log (1/K) [exp(log_q) + sum of ``extra`` backward paths' exp(log q0(z_k) + D_k)], K = extra + 1, one path at
+    a time (the memory of one)."""
+
+    def add(total, k):
+        return jnp.logaddexp(total, backward_path(model, x, k)[1]), None
+
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(1, extra + 1))
+    return jax.lax.scan(add, log_q, keys)[0] - jnp.log(extra + 1.0)
 
 
 def block_metrics(infos, prefix: str = "") -> dict:
