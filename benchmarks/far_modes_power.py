@@ -5,7 +5,7 @@ For each far-mode target (boltzflow.targets.far_modes), one exploration (boltzfl
 config's ``explore`` section: a final round of up to 32,768 particles, within ``--budget`` target evaluations if
 given) and two stand-in models with exact densities and samples:
 the bulk alone (the mixture without its far components: what a flow that never found them is) and p itself (a
-perfect flow). The check (X5, with a second look where the first is inconclusive, X6:
+perfect flow). The check (docs/concepts/missing-mass-check.md, with a second look where the first is inconclusive:
 boltzflow.explore.check_flow) on 65,536 samples of each, as ``boltzflow evaluate`` runs it. Also the far modes' mass as the exploration alone finds it.
 
     python benchmarks/far_modes_power.py --targets 0 12 [--n 32768] [--budget 2.5e6] [--repeats R]

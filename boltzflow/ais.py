@@ -2,7 +2,7 @@
 
 Distributions. With betas 0 = beta_0 < beta_1 < ... < beta_{K+1} = 1 (K = ``n_intermediate``),
 
-    log pi_k(x) = (1 - beta_k alpha) log q(x) + beta_k alpha log p(x),                             (A1)
+    log pi_k(x) = (1 - beta_k alpha) log q(x) + beta_k alpha log p(x),
 
 so pi_0 = q and pi_{K+1} = g = p^alpha q^(1-alpha), the target of FAB (paper eq. 7; alpha = 1 gives p itself,
 alpha = 2 the minimum-variance importance distribution p^2/q of the alpha = 2 divergence). A transition T_k
@@ -11,28 +11,18 @@ at pi_0 or pi_{K+1}. With K = 0 this is plain importance sampling, log w = alpha
 
 Weights. Neal's AIS weight (Neal 2001, eq. 3; FAB Algorithm 2) sums the increments
 
-    log w_AIS = sum_{k=1}^{K+1} [ log pi_k(x_{k-1}) - log pi_{k-1}(x_{k-1}) ],                        (A2)
+    log w_AIS = sum_{k=1}^{K+1} [ log pi_k(x_{k-1}) - log pi_{k-1}(x_{k-1}) ],
 
 exact when every T_k leaves pi_k invariant. boltzflow instead computes the SNF path weight (SNF eq. 11) with the
 kernels' log path ratios dS (SNF eq. 8):
 
-    log w = log pi_{K+1}(x_K) - log q(x_0) + sum_{k=1}^{K} dS_k.                                      (A3)
+    log w = log pi_{K+1}(x_K) - log q(x_0) + sum_{k=1}^{K} dS_k,
 
-(A3) is an importance weight of the forward path x_0 -> ... -> x_K against the backward path that starts from
-pi_{K+1} and uses the backward kernels implied by dS, so E[w] = Z_g / Z_q = Z_g for *any* kernels, including
-unadjusted Langevin (ULA, BAOAB) whose invariant law is only approximately pi_k. AIS is an SNF made of
-stochastic blocks only.
-
-(A2) = (A3) for kernels in detailed balance. Such a kernel has dS_k = log pi_k(x_{k-1}) - log pi_k(x_k) (SNF
-eq. 22; for n_inner_steps moves the per-move terms telescope to the same thing), so
-
-    (A3) = log pi_{K+1}(x_K) - log pi_0(x_0) + sum_{k=1}^{K} [log pi_k(x_{k-1}) - log pi_k(x_k)]
-         = sum_{k=1}^{K+1} log pi_k(x_{k-1}) - sum_{k=0}^{K} log pi_k(x_k)          (re-index the sums)
-         = sum_{k=1}^{K+1} [ log pi_k(x_{k-1}) - log pi_{k-1}(x_{k-1}) ] = (A2).          QED
-
-Both are computed (A2 costs nothing: every density is cached in the points); (A3) is ``log_w`` and (A2) is
-``info.log_w_standard``, a diagnostic that agrees with ``log_w`` up to rounding for MH kernels and is biased for
-unadjusted ones.
+an importance weight of the forward path against a backward one from pi_{K+1}, so E[w] = Z_g / Z_q = Z_g for *any*
+kernels, including unadjusted Langevin (ULA, BAOAB). For kernels in detailed balance (dS_k = log pi_k(x_{k-1}) -
+log pi_k(x_k), SNF eq. 22) the two weights are equal. Both are computed (Neal's costs nothing: every density is
+cached in the points): the path weight is ``log_w``, Neal's ``info.log_w_standard``, a diagnostic that agrees with
+``log_w`` up to rounding for MH kernels and is biased for unadjusted ones. Derivation: docs/concepts/ais.md.
 
 Numerics: a sample whose final weight is not finite, or whose position is not finite, gets log w = -inf (its x
 replaced by 0 and its log q, log p by -inf), and is counted in ``info.n_invalid_weights``; moves onto non-finite
@@ -74,7 +64,7 @@ class AISInfo(NamedTuple):
     step_sizes: (K,) or (K, d) step sizes used in this pass.
     n_nonfinite: () moves rejected because a proposal met a non-finite density.
     n_invalid_weights: () samples whose final log weight (or position) was not finite, now log w = -inf.
-    log_w_standard: (n,) Neal's increment weights (A2), for comparison with ``log_w`` (A3).
+    log_w_standard: (n,) Neal's increment weights (module docstring), to compare with the path weights ``log_w``.
     n_resampled, betas, levels_run: with ``smc``, the group resamplings (), the adaptive levels' betas (K,) and the
     levels that moved () (K unless ``SMC.levels_at_end`` skipped some; else None).
     """
@@ -158,13 +148,14 @@ def build_ais(log_p_fn: Callable[[jax.Array], jax.Array], kernel: Kernel | str, 
         kernel: a :class:`~boltzflow.mcmc.base.Kernel` (from ``make_kernel``) or a kernel name.
         n_intermediate: K >= 0 intermediate distributions (transitions happen only there).
         schedule: ``linear`` or ``geometric`` (see :func:`make_betas`).
-        alpha: the exponent of (A1); 1 targets p, 2 targets p^2/q (FAB).
+        alpha: the exponent of the intermediate distributions (module docstring); 1 targets p, 2 targets p^2/q
+            (FAB).
         n_inner_steps: kernel moves per intermediate distribution.
         target_accept: acceptance the step sizes adapt to (default: the kernel's; unadjusted kernels: none).
         step_size: initial step size of every distribution, a scalar or a (d,) vector.
-        adapt_rate: the rate of (S2) in boltzflow.mcmc.step_size.
+        adapt_rate: the rate of the step-size update in boltzflow.mcmc.step_size.
         smc: sequential Monte Carlo instead of AIS (boltzflow.mcmc.anneal: groups resampled below an ESS
-            threshold, R1, and optionally adaptive levels between q and g); ``log_w`` is then Neal's weight (A2)
+            threshold, R1, and optionally adaptive levels between q and g); ``log_w`` is then Neal's weight
             plus the group's offset, so its mean in each group still estimates Z_g. Needs a Metropolis kernel.
     """
     if isinstance(kernel, str):
@@ -205,7 +196,7 @@ def build_ais(log_p_fn: Callable[[jax.Array], jax.Array], kernel: Kernel | str, 
         point = make_point(x0, log_q_fn, log_p_fn, with_grad=kernel.needs_grad and k_int > 0, log_q=log_q0)
         log_q0 = point.log_q  # NaN / +inf -> -inf
         w_p = jnp.asarray(betas, dtype) * alpha
-        ws = jnp.stack([1.0 - w_p, w_p], axis=-1)  # (K + 2, 2): (w_q, w_p) of (A1)
+        ws = jnp.stack([1.0 - w_p, w_p], axis=-1)  # (K + 2, 2): (w_q, w_p) of log pi_k (module docstring)
         eps = state.step_sizes.astype(dtype)
         smc_on = smc is not None and k_int > 0
         if k_int > 0:
@@ -219,10 +210,10 @@ def build_ais(log_p_fn: Callable[[jax.Array], jax.Array], kernel: Kernel | str, 
         log_pi_final = annealed_log_prob(point, ws[-1])
         w_last = info.w_last if smc_on else ws[-2]
         log_w_std = log_w_std + log_pi_final - annealed_log_prob(point, w_last)
-        if smc_on:  # ancestors changed: Neal's weight (A2) and the groups' offsets
+        if smc_on:  # ancestors changed: Neal's weight and the groups' offsets
             log_w = log_w_std = log_w_std + info.log_w_offset
         else:
-            log_w = log_pi_final - log_q0 + d_s  # (A3)
+            log_w = log_pi_final - log_q0 + d_s  # the SNF path weight (module docstring)
         x_ok = jnp.all(jnp.isfinite(point.x), axis=1)
         ok = x_ok & jnp.isfinite(log_w)
         result = AISResult(

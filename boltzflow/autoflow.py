@@ -58,9 +58,9 @@ MAX_SCALE_RATIO = 1e4  # scales below max(scale) / this are raised to it (a coll
 class AutoSettings:
     """``flow: {type: auto, ...}`` (module docstring). ``flow``: the flow type chosen; ``n_layers`` / ``hidden``:
     override the sizing rule; ``bounds``: [lo, hi] for every dimension, or a list of d such pairs;
-    ``explore_samples``: SMC particles of the exploration's final round (at most; boltzflow.explore, X7); ``frame``: ``hessian`` rotates the flow's coordinates
-    into the target's own axes (boltzflow.frame, from the Hessians of log p at ``frame_points`` points of the
-    explored mass, or of the box), ``axes`` keeps the target's."""
+    ``explore_samples``: SMC particles of the exploration's final round (at most; boltzflow.explore, its budget);
+    ``frame``: ``hessian`` rotates the flow's coordinates into the target's own axes (boltzflow.frame, from the
+    Hessians of log p at ``frame_points`` points of the explored mass, or of the box), ``axes`` keeps the target's."""
 
     flow: Literal["nsf", "realnvp"] = "nsf"
     n_layers: int | None = None

@@ -6,24 +6,24 @@ sample with weight 0: it still counts in n, so invalid samples lower the ESS and
 
 - Kish effective sample size as a *fraction* of n (in [0, 1]):
 
-      ESS = (sum_i w_i)^2 / (n sum_i w_i^2).                                                      (E1)
+      ESS = (sum_i w_i)^2 / (n sum_i w_i^2).
 
 - log Z (Z = E_q[w]) and its delta-method standard error:
 
-      log Z^ = logsumexp(log w) - log n,   se(log Z^) = std(w) / (sqrt(n) mean(w)),               (E2)
+      log Z^ = logsumexp(log w) - log n,   se(log Z^) = std(w) / (sqrt(n) mean(w)),
 
   with the sample standard deviation (ddof = 1); for ddof = 0 this equals sqrt((1/ESS - 1) / n). log Z^ is
   biased low by about se^2 / 2 (Jensen), negligible when se is small.
 - Self-normalised expectation with normalised weights W_i = w_i / sum_j w_j:
 
-      E^[f] = sum_i W_i f(x_i),    se^2 = sum_i W_i^2 (f(x_i) - E^[f])^2                           (E3)
+      E^[f] = sum_i W_i f(x_i),    se^2 = sum_i W_i^2 (f(x_i) - E^[f])^2
 
   (the delta-method variance of a ratio estimator; Owen 2013, "Monte Carlo theory", eq. 9.8).
 
 - Streaming: :class:`WeightSums` holds, for a shift m (the largest finite log w seen), n, the non-finite count,
   s1 = sum_i e^(log w_i - m), s2 = sum_i e^(2 (log w_i - m)) and sf = sum_i e^(log w_i - m) f(x_i); chunks merge
-  by rescaling to the larger shift, so (E1), (E2) and E^[f] of (E3) come from any number of samples, chunk by
-  chunk, without holding them: ESS = s1^2 / (n s2), log Z^ = m + log(s1 / n), se from the sample variance
+  by rescaling to the larger shift, so the ESS, log Z^ with its se and E^[f] come from any number of samples,
+  chunk by chunk, without holding them: ESS = s1^2 / (n s2), log Z^ = m + log(s1 / n), se from the sample variance
   (s2 - s1^2 / n) / (n - 1) of w e^(-m), E^[f] = sf / s1. They equal the functions above up to rounding.
   :func:`stream_sums` draws and merges such sums chunk by chunk.
 - Resampling (Kitagawa 1996): systematic resampling of n weighted samples draws one u ~ U(0, 1) and takes as
@@ -31,7 +31,9 @@ sample with weight 0: it still counts in n, so invalid samples lower the ESS and
   gets floor or ceil of n W_i copies (:func:`systematic_resample`; SMC's groups, boltzflow.mcmc.anneal R1);
   :func:`resample` draws m unweighted samples of p from n weighted ones: k = ceil(m / n) independent systematic
   resamplings pooled, m of the k n ancestors kept uniformly without replacement, so sample i appears m W_i times on
-  average.                                                                                        (E4)
+  average.
+
+Derivations (the delta method, the resampling's counts): docs/concepts/estimators.md.
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ def normalised_weights(log_w: jax.Array) -> jax.Array:
 
 
 def systematic_resample(key: jax.Array, log_w: jax.Array) -> jax.Array:
-    """Ancestor indices (m,) of one systematic resampling (E4) of m samples with log weights ``log_w`` (m,); with no
-    finite weight the samples are kept."""
+    """Ancestor indices (m,) of one systematic resampling (module docstring) of m samples with log weights
+    ``log_w`` (m,); with no finite weight the samples are kept."""
     m = log_w.shape[0]
     ok = jnp.isfinite(log_w)
     w = normalised_weights(log_w)
@@ -73,8 +75,8 @@ def systematic_resample(key: jax.Array, log_w: jax.Array) -> jax.Array:
 
 
 def resample(key: jax.Array, x: np.ndarray, log_w: np.ndarray, m: int) -> np.ndarray:
-    """m unweighted samples of p from n weighted ones (E4): sample i appears m W_i times on average; m = n is one
-    systematic resampling. Non-finite log weights count as 0.
+    """m unweighted samples of p from n weighted ones (module docstring): sample i appears m W_i times on average;
+    m = n is one systematic resampling. Non-finite log weights count as 0.
 
     Args:
         key: a JAX key.
@@ -106,7 +108,7 @@ def resample(key: jax.Array, x: np.ndarray, log_w: np.ndarray, m: int) -> np.nda
 
 
 def effective_sample_size(log_w: jax.Array) -> jax.Array:
-    """Kish ESS (E1) as a fraction of n in [0, 1]; 0 when no weight is finite."""
+    """Kish ESS (module docstring) as a fraction of n in [0, 1]; 0 when no weight is finite."""
     lw = _clean(log_w)
     n = lw.shape[0]
     W = normalised_weights(lw)
@@ -115,7 +117,8 @@ def effective_sample_size(log_w: jax.Array) -> jax.Array:
 
 
 def log_z_estimate(log_w: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(log Z^, se) of (E2). With no finite weight: (-inf, inf); with n = 1: se = inf."""
+    """(log Z^, se), se the delta-method standard error (module docstring). With no finite weight: (-inf, inf);
+    with n = 1: se = inf."""
     lw = _clean(log_w)
     n = lw.shape[0]
     m = jnp.max(lw)
@@ -131,7 +134,8 @@ def log_z_estimate(log_w: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def self_normalised_expectation(log_w: jax.Array, values: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """(E^[f], se) of (E3) from log weights (n,) and f(x_i) ``values`` (n,) or (n, ...).
+    """(E^[f], se), the self-normalised expectation and its delta-method error (module docstring), from log
+    weights (n,) and f(x_i) ``values`` (n,) or (n, ...).
 
     Values of samples with weight 0 are ignored (even if not finite). NaN where no weight is finite.
     """
@@ -177,12 +181,12 @@ class WeightSums(NamedTuple):
                           a * a * self.s2 + b * b * other.s2, a * self.sf + b * other.sf)
 
     def ess(self) -> jax.Array:
-        """(E1) as a fraction of n; 0 when no weight is finite."""
+        """Kish ESS as a fraction of n; 0 when no weight is finite."""
         ok = jnp.isfinite(self.m)
         return jnp.where(ok, jnp.clip(self.s1**2 / (self.n * jnp.where(ok, self.s2, 1.0)), 0.0, 1.0), 0.0)
 
     def log_z(self) -> tuple[jax.Array, jax.Array]:
-        """(log Z^, se) of (E2): (-inf, inf) with no finite weight, se = inf for n < 2."""
+        """(log Z^, se) as :func:`log_z_estimate`: (-inf, inf) with no finite weight, se = inf for n < 2."""
         ok = jnp.isfinite(self.m)
         mean = self.s1 / self.n
         var = jnp.maximum(self.s2 - self.s1 * mean, 0.0) / jnp.maximum(self.n - 1, 1)
@@ -190,7 +194,7 @@ class WeightSums(NamedTuple):
         return jnp.where(ok, jnp.log(mean) + self.m, -jnp.inf), jnp.where(ok & (self.n > 1), se, jnp.inf)
 
     def expectation(self) -> jax.Array:
-        """E^[f] of (E3); NaN when no weight is finite."""
+        """E^[f] = sf / s1 (module docstring); NaN when no weight is finite."""
         return jnp.where(jnp.isfinite(self.m), self.sf / self.s1, jnp.nan)
 
 

@@ -20,10 +20,11 @@ sampler q of a target p (log p unnormalised, log Z = log int exp(log p)), from n
   times too thin, by the exploration and by the model's own importance sampling (``thin_region_mass_explore``,
   ``thin_region_mass_flow``), their difference ``unseen_mass`` +- ``unseen_mass_stderr``, the fraction of the
   exploration's independent groups that see more than 0.1 % of p unseen (``unseen_in_groups``) and ``mass_missing``
-  (difference above 0.1 % of p and either above 3 standard errors or seen by every group: X5's sign test): a model that never samples a mode reports a confident log Z
-  and ESS, but not this; where the difference is at 2-3 standard errors a second exploration is pooled with the
-  first (``explore_looks`` 2; boltzflow.explore.check_flow, X6); ``explore_converged`` false (the budget or the
-  rounds ran out before the reference was wide enough) means the check could not conclude;
+  (difference above 0.1 % of p and either above 3 standard errors or seen by every group: the sign test of
+  docs/concepts/missing-mass-check.md): a model that never samples a mode reports a confident log Z and ESS, but
+  not this; where the difference is at 2-3 standard errors a second exploration is pooled with the first
+  (``explore_looks`` 2; boltzflow.explore.check_flow, the second look); ``explore_converged`` false (the budget or
+  the rounds ran out before the reference was wide enough) means the check could not conclude;
 - with ``ais=True`` the same estimates from AIS (targeting p, step sizes frozen at their trained values); for
   an SNF with Langevin blocks AIS runs in its path space (boltzflow.snf.paths), whose x-marginal is p; for a model
   without a tractable density (an SNF with Metropolis blocks) a one-line error says so.
@@ -176,12 +177,13 @@ def ais_metrics(exp: Experiment, space: Space, ais_state: Any, target: Target, k
 def missing_mass_check(exp: Experiment, key, log_z: float, log_z_stderr: float, log_q, n_flow: int,
                        chunk: int, setup: CheckSetup = CheckSetup(None, None), paths: int = 1) -> dict:
     """The model's estimates against an exploration that does not use it (boltzflow.explore.check_flow): log Z
-    both ways, their difference in standard errors, and the mass in the region where q is ten times too thin (X5) by
-    each (``log_q`` of points, chunk at a time), on ``n_flow`` fresh model samples (``key``); a second exploration
-    where one is inconclusive (X6). ``mass_missing`` when that mass differs by more than 3 standard errors (and 0.1 %
-    of p). The explorations use the run's own key (:data:`CHECK_STREAM`) and ``setup``'s budget, and are kept in
-    and taken from ``setup.cache`` (boltzflow.explore_cache); ``explore_seconds`` is what they cost when run,
-    ``explore_reused`` the looks taken from the run directory."""
+    both ways, their difference in standard errors, and the mass in the region where q is ten times too thin
+    (boltzflow.explore.unseen_mass) by each (``log_q`` of points, chunk at a time), on ``n_flow`` fresh model
+    samples (``key``); a second exploration where one is inconclusive (boltzflow.explore.check_flow).
+    ``mass_missing`` when that mass differs by more than 3 standard errors (and 0.1 % of p). The explorations use
+    the run's own key (:data:`CHECK_STREAM`) and ``setup``'s budget, and are kept in and taken from ``setup.cache``
+    (boltzflow.explore_cache); ``explore_seconds`` is what they cost when run, ``explore_reused`` the looks taken
+    from the run directory."""
     target, model = exp.target, exp.model
     budget = _check_budget(exp, setup)
     reused = []

@@ -1,57 +1,45 @@
 """Exploring a target without a flow: tempered SMC from a broad Gaussian that grows until it is wider than all the
 mass it finds, and the mass stops moving; then one larger round there, within a budget of target evaluations.
+Derivations, and the missing-mass check built on it (:func:`unseen_mass`, :func:`check_flow`):
+docs/concepts/missing-mass-check.md.
 
 Reference r = N(c, s^2 I) on R^d. Tempered SMC (boltzflow.ais with resampling, boltzflow.mcmc.anneal R1; Del Moral,
 Doucet & Jasra 2006) runs from r to p through
 
-    log pi_k(x) = (1 - beta_k) log r(x) + beta_k log p(x),     0 = beta_0 < ... < beta_{K+1} = 1,           (X1)
+    log pi_k(x) = (1 - beta_k) log r(x) + beta_k log p(x),     0 = beta_0 < ... < beta_{K+1} = 1,
 
 with HMC moves at each level, the levels chosen at conditional ESS 0.9 and run only until beta reaches 1 (and 4
 more), the step size tuned within the run (T1), and a group resampled whenever its ESS fraction falls below one
 half. It returns weighted samples (x_i, w_i), in G independent groups, with E[mean_{i in g} w_i] = Z in each, hence
+(the delta method over independent groups: the particles of one group are not independent after resampling)
 
-    log Z^ = log mean_g Z^_g,      se(log Z^) = sd_g(Z^_g) / (sqrt(G) mean_g Z^_g)                          (X2)
+    log Z^ = log mean_g Z^_g,      se(log Z^) = sd_g(Z^_g) / (sqrt(G) mean_g Z^_g),
 
-(the delta method over independent groups: the particles of one group are not independent after resampling), and
-self-normalised estimates of p's mean m and per-dimension standard deviation sigma.
-
-Why SMC and not AIS (measured on the far-mode mixtures of boltzflow.targets.far_modes; docs/benchmarks.md): AIS
-from a reference 10 times wider than the target, 64 linear levels, gave log Z errors of 1-5 nats in 9 dimensions.
-Resampling keeps the particles where pi_k's mass is at every level, so a mode that r reaches is followed to the
-end. A mode narrower than the bulk starts with fewer particles ((width ratio)^d under r), then multiplied: the
-source of most of the groups' spread, and why the final round wants many particles in many dimensions.
+and self-normalised estimates of p's mean m and per-dimension standard deviation sigma. (SMC, not AIS: resampling
+keeps the particles where pi_k's mass is at every level; docs/benchmarks.md.)
 
 Growth: pilot rounds of ``n_pilot`` particles (1,024) with r_j = N(c_j, s_j^2 I): c_0 = 0, s_0 = ``scale``; then
-c_{j+1} = m^_j and
+c_{j+1} = m^_j and s_{j+1} = max(``growth`` s_j, ``factor`` sigma^_j), sigma^_j = max_i sigma^_{j,i}, until the
+first round that is (a) usable: it reached p, ESS n >= ``min_ess``, and at least half of its groups estimate Z
+within 100x of the largest (:func:`groups_agree`), (b) wide, s_j >= ``factor`` sigma^_j / 1.25 (the pilot's sigma^
+is noisy), and (c) agrees with the round before on log Z (new mass raises log Z):
 
-    s_{j+1} = max(``growth`` s_j, ``factor`` sigma^_j),        sigma^_j = max_i sigma^_{j,i},                 (X3)
-
-until the first round that is (a) usable: it reached p, ESS n >= ``min_ess``, and at least half of its groups
-estimate Z within 100x of the largest (:func:`groups_agree`), (b) wide, s_j >= ``factor`` sigma^_j / 1.25 (the
-pilot's sigma^ is noisy): a mode up to about ``factor`` found scales from the found mass starts with a fair share
-of the particles, and (c) agrees with the round before on log Z (new mass raises log Z):
-
-    |log Z^_j - log Z^_{j-1}| <= tol + 3 sqrt(se_j^2 + se_{j-1}^2).                                          (X4)
+    |log Z^_j - log Z^_{j-1}| <= tol + 3 sqrt(se_j^2 + se_{j-1}^2).
 
 That round's reference is the exploration's (``converged``). With ``bounds`` (a box [lo, hi] per dimension) one
 pilot runs from r = N(box centre, diag(half-widths^2)) and ``converged`` is true by fiat.
 
-Budget (X7). A round of n particles costs n (1 + L k) target evaluations (L its levels, k = 5 per HMC move). A
-pilot round runs only if the previous one's cost still fits in ``budget``; a converged search is followed by one
-final round at its reference with
+Budget. A round of n particles costs n (1 + L k) target evaluations (L its levels, k = 5 per HMC move). A pilot
+round runs only if the previous one's cost still fits in ``budget``; a converged search is followed by one final
+round at its reference with n_final = min(n, 4096 max(d, 2), (budget - spent) / (1.25 cost per particle of the
+converged pilot)) particles (a multiple of G; none if that is not more than a pilot's), whose samples are the
+result. Without a converged round in ``max_rounds`` or the budget, the result is the last usable round (or the
+last), ``converged`` is false and ``out_of_budget`` says whether the budget stopped it: the check cannot conclude.
 
-    n_final = min(n, 4096 max(d, 2), (budget - spent) / (1.25 cost per particle of the converged pilot))
-
-particles (a multiple of G; none if that is not more than a pilot's), whose samples are the result. Without a
-converged round in ``max_rounds`` or the budget, the result is the last usable round (or the last),
-``converged`` is false and ``out_of_budget`` says whether the budget stopped it: the check cannot conclude.
-
-The result does not depend on a flow, so it serves as the independent check of a flow's log Z (a flow that missed
-a mode shows a significantly lower log Z; boltzflow.evaluate), as samples to seed FAB's replay buffer with
-(boltzflow.train.fab), and as the scale and bounds of a flow for an unknown target (boltzflow.autoflow).
-Limits: a mode farther than about ``factor`` found scales, or much narrower than the found mass in many
-dimensions (its share under r is then (width ratio)^d smaller), can still be missed, more often with fewer
-particles (a small budget): give ``bounds``, or a larger ``budget``.
+The result does not depend on a flow: it checks a flow's log Z and mass (boltzflow.evaluate), seeds FAB's replay
+buffer (boltzflow.train.fab), and gives the scale and bounds of a flow for an unknown target (boltzflow.autoflow).
+Limits: a mode farther than about ``factor`` found scales, or much narrower than the found mass in many dimensions,
+can still be missed, more often with fewer particles: give ``bounds``, or a larger ``budget``.
 """
 
 from __future__ import annotations
@@ -79,23 +67,23 @@ STEP_SIZE = 0.5  # the first level's HMC step size (standardized coordinates), t
 TUNE_RATE = 1.0  # r of (T1) in boltzflow.mcmc.anneal
 LEVELS_AT_END = 4  # levels that move at p once the path reached it; the rest are skipped
 MAX_LEVELS = 256  # the most levels of a round (a round runs those it needs)
-PILOT_PARTICLES = 1024  # particles of each pilot round (X7)
+PILOT_PARTICLES = 1024  # particles of each pilot round (module docstring, "Budget")
 MIN_PILOT = 512  # the fewest a config may set: a usable round needs ESS n >= 200 (``min_ess``)
-FINAL_MARGIN = 1.25  # (X7): the final round's cost per particle, predicted from the pilot's, times this
-PARTICLES_PER_DIM = 4096  # (X7): the most final particles per dimension (and at least 2 dimensions' worth)
-WIDE_SLACK = 1.25  # (X3): a pilot's found scale is noisy (1,024 particles): "wide" is s >= factor found / this
+FINAL_MARGIN = 1.25  # budget: the final round's cost per particle, predicted from the pilot's, times this
+PARTICLES_PER_DIM = 4096  # budget: the most final particles per dimension (and at least 2 dimensions' worth)
+WIDE_SLACK = 1.25  # growth: a pilot's found scale is noisy (1,024 particles): "wide" is s >= factor found / this
 
 
-#: dimensions up to which ``check`` is on by default (within its budget, X7, the training's own target evaluations);
+#: dimensions up to which ``check`` is on by default (within its budget, the training's own target evaluations);
 #: Many Well 32 does not converge (its quartic walls need many levels from a reference ten times wider than a
 #: well), so it is left out
 AUTO_MAX_DIM = 16
-#: The least mass of p the check calls missing (X5). Well-trained flows whose tails are thinner than p's by more
-#: than 10x over 0.03 % of its mass were flagged at 3-4 standard errors (far-mode family, training seed 1;
-#: docs/benchmarks.md), a difference no user acts on; the modes the check is for carry 1 % or more.
+#: The least mass of p the check calls missing (:func:`unseen_mass`). Well-trained flows whose tails are thinner
+#: than p's by more than 10x over 0.03 % of its mass were flagged at 3-4 standard errors (far-mode family, training
+#: seed 1; docs/benchmarks.md), a difference no user acts on; the modes the check is for carry 1 % or more.
 MIN_MISSING_MASS = 1e-3
-#: (X6): an unseen mass above ``MIN_MISSING_MASS`` at more than this many standard errors but not 3 is inconclusive
-#: and the check looks again (:func:`check_flow`)
+#: An unseen mass above ``MIN_MISSING_MASS`` at more than this many standard errors but not 3 is inconclusive and
+#: the check looks again (:func:`check_flow`, the second look)
 SECOND_LOOK_SIGMA = 2.0
 
 
@@ -105,7 +93,7 @@ class ExploreSettings:
     flow with an exploration (:func:`unseen_mass`, log Z both ways); ``seed_buffer``: FAB's replay buffer starts with
     the exploration's samples (boltzflow.train.fab; off by default until its effect on the published GMM40 / Many Well
     numbers is measured); None means on for targets of at most ``AUTO_MAX_DIM`` dimensions that are not molecules (the
-    default of ``check``). ``budget``: the most target evaluations of one exploration (X7; None: the training's own,
+    default of ``check``). ``budget``: the most target evaluations of one exploration (None: the training's own,
     see :meth:`run`); ``bounds``: the box of the reference instead of growth (:func:`explore`); ``n``: the most
     particles of the final round; ``n_pilot``: particles of each pilot round; ``n_groups``: independent groups;
     ``n_intermediate``: the most levels of a round. Up to 32,768 particles in 8 groups: with 8,192 the groups'
@@ -148,9 +136,10 @@ class ExploreSettings:
 @dataclass(frozen=True)
 class Exploration:
     """The chosen round's weighted samples (x (n, d), log_w (n,); mean w estimates Z; log_p (n,) the target's
-    unnormalised log density there, -inf where x is not finite) and estimates (X2), the reference N(center,
-    scale^2 I) it used, one summary per round, and the cost of all rounds: target evaluations and seconds, against
-    ``budget`` (None: none given); ``out_of_budget``: the pilot rounds stopped for the budget before converging."""
+    unnormalised log density there, -inf where x is not finite) and estimates (log Z^ and its se from the groups,
+    module docstring), the reference N(center, scale^2 I) it used, one summary per round, and the cost of all
+    rounds: target evaluations and seconds, against ``budget`` (None: none given); ``out_of_budget``: the pilot
+    rounds stopped for the budget before converging."""
 
     x: np.ndarray
     log_w: np.ndarray
@@ -219,7 +208,7 @@ def _group_means(log_w: np.ndarray, groups: Groups, inside: np.ndarray | None = 
 
 
 def group_log_z(log_w: np.ndarray, groups: Groups) -> tuple[float, float]:
-    """(X2): log Z^ = log mean_g Z^_g and its standard error, from contiguous independent groups
+    """log Z^ = log mean_g Z^_g and its standard error (module docstring), from contiguous independent groups
     (:func:`_group_means`)."""
     z, _, top = _group_means(log_w, groups)
     if not np.isfinite(top):
@@ -280,19 +269,20 @@ def explore(key, log_p, dim: int, n: int = 4096, n_groups: int = 8, bounds=None,
             max_rounds: int = 6, n_intermediate: int = MAX_LEVELS, kernel: str = "hmc", tol: float = 0.005,
             min_ess: float = 200.0, dtype=jnp.float32, **kernel_options) -> Exploration:
     """Tempered SMC from a broad Gaussian (module docstring): pilot rounds of ``n_pilot`` particles grow the
-    reference by (X3) until (X4) with a wide, usable round, or ``max_rounds`` (one round from ``bounds`` if given),
-    then one final round of up to ``n`` particles at the reference found (X7).
+    reference by the growth rule until a wide, usable round agrees with the one before on log Z, or ``max_rounds``
+    (one round from ``bounds`` if given), then one final round of up to ``n`` particles at the reference found,
+    within the budget.
 
     Args:
         key: a JAX key.
         log_p: the unnormalised log density, (m, dim) -> (m,).
         dim: the dimension.
         n: the most particles of the final round.
-        n_groups: independent SMC groups (X2).
+        n_groups: independent SMC groups (G of the module docstring).
         bounds: a box [lo, hi] (or one per dimension) for the reference, instead of growth.
-        budget: the most target evaluations in all (X7; None: no limit but ``n`` and ``max_rounds``).
+        budget: the most target evaluations in all (None: no limit but ``n`` and ``max_rounds``).
         n_pilot: particles of each pilot round.
-        scale, growth, factor, max_rounds, tol, min_ess: the growth rule (X3, X4).
+        scale, growth, factor, max_rounds, tol, min_ess: the growth rule and its stop (module docstring).
         n_intermediate: the most SMC levels of a round (a round runs those it needs, T1 in boltzflow.mcmc.anneal).
         kernel: the SMC move (default hmc, ``n_leapfrog`` 5; ``kernel_options`` go to it).
         dtype: of the particles.
@@ -362,7 +352,7 @@ def explore(key, log_p, dim: int, n: int = 4096, n_groups: int = 8, bounds=None,
         s = np.full(dim, max(growth * float(np.max(s)), factor * r["found_scale"]))
     usable_rounds = [i for i, r in enumerate(rounds) if r["usable"]]
     best = len(rounds) - 1 if converged or not usable_rounds else usable_rounds[-1]
-    if converged:  # (X7): the final round at the reference found, with the particles the budget leaves
+    if converged:  # the final round at the reference found, with the particles the budget leaves
         per_particle = FINAL_MARGIN * rounds[best]["target_evals"] / rounds[best]["particles"]
         room = math.inf if budget is None else (budget - evals) / per_particle
         m = int(min(n, max(2, dim) * PARTICLES_PER_DIM, room) // n_groups * n_groups)
@@ -392,13 +382,15 @@ def group_fraction(log_w: np.ndarray, inside: np.ndarray, groups: Groups) -> tup
 
 
 def mass_missing(unseen: float, stderr: float, min_mass: float = MIN_MISSING_MASS, every_group: bool = False) -> bool:
-    """The verdict of (X5): the unseen mass D is material (D > ``min_mass``) and significant: D > 3 se, or every
-    group of the exploration sees more than ``min_mass`` unseen (``every_group``, the sign test of X5)."""
+    """The verdict on the unseen mass D of :func:`unseen_mass`: material (D > ``min_mass``) and significant: D > 3 se,
+    or every group of the exploration sees more than ``min_mass`` unseen (``every_group``, the sign test of
+    docs/concepts/missing-mass-check.md)."""
     return bool((unseen > 3 * stderr or every_group) and unseen > min_mass)
 
 
 def inconclusive(unseen: float, stderr: float, min_mass: float = MIN_MISSING_MASS) -> bool:
-    """(X6): material (D > ``min_mass``) and above ``SECOND_LOOK_SIGMA`` standard errors, but not above 3."""
+    """Whether :func:`check_flow` takes a second look: D material (D > ``min_mass``) and above
+    ``SECOND_LOOK_SIGMA`` standard errors, but not above 3."""
     return bool(unseen > min_mass and SECOND_LOOK_SIGMA * stderr < unseen <= 3 * stderr)
 
 
@@ -407,24 +399,19 @@ def unseen_mass(log_w_e: np.ndarray, groups: Groups, log_ratio_e: np.ndarray, fl
     """Mass of p that a flow q under-covers, estimated twice: by the exploration (which does not use q) and by
     the flow's own importance sampling, in the region where q is more than e^tau times too thin,
 
-        R = {x : log p(x) - log Z^_q - log q(x) > tau},       Z^_q the flow's estimate of Z,                    (X5)
+        R = {x : log p(x) - log Z^_q - log q(x) > tau},       Z^_q the flow's estimate of Z.
 
     P_e(R) = the exploration's self-normalised weight of its samples in R (group standard error), P_q(R) = the same
-    with the flow's samples and weights (estimators.self_normalised_expectation, E3, and its error). For a flow that
-    covers p both estimate P_p(R); for a flow that misses a mode of mass m, R contains the mode, the flow's samples
-    never land there (P_q(R) ~ 0 with a tiny error) while the exploration finds about m: D = P_e - P_q > 3 se(D) and D
-    > ``min_mass`` say "mass may be missing" (:func:`mass_missing`). (X5) is far more sensitive than comparing log Z
-    (a 1 % mode moves log Z by 0.01, below the SMC estimate's error at a few thousand particles) because only R's
-    particles count.
+    with the flow's samples and weights (estimators.self_normalised_expectation, with its delta-method error). For a
+    flow that covers p both estimate P_p(R); for a flow that misses a mode of mass m, R contains the mode, the flow's
+    samples never land there (P_q(R) ~ 0 with a tiny error) while the exploration finds about m: D = P_e - P_q >
+    3 se(D) and D > ``min_mass`` say "mass may be missing" (:func:`mass_missing`). This is far more sensitive than
+    comparing log Z (a 1 % mode moves log Z by 0.01, below the SMC estimate's error at a few thousand particles)
+    because only R's particles count.
 
-    The sign test. The groups' own estimates P_g are independent, and where one group's weight is concentrated on a
-    few ancestors in the mode, its P_g is an outlier (one group of 8 at 34 % of a 3.5 % mode, the others 1-8 %:
-    far-mode target 0, docs/benchmarks.md) whose spread inflates se(D) until a mode every group found is not
-    significant. If no material mass were unseen, E[P_g] <= P_q + ``min_mass``, and as P_g is skewed to the right
-    (mostly small, sometimes large) its median is below its mean, so each group exceeds P_q + ``min_mass`` with
-    probability at most 1/2, independently: all G do with probability at most 2^-G (1/256 for 8 groups, 1/65,536
-    for the 16 of two looks). So "every group sees more than ``min_mass`` unseen" is evidence too
-    (``unseen_in_groups``, the fraction of groups that do; :func:`mass_missing`).
+    The sign test: where every group's own estimate P_g exceeds P_q + ``min_mass``, the mass is called missing too
+    (a chance of at most 2^-G if none is; ``unseen_in_groups``, the fraction of groups that do; :func:`mass_missing`).
+    Why, and the two estimates: docs/concepts/missing-mass-check.md.
 
     ``log_w_e``: the exploration's log weights in contiguous ``groups`` (a number of equal ones, or their sizes);
     ``log_ratio_e``: log p(x) - log q(x)
@@ -440,19 +427,18 @@ def unseen_mass(log_w_e: np.ndarray, groups: Groups, log_ratio_e: np.ndarray, fl
 
 
 def check_flow(look, key, flow_log_w: np.ndarray, flow_log_z: float) -> dict[str, Any]:
-    """The missing-mass check of a flow: (X5) on one exploration, ``look(key) -> (Exploration, log p - log q at its
-    samples)``, and, where that is inconclusive,
+    """The missing-mass check of a flow: :func:`unseen_mass` on one exploration, ``look(key) -> (Exploration,
+    log p - log q at its samples)``, and, where that is inconclusive,
 
-        D > MIN_MISSING_MASS  and  SECOND_LOOK_SIGMA se(D) < D <= 3 se(D),                                       (X6)
+        D > MIN_MISSING_MASS  and  SECOND_LOOK_SIGMA se(D) < D <= 3 se(D),
 
-    (X5) again on the pooled groups of that exploration and a second, independent one (each group is an
-    independent SMC run whose weights estimate the same Z, so the pooled groups are one exploration of twice the
+    :func:`unseen_mass` again on the pooled groups of that exploration and a second, independent one (each group is
+    an independent SMC run whose weights estimate the same Z, so the pooled groups are one exploration of twice the
     groups, with its error from their spread; the two may differ in size, each group counting once). A mode the
-    first look found only partly (in 10 dimensions, a third of a 2.9 % mode at 2.6 se: far-mode family,
-    docs/benchmarks.md) gets a second chance at 3 se; a flow
-    that misses nothing gets a fresh estimate, not a lower bar (the verdict is still D > 3 se, now of the pooled
-    estimate). Returns (X5)'s numbers, the (pooled) exploration's log Z and error, its particles, and the looks'
-    number and cost (target evaluations, seconds)."""
+    first look found only partly gets a second chance at 3 se; a flow that misses nothing gets a fresh estimate,
+    not a lower bar (the verdict is still D > 3 se, now of the pooled estimate). Measured cases: the second look of
+    docs/concepts/missing-mass-check.md. Returns :func:`unseen_mass`'s numbers, the (pooled) exploration's log Z and
+    error, its particles, and the looks' number and cost (target evaluations, seconds)."""
     e, log_ratio = look(key)
     looks = [(e, np.asarray(log_ratio))]
     r = unseen_mass(e.log_w, e.n_groups, log_ratio, flow_log_w, flow_log_z)

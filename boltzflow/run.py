@@ -119,8 +119,8 @@ class Run:
             the target knows them ``log_z_true``, ``forward_kl``, ``mean_log_q_exact``, ``modes_covered``, ...
 
         Example:
-            >>> report = run.evaluate(jax.random.key(2), n=100_000)
-            >>> report["log_z"], report["log_z_stderr"]
+            >>> report = run.evaluate(jax.random.key(2), n=10_000)
+            >>> log_z, stderr = report["log_z"], report["log_z_stderr"]
         """
         ais_state = getattr(self.state.method_state, "ais_state", None)
         with precision(self.config):
@@ -198,8 +198,12 @@ def fit(target: Target | str | dict | None, config: Config | str | Path | dict, 
     Example:
         >>> import jax, jax.numpy as jnp, boltzflow as bf
         >>> target = bf.target_from_log_prob(lambda x: -0.5 * jnp.sum(x**2, axis=-1), dim=2)
-        >>> run = bf.fit(target, "auto", key=jax.random.key(0), progress=False)
+        >>> config = bf.load_config("auto", flow={"type": "realnvp", "n_layers": 4, "hidden": 32},
+        ...                         train={"steps": 50, "batch_size": 128})        # the preset, small and short
+        >>> run = bf.fit(target, config, key=jax.random.key(0), progress=False)
         >>> x, log_w = run.sample(jax.random.key(1), 1000)
+        >>> x.shape, log_w.shape
+        ((1000, 2), (1000,))
     """
     overrides = {k: v for k, v in (("seed", None if key is None else key_seed(key)),
                                    ("time_limit_s", time_limit_s)) if v is not None}
@@ -252,8 +256,8 @@ def load(path: str | Path, target: Target | str | dict | None = None) -> Run:
         The :class:`Run` at its last checkpoint.
 
     Example:
-        >>> run = bf.load("runs/demo")
-        >>> run.evaluate(jax.random.key(2))["ess"]
+        >>> run = bf.load("runs/demo")              # a run directory: `boltzflow train ... --out`, or run.save
+        >>> ess = run.evaluate(jax.random.key(2))["ess"]
     """
     path = Path(path)
     with precision(run_config(path, target)):

@@ -74,12 +74,13 @@ def test_closed_form_log_z_matches_quadrature(alpha):
 
 @pytest.mark.parametrize("name,kw,eps", [("metropolis", {}, 0.5), ("hmc", {"n_leapfrog": 3}, 0.3), ("mala", {}, 0.4)])
 def test_mh_ais_log_z_and_both_weight_formulas_agree(name, kw, eps):
-    """log Z^ within 3 s.e. (E2, delta method) of the true log Z (two-sided p = 0.27 % for a correct sampler)."""
+    """log Z^ within 3 s.e. (delta method, boltzflow.estimators) of the true log Z (two-sided p = 0.27 % for a correct
+    sampler)."""
     ais = build_ais(log_p, make_kernel(name, **kw), n_intermediate=6, step_size=eps)
     res, _ = run_once(ais, 3000, seed=1)
     log_z, se = log_z_estimate(res.log_w)
     assert abs(float(log_z) - LOG_Z) < 3 * float(se), (float(log_z), LOG_Z, float(se))
-    # (A3) path weights == (A2) Neal's increments for detailed-balance kernels
+    # SNF path weights == Neal's increments for detailed-balance kernels (docs/concepts/ais.md)
     np.testing.assert_allclose(res.log_w, res.info.log_w_standard, atol=2e-4, rtol=1e-5)
     assert res.x.shape == (3000, D) and res.log_w.shape == res.log_q.shape == res.log_p.shape == (3000,)
     np.testing.assert_allclose(res.log_p, log_p(res.x), rtol=1e-5, atol=1e-4)
@@ -107,8 +108,8 @@ def test_log_weight_variance_falls_with_more_distributions():
 
 @pytest.mark.parametrize("name,kw,eps", [("ula", {}, 0.4), ("underdamped", {"n_steps": 2}, 0.3)])
 def test_unadjusted_ais_path_weights_are_unbiased(name, kw, eps):
-    """AIS with ULA / BAOAB (no MH) and path weights (A3) is unbiased for log Z (within 3 s.e., p = 0.27 %); Neal's
-    formula (A2) is not exact for these kernels and differs from (A3)."""
+    """AIS with ULA / BAOAB (no MH) and SNF path weights is unbiased for log Z (within 3 s.e., p = 0.27 %); Neal's
+    formula is not exact for these kernels and differs from the path weights."""
     ais = build_ais(log_p, make_kernel(name, **kw), n_intermediate=8, step_size=eps)
     res, _ = run_once(ais, 4000, seed=3)
     log_z, se = log_z_estimate(res.log_w)
@@ -127,14 +128,15 @@ def test_alpha_two_targets_p_squared_over_q():
 
 @pytest.mark.parametrize("alpha,name", [(0.5, "hmc"), (3.0, "hmc"), (3.0, "ula")])
 def test_ais_normaliser_is_unbiased_for_other_alphas(alpha, name):
-    """E[w] = Z_g = int p^alpha q^(1-alpha) exactly (A3), for any alpha and any kernel (ULA included), so over R = 30
-    independent AIS runs of n = 1000 samples the ratios Z^_r / Z_g (Z^_r = mean of run r's weights) have mean 1.
+    """E[w] = Z_g = int p^alpha q^(1-alpha) exactly (path weights), for any alpha and any kernel (ULA included), so
+    over R = 30 independent AIS runs of n = 1000 samples the ratios Z^_r / Z_g (Z^_r = mean of run r's weights) have
+    mean 1.
 
     Ratios, not logs: E[Z^] = Z but E[log Z^] < log Z. Assert |mean(Z^_r / Z_g) - 1| < 4 s.e., s.e. = sd / sqrt(R)
     over the runs (a t with 29 degrees of freedom: P(|t| > 4) = 4e-4). The s.e. is 0.004 (alpha = 0.5) to 0.03
     (alpha = 3, ULA), so a bias of a few per cent fails. With alpha = 3 the target p^3 q^-2 is normalisable because
     3 / S_P^2 - 2 / S_Q^2 = 6.3 > 0 (and so is p^6 q^-5, so the weights of plain IS have a finite variance:
-    6 / S_P^2 - 5 / S_Q^2 = 11.7 > 0). The pooled estimate of all R n weights is also within 4 s.e. (E2)."""
+    6 / S_P^2 - 5 / S_Q^2 = 11.7 > 0). The pooled estimate of all R n weights is also within 4 s.e. (delta method)."""
     assert alpha / S_P**2 + (1 - alpha) / S_Q**2 > 0 and 2 * alpha / S_P**2 + (1 - 2 * alpha) / S_Q**2 > 0
     n_runs, n = 30, 1000
     ais = build_ais(log_p, make_kernel(name), n_intermediate=4, alpha=alpha, step_size=0.3)
@@ -155,8 +157,8 @@ def dw_log_p(x):
 
 
 def test_double_well_recovers_p_x1_positive():
-    """From q = N(0, 2^2 I): self-normalised P(x1 > 0) = 0.8443 within 3 s.e. (E3), and log Z = log(11784.50927
-    sqrt(2 pi)) within 3 s.e. (E2); two-sided p = 0.27 % each."""
+    """From q = N(0, 2^2 I): self-normalised P(x1 > 0) = 0.8443 within 3 s.e. (delta method), and
+    log Z = log(11784.50927 sqrt(2 pi)) within 3 s.e. (delta method); two-sided p = 0.27 % each."""
     scale = 2.0
 
     def sampler(key, n):
@@ -175,13 +177,13 @@ def test_double_well_recovers_p_x1_positive():
 
 
 def test_step_size_adaptation_moves_acceptance_to_target():
-    """Step sizes that start far too large adapt (S2) until HMC accepts at the target rate 0.65.
+    """Step sizes that start far too large adapt (boltzflow.mcmc.step_size) until HMC accepts at the target rate 0.65.
 
     Each pass's acceptance at distribution k is a mean of n = 128 acceptance probabilities in [0, 1], so its s.e. is
     at most 0.5 / sqrt(n) (a [0, 1] variable has sd <= 0.5). (i) The first pass is below 0.65 by more than 4 such s.e.
     (ii) After 100 passes (the step sizes settle within about 25), the mean acceptance over the last M = 100 passes is
     within 4 * 0.5 / sqrt(M n) = 0.018 of 0.65 at every distribution. That bound treats the passes as independent;
-    the negative feedback of (S2) only makes the average less variable (it telescopes: mean_t (acc_t - target) =
+    the negative feedback of the update only makes the average less variable (it telescopes: mean_t (acc_t - target) =
     (log_local_end - log_local_start) / (rate M)), so the bound is conservative. Measured: deviations < 0.001."""
     n, n_burn, n_avg, target = 128, 100, 100, 0.65
     ais = build_ais(log_p, make_kernel("hmc", n_leapfrog=3), n_intermediate=3, step_size=1.5)
@@ -331,8 +333,8 @@ def test_float64_and_per_dimension_step_sizes():
 @pytest.mark.parametrize("name,alpha", [("hmc", 1.0), ("ula", 1.0), ("underdamped", 1.0), ("hmc", 0.5),
                                         ("hmc", 3.0), ("ula", 3.0)])
 def test_log_z_calibrated_over_seeds(name, alpha):
-    """Over R = 200 independent AIS runs the z-scores (log Z^ - log Z) / se (E2) have mean ~0 and spread ~1 (path
-    weights of unadjusted kernels included), i.e. the delta-method s.e. is calibrated.
+    """Over R = 200 independent AIS runs the z-scores (log Z^ - log Z) / se have mean ~0 and spread ~1 (path weights
+    of unadjusted kernels included), i.e. the delta-method s.e. is calibrated.
 
     If z ~ N(0, 1): the s.e. of the mean of R z's is 1 / sqrt(R) = 0.071 and of their sd ~ 1 / sqrt(2 (R - 1)) =
     0.050; assert both within 4 of those s.e. (|mean| < 0.28, |sd - 1| < 0.2). Measured (key 100): means -0.06 ..

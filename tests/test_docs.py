@@ -104,14 +104,64 @@ def test_python_blocks_run(page, tmp_path):
     assert r.returncode == 0, f"{name}: a python block failed:\n{r.stderr[-6000:]}"
 
 
+def api_modules() -> list[str]:
+    """The modules the API reference documents (the ``::: module`` lines of docs/api/*.md)."""
+    return sorted({m for page in (DOCS / "api").glob("*.md") for m in re.findall(r"^::: ([\w.]+)", page.read_text(),
+                                                                                   re.M)})
+
+
+@pytest.fixture(scope="module")
+def example_names(tmp_path_factory):
+    """What the API reference's examples assume exists: ``bf``, ``jax``, ``jnp``, ``np``; ``run``, a small trained
+    run of a 2-D double well, also saved as ``runs/demo`` in the working directory; for the molecular examples,
+    alanine dipeptide (``target``), MD samples of it (``x``, equal ``log_w``) and its ``cvs`` (phi, psi)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    import boltzflow as bf
+    from boltzflow.molecules.free_energy import collective_variables
+    from boltzflow.molecules.reference import load_reference
+
+    work = tmp_path_factory.mktemp("examples")
+    config = bf.load_config("auto", target={"name": "many_well", "dim": 2}, flow={"type": "realnvp", "n_layers": 2,
+                                                                                   "hidden": 16},
+                            train={"steps": 30, "batch_size": 128})
+    run = bf.fit(None, config, key=jax.random.key(0), progress=False)
+    run.save(work / "runs" / "demo")
+    names = {"bf": bf, "jax": jax, "jnp": jnp, "np": np, "run": run, "work": work}
+    if importlib.util.find_spec("openmm") is not None:
+        aldp = bf.make_target("aldp_implicit")
+        x = load_reference(aldp.reference_path)["x"][:2000]
+        names |= {"target": aldp, "x": x, "log_w": np.zeros(len(x)), "cvs": collective_variables(aldp.molecule,
+                                                                                                   ["phi", "psi"])}
+    return names
+
+
+@pytest.mark.parametrize("module", api_modules())
+def test_api_reference_examples_run(module, example_names, monkeypatch):
+    """The ``>>>`` examples of the API reference's docstrings run (doctest: a shown output must match), each with
+    the names of :func:`example_names` in the directory that holds ``runs/demo``."""
+    import doctest
+    import importlib
+
+    if module.startswith("boltzflow.molecules") and "target" not in example_names:
+        pytest.skip("OpenMM is not installed")
+    monkeypatch.chdir(example_names["work"])
+    tests = doctest.DocTestFinder().find(importlib.import_module(module), extraglobs=example_names)
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for test in tests:
+        runner.run(test)
+    assert runner.failures == 0, f"{runner.failures} example(s) of {module} failed (doctest's report above)"
+
+
 def test_api_reference_docstrings_pass_pydocstyle():
     """The modules the API reference documents: every public name has a docstring, Google-style sections, every
     argument described (ruff's pydocstyle; the formatting rules aside: summaries here may run over two lines, and
     may start with a symbol)."""
     if importlib.util.find_spec("ruff") is None:
         pytest.skip("ruff is not installed (pip install -e '.[docs]')")
-    modules = sorted({m for page in (DOCS / "api").glob("*.md") for m in re.findall(r"^::: ([\w.]+)", page.read_text(),
-                                                                                      re.M)})
+    modules = api_modules()
     assert "boltzflow.run" in modules
     paths = [str(ROOT / (m.replace(".", "/") + ".py")) for m in modules]
     r = subprocess.run([sys.executable, "-m", "ruff", "check", "--select", "D1,D4", "--ignore", "D105,D107,D403",

@@ -42,7 +42,7 @@ def test_log_z_of_equal_weights_is_exact_with_zero_error():
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.floats(-30, 30), min_size=16, max_size=16), st.floats(-50, 50))
 def test_ess_and_log_z_match_float64_reference_and_are_shift_invariant(values, shift):
-    """ESS (E1) and log Z^ (E2) against a float64 NumPy evaluation of the formulas. The upper bound ESS <= 1 is not
+    """Kish ESS and log Z^ against a float64 NumPy evaluation of the formulas. The upper bound ESS <= 1 is not
     checked on its own: the implementation clips to [0, 1], so it holds by construction; the reference value, which
     is in [1/n, 1] by Cauchy-Schwarz without any clip, is what the float32 result must equal."""
     lw = jnp.asarray(values, jnp.float32)

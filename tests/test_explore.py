@@ -1,5 +1,5 @@
 """Exploration without a flow (boltzflow.explore), its SMC (boltzflow.mcmc.anneal, R1 and adaptive levels), the
-far-mode targets (boltzflow.targets.far_modes) and the missing-mass check (X5)."""
+far-mode targets (boltzflow.targets.far_modes) and the missing-mass check (docs/concepts/missing-mass-check.md)."""
 
 import math
 
@@ -156,7 +156,7 @@ def test_exploration_finds_the_far_modes(seed):
 
 
 def test_unseen_mass_flags_a_flow_without_the_far_mode_and_not_one_with_it():
-    """(X5) with a 'flow' that is the bulk alone (misses a 3 % mode) and one that is p itself."""
+    """The unseen mass of a 'flow' that is the bulk alone (misses a 3 % mode) and one that is p itself."""
     t = GaussianMixture(np.array([[0.0, 0.0], [7.0, 0.0]]), 1.0, np.array([0.97, 0.03]))
     bulk = GaussianMixture(np.array([[0.0, 0.0]]), 1.0)
     e = explore(jax.random.key(0), t.log_prob, 2, n=4096)
@@ -188,8 +188,8 @@ def test_explore_settings_are_checked_and_auto_means_small_and_not_a_molecule():
 
 
 def test_fab_buffer_starts_with_the_seed_samples_weighted_for_p_squared_over_q():
-    """(F1): the seed samples are the buffer's newest entries, with log w = log v + (alpha - 1)(log p - log q) and
-    log q_old = log q of the initial flow."""
+    """The seeding of FAB's buffer: the seed samples are its newest entries, with
+    log w = log v + (alpha - 1)(log p - log q) and log q_old = log q of the initial flow."""
     from boltzflow.config import config_from_dict
     from boltzflow.experiment import build_experiment
     from boltzflow.train.api import Problem
@@ -216,9 +216,9 @@ def test_fab_buffer_starts_with_the_seed_samples_weighted_for_p_squared_over_q()
 
 
 def test_every_group_seeing_unseen_mass_is_evidence_even_when_one_outlier_inflates_the_error():
-    """The sign test of (X5): the groups of far-mode target 0's check (one at 34 % of a 3.5 % mode, the others at
-    1-8 %) put D at 2.8 standard errors, but all 8 groups see more than 0.1 % unseen: flagged, without a second
-    look. Seven of eight, or eight of eight at less than 0.1 % each, are not."""
+    """The sign test (docs/concepts/missing-mass-check.md): the groups of far-mode target 0's check (one at 34 % of a
+    3.5 % mode, the others at 1-8 %) put D at 2.8 standard errors, but all 8 groups see more than 0.1 % unseen:
+    flagged, without a second look. Seven of eight, or eight of eight at less than 0.1 % each, are not."""
     flow_log_w = np.zeros(10_000)
     outlier = [0.34, 0.013, 0.013, 0.013, 0.076, 0.011, 0.018, 0.036]
     e, log_ratio = _look(outlier)
@@ -234,8 +234,8 @@ def test_every_group_seeing_unseen_mass_is_evidence_even_when_one_outlier_inflat
 
 
 def test_missing_mass_must_be_significant_and_material():
-    """The verdict of (X5): 0.03 % of p at 4 standard errors (a flow's tails thinner than p's, seen on well-trained
-    flows) is not a missing mode; 1 % at 5 standard errors is; 1 % at 2.5 is not yet evidence."""
+    """The verdict on the unseen mass: 0.03 % of p at 4 standard errors (a flow's tails thinner than p's, seen on
+    well-trained flows) is not a missing mode; 1 % at 5 standard errors is; 1 % at 2.5 is not yet evidence."""
     assert not mass_missing(3e-4, 7e-5)
     assert mass_missing(0.01, 0.002) and not mass_missing(0.01, 0.004)
     assert mass_missing(3e-4, 7e-5, min_mass=1e-4)
@@ -244,7 +244,7 @@ def test_missing_mass_must_be_significant_and_material():
 
 def _look(fractions, n_per_group=1000):
     """An exploration of equal weights whose groups put ``fractions`` of their particles in the thin region (log p -
-    log q = 10 there, 0 elsewhere): (X5) on it is exactly known."""
+    log q = 10 there, 0 elsewhere): its unseen mass is exactly known."""
     inside = np.concatenate([np.arange(n_per_group) < round(f * n_per_group) for f in fractions])
     g = len(fractions)
     e = Exploration(x=np.zeros((g * n_per_group, 1)), log_w=np.zeros(g * n_per_group), log_p=np.zeros(g * n_per_group),
@@ -254,8 +254,9 @@ def _look(fractions, n_per_group=1000):
 
 
 def test_an_inconclusive_check_looks_again_and_judges_the_pooled_groups():
-    """(X6): a first look at 2-3 standard errors (mean 1 %, groups 0-2 %) calls a second, independent look (its
-    own key); with the pooled 16 groups the mass is clear. A conclusive first look (either way) is the verdict."""
+    """The second look: a first look at 2-3 standard errors (mean 1 %, groups 0-2 %) calls a second, independent
+    look (its own key); with the pooled 16 groups the mass is clear. A conclusive first look (either way) is the
+    verdict."""
     flow_log_w, keys = np.zeros(10_000), []
     first, second = _look([0.0, 0.02, 0.0, 0.02, 0.0, 0.02, 0.0, 0.02]), _look([0.01] * 8)
     looks = {0: first, 1: second}

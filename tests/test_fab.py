@@ -203,7 +203,7 @@ def test_fab_buffer_gradient_matches_the_alpha_divergence_gradient(stale):
     never binds (asserted), so the identity is exact.
 
     Two comparisons, each within 4 s.e. per component:
-    1. B against the analytic value, s.e. of the self-normalised estimate (E3, delta method over the N entries,
+    1. B against the analytic value, s.e. of the self-normalised estimate (delta method over the N entries,
        which are independent AIS samples);
     2. the mean gradient over 2000 minibatch draws (m = 16) against B, s.e. = sd / sqrt(2000) over the draws.
        Gumbel top-k draws without replacement, so the inclusion probabilities are only approximately m W_i; that is
@@ -318,7 +318,7 @@ def test_fab_with_buffer_finds_all_modes_of_a_small_mixture_and_beats_reverse_kl
     The forward KL is not the comparison: reverse KL's flow has log q < -1e4 at a few target samples, so its
     estimate (70 nats, s.e. 25) is dominated by a handful of terms and its s.e. is not trustworthy. FAB's forward
     KL (terms of sd 0.5) is below 0.5 nats by more than 4 s.e., a performance bound (measured 0.31, s.e. 0.008;
-    the best Gaussian has 1.447), and FAB's importance-sampling log Z is within 4 s.e. (E2) of the truth."""
+    the best Gaussian has 1.447), and FAB's importance-sampling log Z is within 4 s.e. (delta method) of the truth."""
     fab, fab_exp = _train_and_evaluate(tmp_path, _gmm_config(
         {"name": "fab", "buffer": True, "min_buffer_length": 512, "buffer_size": 4096}, steps=600), "fab")
     rkl, rkl_exp = _train_and_evaluate(tmp_path, _gmm_config({"name": "reverse_kl"}, steps=1500), "rkl")
@@ -338,7 +338,8 @@ def test_fab_without_buffer_trains_on_a_small_mixture(tmp_path):
     - the trained forward KL plus 4 s.e. is below log(17 / 4) = 1.447 nats, the best any Gaussian can do (above;
       measured 0.60 .. 0.74 over 6 training seeds, s.e. 0.011);
     - the fall in forward KL exceeds 4 s.e. of the paired difference (one-sided p = 3e-5);
-    - the trained flow covers all 4 modes, and its importance-sampling log Z is within 4 s.e. (E2) of the truth."""
+    - the trained flow covers all 4 modes, and its importance-sampling log Z is within 4 s.e. (delta method) of the
+      truth."""
     cfg = _gmm_config({"name": "fab", "buffer": False}, steps=600, lr=3e-3)
     v_init = _forward_kl_terms(build_experiment(cfg))
     metrics, exp = _train_and_evaluate(tmp_path, cfg, "fab_no_buffer")

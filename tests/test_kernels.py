@@ -147,7 +147,7 @@ def test_unadjusted_kernels_are_biased_but_path_weights_correct_it(name, eps, kw
     assert np.all(var_unweighted - np.diag(PI_COV) > 4 * se_var), var_unweighted  # the bias is real
     log_w = annealed_log_prob(p, W_HALF) - annealed_log_prob(p0, W_HALF) + ds
     log_z, se = log_z_estimate(log_w)
-    # log Z = 0 within 4 s.e., plus the estimator's Jensen bias of about se^2 / 2 (estimators.py, E2)
+    # log Z = 0 within 4 s.e., plus the estimator's Jensen bias of about se^2 / 2 (boltzflow.estimators)
     assert abs(float(log_z)) < 4 * float(se) + float(se) ** 2 / 2, (log_z, se)
     mean, se_mean = self_normalised_expectation(log_w, p.x)
     assert np.all(np.abs(np.asarray(mean) - PI_MEAN) < 4 * np.asarray(se_mean))

@@ -202,7 +202,8 @@ def test_double_well_free_energy_reweighted():
     edges = np.linspace(-2.0, 2.0, 9)
     idx = np.digitize(np.asarray(x[:, 0]), edges) - 1
     mass = np.array([w[idx == b].sum() for b in range(8)])
-    se = np.array([np.sqrt(np.sum(w**2 * ((idx == b) - mass[b]) ** 2)) for b in range(8)])  # (E3)
+    # the delta-method error of each bin's self-normalised mass (boltzflow.estimators)
+    se = np.array([np.sqrt(np.sum(w**2 * ((idx == b) - mass[b]) ** 2)) for b in range(8)])
     centres = 0.5 * (edges[1:] + edges[:-1])
     grid = np.linspace(-2.0, 2.0, 4001)
     dens = np.exp(-np.asarray(free_energy_x1(jnp.asarray(grid))))

@@ -19,9 +19,9 @@ Everything is a ``lax.scan`` (over levels, then inner moves); gradients pass thr
 Sequential Monte Carlo (Del Moral, Doucet & Jasra 2006: the SMC sampler with MCMC moves), with ``smc`` an
 :class:`SMC`. The batch is split into ``n_groups`` contiguous groups of m = n / n_groups particles, each an SMC run.
 At level k, after the increment log w_i += log pi_k(x_i) - log pi_{k-1}(x_i) (Neal's, above) and before the moves,
-a group whose Kish ESS fraction (estimators, E1) is below ``threshold`` is resampled systematically (Kitagawa 1996:
-one uniform u, ancestors at the positions (u + j) / m of the cumulative normalised weights) and its running weights
-are reset to their mean, remembered in a per-particle offset:
+a group whose Kish ESS fraction (boltzflow.estimators) is below ``threshold`` is resampled systematically
+(Kitagawa 1996: one uniform u, ancestors at the positions (u + j) / m of the cumulative normalised weights) and its
+running weights are reset to their mean, remembered in a per-particle offset:
 
     c_g <- c_g + log mean_{i in g} w_i,        log w_i <- 0 (i in g),                                   (R1)
 

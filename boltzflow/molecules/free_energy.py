@@ -13,33 +13,33 @@ its atoms (``(4, 6, 8, 14)``, or the string ``"4,6,8,14"``).
 **Weights.** Samples x_i with log weights log w_i = log p(x_i) - log q(x_i) + c (any constant c; non-finite: weight
 0), and those with a non-finite CV value left out (weight 0), are self-normalised:
 
-    W_i = w_i / sum_j w_j.                                                                               (F1)
+    W_i = w_i / sum_j w_j.
 
 **Probabilities and free energies** of a region A of CV space (a histogram bin, a state), kT in kJ/mol:
 
-    P(A) = sum_i W_i 1[cv(x_i) in A],                                                                    (F2)
-    F(A) = -kT log P(A),                                                                                 (F3)
-    Delta F_ij = F(A_i) - F(A_j) = -kT log(P(A_i) / P(A_j)).                                             (F4)
+    P(A) = sum_i W_i 1[cv(x_i) in A],
+    F(A) = -kT log P(A),
+    Delta F_ij = F(A_i) - F(A_j) = -kT log(P(A_i) / P(A_j)).
 
-The surface is (F3) over the bins of a regular grid in two CVs (torsions: [-180, 180]; distances: the range of the
+The surface is F over the bins of a regular grid in two CVs (torsions: [-180, 180]; distances: the range of the
 weighted samples), shifted so that its minimum is 0 (+inf in an empty bin). States are boxes, one interval
 (lo, hi] per CV (a CV not named: all of it); for a torsion, lo >= hi wraps through 180 (psi in (50, -120] is psi > 50
 or psi <= -120).
 
 **Standard errors** by the bootstrap: replicate r = 1..B draws n indices uniformly with replacement (from an
-explicit key: replicate r uses ``jax.random.fold_in(key, r)``), recomputes (F1)-(F4) on the weighted samples so
-drawn, and
+explicit key: replicate r uses ``jax.random.fold_in(key, r)``), recomputes W, P, F and Delta F on the weighted
+samples so drawn, and
 
-    se = std_r(estimate_r)  (ddof = 1).                                                                  (F5)
+    se = std_r(estimate_r)  (ddof = 1).
 
-It includes the variance of the weights (to first order it equals the delta-method error of the ratio (F2),
-kT sqrt(sum_i W_i^2 (1_i - P)^2) / P; estimators E3) and of the normalisation, and assumes independent samples,
-as a flow's are. Correlated ones (MD) take a block bootstrap: each replicate draws G blocks of samples (contiguous
-stretches of time, :func:`time_blocks`) with replacement instead of n samples, which holds while blocks are longer
-than the correlation time. The surface's se is that of -kT log P(bin),
-(F3) before the shift (the shift's own uncertainty is not in it); it is +inf where some replicate leaves the bin
-empty (too few samples there for an error bar) and NaN in an empty bin. The same key gives the same replicates to
-the surface and the states.
+It includes the variance of the weights (to first order se(F) = kT se(P) / P, with se(P) = sqrt(sum_i W_i^2
+(1_i - P)^2) the delta-method error of the ratio P: boltzflow.estimators) and of the normalisation, and assumes
+independent samples, as a flow's are. Correlated ones (MD) take a block bootstrap: each replicate draws G blocks of
+samples (contiguous stretches of time, :func:`time_blocks`) with replacement instead of n samples, which holds
+while blocks are longer than the correlation time. The surface's se is that of -kT log P(bin), F before the shift
+(the shift's own uncertainty is not in it); it is +inf where some replicate leaves the bin empty (too few samples
+there for an error bar) and NaN in an empty bin. The same key gives the same replicates to the surface and the
+states. Derivations: docs/concepts/free-energies.md.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from boltzflow.errors import BoltzflowError
 from boltzflow.molecules.metrics import dihedral, named_torsions, normalised_weights, residue_suffix, wrap_angle
 from boltzflow.molecules.system import MolecularSystem
 
-#: Bootstrap replicates of (F5) by default: the standard error itself is then known to about 1 / sqrt(2 B) = 5 %.
+#: Bootstrap replicates by default: the standard error itself is then known to about 1 / sqrt(2 B) = 5 %.
 N_BOOTSTRAP = 200
 #: Blocks of the block bootstrap of MD samples (:func:`time_blocks`), as metrics.block_standard_error's.
 N_BLOCKS = 20
@@ -95,7 +95,7 @@ def collective_variables(molecule: MolecularSystem, specs: Sequence) -> dict[str
         ``distance(i,j)``.
 
     Example:
-        >>> collective_variables(load_system("aldp_implicit"), ["phi", "psi", "1,14"])
+        >>> collective_variables(target.molecule, ["phi", "psi", "1,14"])     # target: bf.make_target("aldp_implicit")
         {'phi': (4, 6, 8, 14), 'psi': (6, 8, 14, 16), 'distance(1,14)': (1, 14)}
     """
     named = named_torsions(molecule)
@@ -146,15 +146,15 @@ def periodic_cvs(cvs: Mapping[str, tuple[int, ...]]) -> list[str]:
 
 @dataclass(frozen=True)
 class FreeEnergySurface:
-    """(F3) on a grid of two CVs (module docstring).
+    """The free energy F = -kT log P on a grid of two CVs (module docstring).
 
     Attributes:
         names: the two CVs.
         edges: bin edges of each, ``(bins + 1,)`` (degrees or nm).
         free_energy: ``(bins, bins)`` kJ/mol, minimum 0, +inf in empty bins; ``[i, j]`` is bin i of the first CV,
             bin j of the second.
-        free_energy_se: its bootstrap standard error (F5), of -kT log P (inf / NaN as the module docstring says).
-        probability: P of each bin (F2), summing to 1.
+        free_energy_se: its bootstrap standard error, of -kT log P (inf / NaN as the module docstring says).
+        probability: P of each bin, summing to 1.
         kT: kJ/mol.
         n_effective: Kish's effective sample size 1 / sum_i W_i^2 of the weights.
     """
@@ -170,13 +170,13 @@ class FreeEnergySurface:
 
 @dataclass(frozen=True)
 class StateFreeEnergies:
-    """(F3), (F4) of states (module docstring), with bootstrap standard errors (F5).
+    """Free energies F and differences Delta F of states (module docstring), with bootstrap standard errors.
 
     Attributes:
         names: the states.
-        probability, probability_se: P of each state (F2) ``(S,)``.
+        probability, probability_se: P of each state ``(S,)``.
         free_energy, free_energy_se: -kT log P of each state ``(S,)``, kJ/mol.
-        difference, difference_se: ``(S, S)`` Delta F_ij = F_i - F_j (F4), kJ/mol.
+        difference, difference_se: ``(S, S)`` Delta F_ij = F_i - F_j, kJ/mol.
         kT: kJ/mol.
         n_effective: Kish's effective sample size 1 / sum_i W_i^2 of the weights.
     """
@@ -204,7 +204,8 @@ def _columns(values: Mapping[str, np.ndarray], names: Sequence[str], periodic: C
 
 
 def _weights(columns: np.ndarray, log_w, kT: float) -> np.ndarray:
-    """(F1), with samples of a non-finite CV left out; one line if no weight is left."""
+    """The normalised weights W (module docstring), with samples of a non-finite CV left out; one line if no weight
+    is left."""
     if not (np.isfinite(kT) and kT > 0):
         raise BoltzflowError(f"kT must be a positive number of kJ/mol, got {kT}")
     n = columns.shape[0]
@@ -228,7 +229,7 @@ def time_blocks(chain, n_blocks: int = N_BLOCKS) -> np.ndarray:
 
 
 def _bootstrap(key: jax.Array, w: np.ndarray, masses, n_bootstrap: int, blocks=None) -> np.ndarray:
-    """(F2) of each bootstrap replicate (F5): ``(B, K)`` from ``masses`` (replicate weights (n,) -> (K,)); with
+    """P of each bootstrap replicate: ``(B, K)`` from ``masses`` (replicate weights (n,) -> (K,)); with
     ``blocks`` (a label 0..G-1 per sample) each replicate draws G blocks, not n samples."""
     if n_bootstrap < 2:
         raise BoltzflowError(f"the bootstrap needs at least 2 replicates, got {n_bootstrap}")
@@ -247,15 +248,15 @@ def _bootstrap(key: jax.Array, w: np.ndarray, masses, n_bootstrap: int, blocks=N
 
 
 def _spread(replicates: np.ndarray, estimate: np.ndarray) -> np.ndarray:
-    """(F5): std over the replicates (axis 0); inf where a replicate is not finite (a state or bin it left empty),
-    NaN where the estimate is not."""
+    """The bootstrap se: std over the replicates (axis 0); inf where a replicate is not finite (a state or bin it
+    left empty), NaN where the estimate is not."""
     finite = np.isfinite(replicates)
     se = np.where(np.all(finite, axis=0), np.std(np.where(finite, replicates, 0.0), axis=0, ddof=1), np.inf)
     return np.where(np.isfinite(estimate), se, np.nan)
 
 
 def _free_energy(p: np.ndarray, kT: float) -> np.ndarray:
-    """(F3), +inf where P = 0."""
+    """F = -kT log P, +inf where P = 0."""
     with np.errstate(divide="ignore", invalid="ignore"):
         return -kT * np.log(p)
 
@@ -263,7 +264,7 @@ def _free_energy(p: np.ndarray, kT: float) -> np.ndarray:
 def free_energy_surface(key: jax.Array, values: Mapping[str, np.ndarray], log_w, kT: float, *,
                         names: Sequence[str] | None = None, periodic: Collection[str] = (), bins: int = BINS,
                         n_bootstrap: int = N_BOOTSTRAP, blocks=None) -> FreeEnergySurface:
-    """The free-energy surface (F3) of two CVs from weighted samples, with bootstrap errors (F5).
+    """The free-energy surface of two CVs from weighted samples, with bootstrap errors.
 
     Args:
         key: a JAX key for the bootstrap.
@@ -334,7 +335,7 @@ def state_indicators(values: Mapping[str, np.ndarray], states: Mapping[str, Mapp
 def state_free_energies(key: jax.Array, values: Mapping[str, np.ndarray], log_w, kT: float,
                         states: Mapping[str, Mapping[str, Sequence[float]]], *, periodic: Collection[str] = (),
                         n_bootstrap: int = N_BOOTSTRAP, blocks=None) -> StateFreeEnergies:
-    """Free energies (F3) of states and their differences (F4), with bootstrap errors (F5).
+    """Free energies of states and their differences, with bootstrap errors.
 
     Args:
         key: a JAX key for the bootstrap.
@@ -353,7 +354,7 @@ def state_free_energies(key: jax.Array, values: Mapping[str, np.ndarray], log_w,
     Example:
         >>> s = state_free_energies(jax.random.key(0), cv_values(x, cvs), log_w, target.kT,
         ...                         ALANINE_DIPEPTIDE_STATES, periodic=["phi", "psi"])
-        >>> s.difference[0, 1], s.difference_se[0, 1]              # F(C7eq) - F(alpha_R), kJ/mol
+        >>> delta, se = s.difference[0, 1], s.difference_se[0, 1]    # F(C7eq) - F(alpha_R), kJ/mol
     """
     inside = state_indicators(values, states, periodic).astype(np.float64)
     w = _weights(_columns(values, sorted(values), periodic), log_w, kT)

@@ -52,12 +52,13 @@ folded onto (-pi/3, pi/3]: a sampler that fills the three wells unequally is pen
 [-pi, pi]^d with ``bins`` bins per axis (default 100 per axis: FAB's 100 x 100 for the Ramachandran plot; fab-torch's
 training-time evaluation used 200 bins for the 1-D phi and psi marginals and 64 per axis for its plots), and
 
-    KL(p || q) = sum_bins p log((p + eps) / (q + eps)) * bin_area,    eps = 1e-10 (FAB's eps, on densities).  (K1)
+    KL(p || q) = sum_bins p log((p + eps) / (q + eps)) * bin_area,    eps = 1e-10 (FAB's eps, on densities).
 
 The model histogram may carry self-normalised importance weights W_i proportional to exp(log_w_i) (the
 "reweighted" KL, estimating KL(p || target) from model samples); a non-finite log weight counts as weight 0, and
 with no positive weight (or no reference sample) the KL is NaN, without a warning. Angles outside (-pi, pi] are
-wrapped into it; a sample whose angle is not finite is left out (as fab-torch drops NaN dihedrals).
+wrapped into it; a sample whose angle is not finite is left out (as fab-torch drops NaN dihedrals). More:
+docs/concepts/free-energies.md.
 
 **Poses** (:func:`pose_rmsd`) of a system of several molecules (a host and its guest, a protein and a ligand): each
 molecule but the largest is in its *starting pose* when, after the largest is superposed on the starting structure
@@ -82,9 +83,9 @@ from boltzflow.errors import BoltzflowError
 from boltzflow.molecules.system import MolecularSystem
 from boltzflow.molecules.zmatrix import components, ring_bonds
 
-#: eps of (K1), as in FAB's evaluation.
+#: eps of the histogram KL (module docstring), as in FAB's evaluation.
 EPS = 1e-10
-#: Default bins per axis of (K1).
+#: Default bins per axis of the histogram KL.
 BINS = 100
 #: psi range of the alpha_R basin (phi <= 0), radians: [-120 deg, 50 deg).
 ALPHA_R_PSI = (np.deg2rad(-120.0), np.deg2rad(50.0))
@@ -146,13 +147,10 @@ def frame_log_jacobian(x, atoms) -> np.ndarray:
 
     x = R Y(y) + t, Y(y) the frame structure from its 3N - 6 free coordinates y (a's x, p's x and y, all of the
     other atoms'), dR the Haar measure normalised to d^3w at the identity (R = exp([w]_x); total 8 pi^2), as
-    boltzflow.molecules.zmatrix measures it. Derivation at R = 1, t = 0: t moves o (d^3t, and every atom alike);
-    w = (w1, w2, w3) moves a = (b1, 0, 0) by w x a = b1 (0, w3, -w2), so da = db1 b1^2 dw2 dw3; p = (p_x, p_y, 0)
-    gets dp_z = p_y w1 - p_x w2, the w1 share of which adds the factor p_y = b2 sin a (the w2 share is already
-    counted: a triangular Jacobian); the other atoms are free in both. A density q(x) in boltzflow's convention
-    (q(x) d^{3N}x = q(y) d^{3N-6}y d^3t dR: the Cartesian density of a molecule with uniform orientation and
-    unit-density position, :mod:`boltzflow.flows.internal`) is thus, as a density of the frame coordinates y (the
-    convention of the FAB paper's alanine dipeptide flow, frame CA, N, C),
+    boltzflow.molecules.zmatrix measures it (derivation: docs/concepts/internal-coordinates.md). A density q(x) in
+    boltzflow's convention (q(x) d^{3N}x = q(y) d^{3N-6}y d^3t dR: the Cartesian density of a molecule with uniform
+    orientation and unit-density position, :mod:`boltzflow.flows.internal`) is thus, as a density of the frame
+    coordinates y (the convention of the FAB paper's alanine dipeptide flow, frame CA, N, C),
 
         log q_frame(y) = log q(x) + frame_log_jacobian(x, (CA, N, C)),
 
@@ -396,7 +394,8 @@ def angle_density(angles, log_w=None, bins: int = BINS) -> np.ndarray | None:
 
 
 def histogram_kl(ref_angles, model_angles, model_log_w=None, bins: int = BINS, eps: float = EPS) -> float:
-    """(K1) between histograms of ``(n,)`` angles (1-D) or ``(n, d)`` angle tuples; NaN if either is empty."""
+    """The histogram KL (module docstring) between histograms of ``(n,)`` angles (1-D) or ``(n, d)`` angle tuples;
+    NaN if either is empty."""
     p = angle_density(ref_angles, None, bins)
     q = angle_density(model_angles, model_log_w, bins)
     if p is None or q is None:
@@ -407,21 +406,21 @@ def histogram_kl(ref_angles, model_angles, model_log_w=None, bins: int = BINS, e
 
 
 def torsion_kl(ref_angles, model_angles, model_log_w=None, bins: int = BINS) -> float:
-    """(K1) of a 1-D torsion marginal: reference angles ``(n,)`` against model angles ``(m,)`` (optionally
+    """The histogram KL of a 1-D torsion marginal: reference angles ``(n,)`` against model angles ``(m,)`` (optionally
     weighted by ``model_log_w`` ``(m,)``)."""
     return histogram_kl(_angles(ref_angles, 1, "ref_angles"), _angles(model_angles, 1, "model_angles"),
                         model_log_w, bins)
 
 
 def ramachandran_kl(ref_phi_psi, model_phi_psi, model_log_w=None, bins: int = BINS) -> float:
-    """(K1) of the Ramachandran plot: reference ``(n, 2)`` (phi, psi) against model ``(m, 2)`` (optionally
+    """The histogram KL of the Ramachandran plot: reference ``(n, 2)`` (phi, psi) against model ``(m, 2)`` (optionally
     weighted by ``model_log_w`` ``(m,)``), ``bins`` x ``bins`` bins."""
     return histogram_kl(_angles(ref_phi_psi, 2, "ref_phi_psi"), _angles(model_phi_psi, 2, "model_phi_psi"),
                         model_log_w, bins)
 
 
 def molecular_metrics(molecule: MolecularSystem, ref_x, model_x, model_log_w=None, bins: int = BINS) -> dict:
-    """KLs (K1) of every named torsion's marginal (``kl_<name>``) and of each Ramachandran plot
+    """Histogram KLs (module docstring) of every named torsion's marginal (``kl_<name>``) and of each Ramachandran plot
     (``kl_ramachandran``, or ``kl_ramachandran_1``, ... for several residues) between reference conformations
     ``ref_x`` ``(n, 3N)`` and model conformations ``model_x`` ``(m, 3N)``; with ``model_log_w`` ``(m,)`` also the
     reweighted ones (``..._reweighted``). Floats, NaN where undefined. Either set may instead be given as its

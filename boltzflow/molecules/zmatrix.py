@@ -1,86 +1,39 @@
 """Internal coordinates of a molecule, or of several: a Z-matrix built from the bond graph, and the maps both ways.
+The choices in full, and the derivation of the Jacobian: docs/concepts/internal-coordinates.md.
 
-Building the Z-matrix (:func:`build_zmatrix`)
----------------------------------------------
-Atoms are placed in breadth-first order over the bond graph, so every atom after the first is bonded to an atom
-placed before it (its BFS parent); rings need nothing special (a ring-closing bond is simply not used for
-placement, its length is implied by the others). Choices, all deterministic:
+Building the Z-matrix (:func:`build_zmatrix`). Atoms are placed in breadth-first order over the bond graph from a
+root (the heavy-atom graph centre), visiting an atom's neighbours of its own molecule first, then heavy atoms, then
+larger branches, then by index (for alanine dipeptide: root CA, frame CA-N-C, first torsions phi, psi and the
+omegas). Atom i at placement position p >= 1 is placed by its bond to j (its BFS parent); from p = 2 on also by the
+angle i-j-k (k: j's parent, or the second atom when j is the root); from p = 3 on also by the dihedral i-j-k-l.
+Later atoms on an axis (j, k) already used get the dihedral from the first one (nearly constant, not circular); a
+proper torsion is *circular* when j-k is a rotatable bond (both atoms of degree > 1, the bond in no ring). N atoms
+have 3N - 6 internal coordinates: N - 1 bonds, N - 2 angles, N - 3 dihedrals, each in placement order.
 
-- root: among heavy (non-hydrogen) atoms, the graph centre (least eccentricity: short placement chains keep
-  errors small), ties broken by the smallest largest branch, then the lowest index;
-- the neighbours of an atom are visited: those of its own molecule first (see "Several molecules"), then heavy
-  atoms first, then larger branches first (the branch of neighbour v of u is the set of atoms reached from v without
-  passing u), then by index, so the frame and the first torsion about each bond follow the molecule's main chain
-  (for alanine dipeptide: root CA, frame CA-N-C, and the first torsions are exactly phi = C-N-CA-C, psi = N-CA-C-N
-  and the omegas).
+Several molecules: each extra component of the bond graph is joined by one *link* between the closest heavy atoms,
+which adds the 6 coordinates of its relative position (link length, angle, dihedral) and orientation (an angle and
+two dihedrals) to its own 3 N_c - 6; coordinates whose atoms lie in more than one component are *intermolecular*
+(:attr:`ZMatrix.intermolecular_mask`) and never circular.
 
-Atom i at placement position p >= 1 is placed by its bond to j (its BFS parent); from p = 2 on also by the angle
-i-j-k, where k is j's parent (or, when j is the root, the second atom); from p = 3 on also by the dihedral i-j-k-l.
-Several atoms share the axis (j, k) (the three hydrogens of a methyl group, the branches of a centre): the first of
-them gets a proper torsion, with l a placed neighbour of k (k's parent if it has one, else a heavy atom placed
-early), and the later siblings get the dihedral about the same axis measured from the first sibling (l = first
-sibling). Those relative dihedrals are nearly constant (about +-120 deg at a tetrahedral centre, 180 deg at a
-planar one) and are not circular. A proper torsion is *circular* (freely rotating, to be modelled on the circle)
-when its axis j-k is a rotatable bond: both atoms have degree > 1 and the bond lies in no ring (it is a bridge of
-the bond graph). Every rotatable bond gets exactly one circular dihedral.
+Cartesian -> internal (:func:`cartesian_to_internal`). With r_ab = x_a - x_b: bond |r_ij|; angle
+theta = atan2(|r_ij x r_kj|, r_ij . r_kj) in [0, pi]; dihedral (i, j, k, l) with b1 = unit(x_k - x_j),
+v = r_ij - (r_ij . b1) b1, w = (x_l - x_k) - ((x_l - x_k) . b1) b1: phi = atan2((b1 x v) . w, v . w) in (-pi, pi],
+the IUPAC dihedral i-j-k-l.
 
-So N atoms have 3N - 6 internal coordinates, N - 1 bonds, N - 2 angles and N - 3 dihedrals (in this order), each
-listed in placement order; the six rigid-body degrees of freedom are dropped.
+Internal -> Cartesian (:func:`internal_to_cartesian`, NeRF: Parsons et al., J. Comput. Chem. 26, 1063 (2005)). The
+first atom at the origin, the second at (b, 0, 0), the third in the xy plane with y > 0; every later atom, from
+A = x_l, B = x_k, C = x_j, with bc = unit(C - B), n = unit((B - A) x bc), m = n x bc, at
 
-Several molecules (a host and its guest, a peptide and a ligand, a solute with a few waters): the bond graph has
-several connected components, and each extra component is joined to the rest by one *link*, a bond of the Z-matrix
-that is no chemical bond: between the two heavy atoms, one in the component and one in the components already
-joined, that are closest in the given positions (components joined in order of that distance, starting from the
-one holding the root; the root is the graph centre of the largest component by default). With A1 the link's near
-end, A2 and A3 atoms placed before it on its side, B1 the far end, B2 and B3 B1's first two children:
+    x_i = C + b (-cos theta) bc + b sin theta cos phi m + b sin theta sin phi n.
 
-    position:     link length |B1 - A1|,  angle B1-A1-A2,  dihedral B1-A1-A2-A3        (spherical coordinates)
-    orientation:  angle B2-B1-A1,  dihedral B2-B1-A1-A2,  dihedral B3-B1-B2-A1         (Euler-like angles)
+Jacobian (:func:`log_det_jacobian`). With x = R X(q) + t (X(q) the canonical-frame structure, R a rotation, t a
+translation), d^{3N}x = d^3t dR J(q) dq, dR the Haar measure on SO(3) normalised to d^3w at the identity
+(R = exp([w]_x)), and
 
-B1's later children are then placed about the axis B1-B2 like the root's (B1 starts its molecule), and every other
-dihedral prefers a reference atom of its own molecule, so each extra component adds exactly these 6 coordinates of
-its relative position and orientation to its own 3 N_c - 6 (5 for a diatomic, 3 for an ion), and the Jacobian below
-is unchanged (it never asked for chemical bonds, only for a tree). The coordinates whose atoms lie in more than one
-component are *intermolecular* (:attr:`ZMatrix.intermolecular_mask`). Their dihedrals are not circular: a complex
-is taken to stay near its starting pose (a guest in its host, a ligand in its pocket), and a flow starts there
-rather than at a uniformly random orientation, which would put nearly every sample into the host.
+    log J(q) = 2 sum(log bonds) + sum(log sin angles),
 
-Cartesian -> internal (:func:`cartesian_to_internal`)
------------------------------------------------------
-With r_ab = x_a - x_b: bond |r_ij|; angle theta = atan2(|r_ij x r_kj|, r_ij . r_kj) in [0, pi]; dihedral
-(i, j, k, l) with b1 = unit(x_k - x_j), v = r_ij - (r_ij . b1) b1, w = (x_l - x_k) - ((x_l - x_k) . b1) b1:
-phi = atan2((b1 x v) . w, v . w) in (-pi, pi]; it equals the IUPAC dihedral l-k-j-i = i-j-k-l.
-
-Internal -> Cartesian (:func:`internal_to_cartesian`, NeRF: Parsons et al., J. Comput. Chem. 26, 1063 (2005))
--------------------------------------------------------------------------------------------------------------
-The first atom goes to the origin, the second to (b, 0, 0) on the +x axis, the third into the xy plane with y > 0
-(at x_j + b (cos theta, sin theta, 0) if its j is the first atom, x_j + b (-cos theta, sin theta, 0) if the second).
-Every later atom, from A = x_l, B = x_k, C = x_j: with bc = unit(C - B), n = unit((B - A) x bc), m = n x bc,
-
-    x_i = C + b (-cos theta) bc + b sin theta cos phi m + b sin theta sin phi n,
-
-which has |x_i - C| = b, angle(x_i, C, B) = theta and dihedral(x_i, C, B, A) = phi. The atoms are placed one
-after the other by ``jax.lax.scan`` (compile time flat in the number of atoms).
-
-Jacobian (:func:`log_det_jacobian`)
------------------------------------
-Write any conformation as x = R X(q) + t: X(q) the canonical-frame structure built from the internal coordinates q,
-R a rotation, t a translation. Then d^{3N}x = d^3t dR J(q) dq with dR the Haar measure on SO(3) (normalised so
-that it is d^3w at the identity in the rotation-vector parametrisation R = exp([w]_x)) and
-
-    log J(q) = 2 log b_2 + sum_{atoms at p >= 2} (2 log b_p + log sin theta_p)
-             = 2 sum(log bonds) + sum(log sin angles).
-
-Derivation: the translation moves the first atom (d^3t). The second atom at distance b_2 from the first sweeps the
-sphere: b_2^2 db_2 dOmega, dOmega two of the rotation's three angles. The third atom, at distance b from its j and
-angle theta, sweeps a circle about the first bond as the rotation's last angle psi turns: b^2 sin theta db dtheta
-dpsi (spherical coordinates about the bond axis). Every later atom is placed in spherical coordinates (b, theta,
-phi) about its own frame (j, k, l): b^2 sin theta db dtheta dphi, whichever reference l sets the origin of phi.
-At the identity dOmega dpsi = d^3w. tests/test_internal_coordinates.py checks this by automatic differentiation of
-F(q, t, w) = exp([w]_x) X(q) + t at w = 0, t = 0 (the full 3N x 3N Jacobian). The density of internal coordinates
-is thus p(q) = J(q) * integral of p(x) over rigid motions, the physically right one.
-
-All functions are pure JAX and batched over a leading axis.
+so the density of internal coordinates is p(q) = J(q) * integral of p(x) over rigid motions, the physically right
+one. All functions are pure JAX and batched over a leading axis.
 """
 
 from __future__ import annotations
@@ -340,7 +293,8 @@ def _links(comp: np.ndarray, start: int, is_h, positions) -> list[tuple[int, int
 
 def build_zmatrix(n_atoms: int, bonds, elements=None, atom_names=None, root: int | None = None,
                   positions=None) -> ZMatrix:
-    """A Z-matrix for a molecule, or several, from the bond graph (choices in the module docstring).
+    """A Z-matrix for a molecule, or several, from the bond graph (choices: module docstring and
+    docs/concepts/internal-coordinates.md).
 
     Args:
         n_atoms: number of atoms N (>= 3).

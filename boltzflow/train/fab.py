@@ -24,7 +24,7 @@ Seeding the buffer (boltzflow.explore; issue: modes the flow's AIS never reaches
 found without the flow, E[mean_j v_j f(x_j)] = int p~ f (tempered SMC from a broad Gaussian), are importance
 samples of g = p^alpha q^(1-alpha) too, with weights
 
-    log w_j = log v_j + (alpha - 1)(log p~(x_j) - log q_theta(x_j))                                    (F1)
+    log w_j = log v_j + (alpha - 1)(log p~(x_j) - log q_theta(x_j))
 
 (v_j p~^(alpha-1) q^(1-alpha) integrates f against g), on the same scale as AIS weights (E[w] = Z_g for both), so
 they join the buffer after the first AIS fill as its newest entries. A mode the flow misses has q_theta tiny there,
@@ -32,7 +32,8 @@ so its entries get the largest weights and are drawn first: the flow is pulled o
 found before its AIS ever visits it, and once it covers the mode its own AIS keeps it.
 
 The AIS transition kernel's step sizes are adapted during training (boltzflow.mcmc.step_size) and frozen at
-evaluation. The whole iteration (AIS pass, buffer insertion, L optimiser steps) is one jitted function.
+evaluation. The whole iteration (AIS pass, buffer insertion, L optimiser steps) is one jitted function. AIS, its
+weights and the step sizes: docs/concepts/ais.md.
 
 Where FAB runs is a :class:`~boltzflow.flows.paths.Space`, chosen by the experiment (boltzflow.experiment):
 x-space for a flow, or, for an SNF with Langevin blocks, the space of its paths in the coordinates where the
@@ -171,7 +172,8 @@ def build_fab(s: FabSettings, problem: Problem) -> Method:
         return z, log_w + (alpha - 1.0) * (log_p - log_q), log_q
 
     def seed_buffer(model, buf, x, log_w):
-        """(F1): the exploration's samples as buffer entries, the most recent ones (module docstring)."""
+        """The exploration's samples as buffer entries with the seeding weights log w_j of the module docstring,
+        the most recent ones."""
         if space.from_x is None:
             raise BoltzflowError("FAB cannot seed its buffer in an SNF's path space; set explore.seed_buffer: false")
         dtype = buf.x.dtype

@@ -4,7 +4,7 @@ For data point x and K forward paths of its posterior SNF with log weights log w
 log p(x, .)), E[w] = p(x), so
 
     J_KL(x) = E[-log w] >= -log p(x)                                   (SNF eq. 13; the negative ELBO),
-    log p^(x) = log (1/K) sum_k w_k,   se = std(w) / (sqrt(K) mean(w))  (importance sampling, estimators E2).
+    log p^(x) = log (1/K) sum_k w_k,   se = std(w) / (sqrt(K) mean(w))  (importance sampling, boltzflow.estimators).
 
 log p^ is consistent and biased low by about se^2 / 2; by Jensen E[log p^] >= -J_KL for every K, the gap closing
 as K grows (the SNF paper estimates the test NLL so, with the path weight as importance weight).
