@@ -155,7 +155,7 @@ def build_ais(log_p_fn: Callable[[jax.Array], jax.Array], kernel: Kernel | str, 
         step_size: initial step size of every distribution, a scalar or a (d,) vector.
         adapt_rate: the rate of the step-size update in boltzflow.mcmc.step_size.
         smc: sequential Monte Carlo instead of AIS (boltzflow.mcmc.anneal: groups resampled below an ESS
-            threshold, R1, and optionally adaptive levels between q and g); ``log_w`` is then Neal's weight
+            threshold, and optionally adaptive levels between q and g); ``log_w`` is then Neal's weight
             plus the group's offset, so its mean in each group still estimates Z_g. Needs a Metropolis kernel.
     """
     if isinstance(kernel, str):

@@ -28,7 +28,7 @@ sample with weight 0: it still counts in n, so invalid samples lower the ESS and
   :func:`stream_sums` draws and merges such sums chunk by chunk.
 - Resampling (Kitagawa 1996): systematic resampling of n weighted samples draws one u ~ U(0, 1) and takes as
   ancestors the samples at the positions (u + j) / n, j = 0..n-1, of the cumulative normalised weights, so sample i
-  gets floor or ceil of n W_i copies (:func:`systematic_resample`; SMC's groups, boltzflow.mcmc.anneal R1);
+  gets floor or ceil of n W_i copies (:func:`systematic_resample`; SMC's groups, boltzflow.mcmc.anneal);
   :func:`resample` draws m unweighted samples of p from n weighted ones: k = ceil(m / n) independent systematic
   resamplings pooled, m of the k n ancestors kept uniformly without replacement, so sample i appears m W_i times on
   average.

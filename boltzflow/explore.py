@@ -3,15 +3,16 @@ mass it finds, and the mass stops moving; then one larger round there, within a 
 Derivations, and the missing-mass check built on it (:func:`unseen_mass`, :func:`check_flow`):
 docs/concepts/missing-mass-check.md.
 
-Reference r = N(c, s^2 I) on R^d. Tempered SMC (boltzflow.ais with resampling, boltzflow.mcmc.anneal R1; Del Moral,
+Reference r = N(c, s^2 I) on R^d. Tempered SMC (boltzflow.ais with resampling as in boltzflow.mcmc.anneal; Del Moral,
 Doucet & Jasra 2006) runs from r to p through
 
     log pi_k(x) = (1 - beta_k) log r(x) + beta_k log p(x),     0 = beta_0 < ... < beta_{K+1} = 1,
 
 with HMC moves at each level, the levels chosen at conditional ESS 0.9 and run only until beta reaches 1 (and 4
-more), the step size tuned within the run (T1), and a group resampled whenever its ESS fraction falls below one
-half. It returns weighted samples (x_i, w_i), in G independent groups, with E[mean_{i in g} w_i] = Z in each, hence
-(the delta method over independent groups: the particles of one group are not independent after resampling)
+more), the step size tuned within the run (boltzflow.mcmc.anneal), and a group resampled whenever its ESS fraction
+falls below one half. It returns weighted samples (x_i, w_i), in G independent groups, with E[mean_{i in g} w_i] = Z
+in each, hence (the delta method over independent groups: the particles of one group are not independent after
+resampling)
 
     log Z^ = log mean_g Z^_g,      se(log Z^) = sd_g(Z^_g) / (sqrt(G) mean_g Z^_g),
 
@@ -63,8 +64,8 @@ from boltzflow.mcmc.registry import make_kernel
 Groups = int | Sequence[int]  # G equal contiguous groups, or their sizes
 RESAMPLE_BELOW = 0.5  # ESS fraction below which a group is resampled
 CESS = 0.9  # conditional ESS each adaptive level keeps
-STEP_SIZE = 0.5  # the first level's HMC step size (standardized coordinates), then tuned within the run (T1)
-TUNE_RATE = 1.0  # r of (T1) in boltzflow.mcmc.anneal
+STEP_SIZE = 0.5  # the first level's HMC step size (standardized coordinates), then tuned within the run
+TUNE_RATE = 1.0  # r of the step-size tuning in boltzflow.mcmc.anneal
 LEVELS_AT_END = 4  # levels that move at p once the path reached it; the rest are skipped
 MAX_LEVELS = 256  # the most levels of a round (a round runs those it needs)
 PILOT_PARTICLES = 1024  # particles of each pilot round (module docstring, "Budget")
@@ -283,7 +284,7 @@ def explore(key, log_p, dim: int, n: int = 4096, n_groups: int = 8, bounds=None,
         budget: the most target evaluations in all (None: no limit but ``n`` and ``max_rounds``).
         n_pilot: particles of each pilot round.
         scale, growth, factor, max_rounds, tol, min_ess: the growth rule and its stop (module docstring).
-        n_intermediate: the most SMC levels of a round (a round runs those it needs, T1 in boltzflow.mcmc.anneal).
+        n_intermediate: the most SMC levels of a round (a round runs those it needs, boltzflow.mcmc.anneal).
         kernel: the SMC move (default hmc, ``n_leapfrog`` 5; ``kernel_options`` go to it).
         dtype: of the particles.
 

@@ -8,7 +8,7 @@ more easily than the same target rotated (issue: learned linear mixing; a rotate
 
 then at every point the Hessian of log p is
 
-    H(x) = R^T diag(g_1(x), ..., g_d(x)) R,       g_i = (log f_i)'' at r_i . x,                          (H1)
+    H(x) = R^T diag(g_1(x), ..., g_d(x)) R,       g_i = (log f_i)'' at r_i . x,
 
 so all Hessians commute and share the eigenvectors r_i. A random combination M = sum_k c_k H(x_k) / ||H(x_k)||_F
 (c ~ N(0, I)) then has exactly the r_i as eigenvectors whenever its eigenvalues are distinct; directions with equal
@@ -16,7 +16,7 @@ curvature everywhere (a Gaussian factor's) come out mixed among themselves, whic
 isotropic within them. For a Gaussian, H = -Sigma^-1 and the frame is its principal axes. For a target that is not
 separable no rotation diagonalises every H(x_k); the score
 
-    off(Q) = sum_k ||offdiag(Q^T Hn_k Q)||_F^2 / sum_k ||Hn_k||_F^2    (Hn_k = H(x_k) / ||H(x_k)||_F)       (H2)
+    off(Q) = sum_k ||offdiag(Q^T Hn_k Q)||_F^2 / sum_k ||Hn_k||_F^2    (Hn_k = H(x_k) / ||H(x_k)||_F)
 
 measures how far a frame Q is from it (0: separable in Q's axes, 1: all curvature between axes). Of the identity
 and the eigenbases of ``n_mix`` random combinations, :func:`hessian_frame` returns the frame of lowest score, and
@@ -37,8 +37,8 @@ from boltzflow.errors import BoltzflowError
 @dataclass(frozen=True)
 class Frame:
     """``rotation`` (d, d) orthogonal, float64, columns = the target's axes in x's coordinates (identity when the
-    axes were kept); ``off_diagonal``: (H2) in that frame; ``off_diagonal_axes``: (H2) in the given axes;
-    ``n_points``: the Hessians used (finite ones)."""
+    axes were kept); ``off_diagonal``: the score off(Q) (module docstring) in that frame; ``off_diagonal_axes``: the
+    score in the given axes; ``n_points``: the Hessians used (finite ones)."""
 
     rotation: np.ndarray
     off_diagonal: float
@@ -62,7 +62,8 @@ def log_prob_hessians(log_prob, x) -> np.ndarray:
 
 
 def off_diagonal(rotation: np.ndarray, normed_hessians: np.ndarray) -> float:
-    """(H2) of the frame ``rotation`` (columns = axes) for Hessians already divided by their Frobenius norms."""
+    """The score off(Q) (module docstring) of the frame ``rotation`` (columns = axes) for Hessians already divided
+    by their Frobenius norms."""
     b = np.einsum("ji,kjl,lm->kim", rotation, normed_hessians, rotation)
     total = float(np.sum(b**2))
     return (total - float(np.sum(np.einsum("kii->ki", b) ** 2))) / total

@@ -1,4 +1,4 @@
-"""Exploration without a flow (boltzflow.explore), its SMC (boltzflow.mcmc.anneal, R1 and adaptive levels), the
+"""Exploration without a flow (boltzflow.explore), its SMC (boltzflow.mcmc.anneal: resampling, adaptive levels), the
 far-mode targets (boltzflow.targets.far_modes) and the missing-mass check (docs/concepts/missing-mass-check.md)."""
 
 import math
@@ -37,7 +37,7 @@ def test_smc_log_z_is_unbiased_over_independent_runs(tuned):
     """SMC (adaptive levels, resampling) from N(0, 4^2 I) to an unnormalised N(m, 0.5^2 I) in 3-D with log Z = 1.3:
     the mean of Z^ / Z over 16 runs of 8 groups must be 1 within 4 standard errors of that mean (from the runs'
     own spread), and log Z^ of the runs close to the truth. Step sizes adapted over 15 passes first, or (``tuned``,
-    as the exploration runs it) tuned within each run (T1) with the levels after beta = 1 skipped but 4."""
+    as the exploration runs it) tuned within each run with the levels after beta = 1 skipped but 4."""
     d, log_z_true = 3, 1.3
     mu = jnp.array([1.0, -2.0, 0.5])
 

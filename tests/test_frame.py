@@ -19,10 +19,11 @@ def _points(dim, n=128, seed=0):
 
 
 def test_the_frame_of_a_rotated_many_well_is_its_double_well_axes():
-    """(H1): the Many Well's log p is a sum over coordinates, so in the rotated target every Hessian is
-    Q diag(g) Q^T. The double-well directions have curvature that varies from point to point, hence distinct
-    eigenvalues in a random combination: each must be found to 4 digits. The Gaussian directions all have
-    curvature -1 everywhere and may come out mixed among themselves (p is isotropic there)."""
+    """The Many Well's log p is a sum over coordinates, so in the rotated target every Hessian is
+    Q diag(g) Q^T (boltzflow.frame's module docstring). The double-well directions have curvature that varies
+    from point to point, hence distinct eigenvalues in a random combination: each must be found to 4 digits. The
+    Gaussian directions all have curvature -1 everywhere and may come out mixed among themselves (p is isotropic
+    there)."""
     dim, seed = 8, 3
     target = make_target({"name": "many_well", "dim": dim, "rotation": seed})
     q_true = random_rotation(dim, seed)  # log p_Q(x) = log p(x Q): inner coordinate i is x . Q[:, i]

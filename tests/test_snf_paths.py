@@ -32,7 +32,8 @@ def _perturbed_snf(target, n_steps=2, every=1, key=0):
 
 
 def test_noise_to_path_density_is_the_change_of_variables():
-    """log Q(u) = log q0(z) + sum log N(xi) - log|det du/d(z, xi)|, the determinant from autodiff (P1-P2)."""
+    """log Q(u) = log q0(z) + sum log N(xi) - log|det du/d(z, xi)| (boltzflow.snf.paths), the determinant from
+    autodiff."""
     target = DoubleWell()
     snf = _perturbed_snf(target)
     m, d = n_path_points(snf), target.dim
@@ -112,7 +113,7 @@ def test_fab_refuses_snfs_with_metropolised_blocks(tmp_path):
 
 def test_blocks_only_path_densities_are_proper():
     """Blocks-only ULA SNF with lambda = 1 on a target equal to its prior is not exact (ULA is biased), but
-    (P2)/(P3) must still be proper densities: their ratio has finite ESS and the weights average to Z."""
+    Q_theta and P must still be proper densities: their ratio has finite ESS and the weights average to Z."""
     target = Gaussian(c=0.7)
     snf = make_snf({"type": "snf", "blocks": {"kernel": "ula", "n_blocks": 2, "n_steps": 2, "step_size": 0.2}},
                    jax.random.key(0), target)

@@ -103,7 +103,7 @@ class _Run:
     def __init__(self, target, x, log_w):
         self.target, self.x, self.log_w = target, x, log_w
 
-    def sample(self, key, n):
+    def sample(self, key, n, paths=1):
         return self.x[:n], self.log_w[:n]
 
 

@@ -23,7 +23,7 @@ a group whose Kish ESS fraction (boltzflow.estimators) is below ``threshold`` is
 (Kitagawa 1996: one uniform u, ancestors at the positions (u + j) / m of the cumulative normalised weights) and its
 running weights are reset to their mean, remembered in a per-particle offset:
 
-    c_g <- c_g + log mean_{i in g} w_i,        log w_i <- 0 (i in g),                                   (R1)
+    c_g <- c_g + log mean_{i in g} w_i,        log w_i <- 0 (i in g),
 
 so that c_g + log mean_{i in g} w_i estimates log Z_k - log Z_0 of the group at every level: the SMC estimate of
 the normalising constant, unbiased in Z (Del Moral 2004), and the groups' spread gives its standard error.
@@ -44,16 +44,16 @@ ignores).
 Step sizes tuned within the run (``tune_rate`` = r; the population-based adaptation of adaptive SMC samplers,
 Fearnhead & Taylor 2013): level k moves with eps_k exp(t_k), and after its moves
 
-    t_{k+1} = t_k + r (acc_k - target),        t_1 = 0,   acc_k the level's mean acceptance over all particles,  (T1)
+    t_{k+1} = t_k + r (acc_k - target),        t_1 = 0,   acc_k the level's mean acceptance over all particles,
 
 (clipped to +-LOG_CLIP), so one pass of n particles needs no separate adaptation passes: pi_{k+1} is close to pi_k
 by construction (CESS), so the step size that suited level k nearly suits k + 1. Each particle's step is further
 jittered by exp(u), u ~ U(-``jitter``, ``jitter``) drawn afresh at every move (Neal 2011 suggests randomising
 eps; independent of the state, so each move still leaves pi_k invariant): HMC's acceptance falls off a cliff as
-eps crosses the stability limit of the narrowest direction, and without the jitter (T1) swung between acceptance
-0.99 and 0 on a 3-D Gaussian; with it the population's acceptance is a smooth function of eps and (T1) settles.
-Like adaptive levels, (T1) makes the kernels depend on the particles (a bias of order 1 / n, negligible at the
-particle numbers used).
+eps crosses the stability limit of the narrowest direction, and without the jitter this tuning swung between
+acceptance 0.99 and 0 on a 3-D Gaussian; with it the population's acceptance is a smooth function of eps and the
+tuning settles. Like adaptive levels, the tuning makes the kernels depend on the particles (a bias of order 1 / n,
+negligible at the particle numbers used).
 
 Only kernels that leave each pi_k invariant (Metropolis-adjusted) keep SMC exact; after a
 resampling the path ratio dS of an ancestor no longer belongs to a path, so SMC's users take Neal's weights plus
@@ -78,8 +78,8 @@ class SMC(NamedTuple):
     """Resample a group below ESS fraction ``threshold``; ``n_groups`` independent groups; ``cess``: None for the
     given levels, else the conditional ESS each adaptive level keeps; ``levels_at_end``: with ``cess``, the levels
     that move at the end density before the rest are skipped (None: all move); ``tune_rate``: tune the step size
-    within the run towards the kernel's target acceptance (T1; None: the given step sizes), each particle's jittered
-    by a factor exp(U(-``jitter``, ``jitter``)). Module docstring."""
+    within the run towards the kernel's target acceptance (the rule in the module docstring; None: the given step
+    sizes), each particle's jittered by a factor exp(U(-``jitter``, ``jitter``)). Module docstring."""
 
     threshold: float = 0.5
     n_groups: int = 8
@@ -92,10 +92,10 @@ class SMC(NamedTuple):
 class AnnealInfo(NamedTuple):
     """accept: (L,) mean acceptance per level (over samples and moves; unadjusted kernels: fraction of moves
     taken); n_nonfinite: () moves rejected because a density was not finite; log_w_standard: (n,) Neal's
-    increments over the L levels (module docstring). With SMC: log_w_offset (n,) the groups' c_g (R1),
-    n_resampled () group resamplings, betas (L,) the levels' positions on the path, w_last (2,) the last
-    level's weights and levels_run () the levels that moved (L unless ``SMC.levels_at_end`` skipped some; a skipped
-    level's accept is 0)."""
+    increments over the L levels (module docstring). With SMC: log_w_offset (n,) the groups' offsets c_g (module
+    docstring), n_resampled () group resamplings, betas (L,) the levels' positions on the path, w_last (2,) the
+    last level's weights and levels_run () the levels that moved (L unless ``SMC.levels_at_end`` skipped some; a
+    skipped level's accept is 0)."""
 
     accept: jax.Array
     n_nonfinite: jax.Array
@@ -108,8 +108,9 @@ class AnnealInfo(NamedTuple):
 
 
 def _resample_groups(key, tree, log_w, offset, threshold: float, n_groups: int):
-    """(R1) in each of ``n_groups`` groups whose ESS fraction is below ``threshold``; ``tree``'s leaves (n, ...)
-    follow their ancestors. Returns (tree, log_w, offset, number of groups resampled)."""
+    """Resample systematically, resetting the weights as in the module docstring, each of ``n_groups`` groups whose
+    ESS fraction is below ``threshold``; ``tree``'s leaves (n, ...) follow their ancestors. Returns (tree, log_w,
+    offset, number of groups resampled)."""
     n = log_w.shape[0]
     m = n // n_groups
     lw = jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf).reshape(n_groups, m)
@@ -153,7 +154,7 @@ def anneal(kernel: Kernel, keys: jax.Array, point: Point, w_start, ws: jax.Array
            ) -> tuple[Point, jax.Array, AnnealInfo]:
     """Run ``kernel`` at L levels; ``keys`` (L,), ``ws`` (L, 2), ``step_sizes`` (L,) or (L, d).
 
-    Level k splits its key into ``n_inner`` move keys (and, with ``smc``, one more for (R1) first). Returns
+    Level k splits its key into ``n_inner`` move keys (and, with ``smc``, one more for the resampling first). Returns
     (point, dS (n,), AnnealInfo). With ``smc``, ``log_w_standard`` holds the weights since each group's last
     resampling; with ``smc.cess`` the levels are chosen adaptively on the segment from ``w_start`` to ``w_end``
     and ``ws`` only sets their number."""
@@ -201,7 +202,7 @@ def anneal(kernel: Kernel, keys: jax.Array, point: Point, w_start, ws: jax.Array
         def move(c, kk):
             point, d_s, acc, bad = c
             eps = eps_k
-            if tune is not None:  # (T1): each particle's step size jittered
+            if tune is not None:  # tuned within the run: each particle's step size jittered
                 kk, k_eps = jax.random.split(kk)
                 u = jax.random.uniform(k_eps, (n, 1), dtype, -tune[2], tune[2])
                 eps = jnp.exp(u) * (eps_k if jnp.ndim(eps_k) else eps_k[None, None])

@@ -3,16 +3,16 @@
 Overdamped Langevin with noise scale eps (a scalar or per-dimension; eps^2 = 2 dt in the SNF paper's notation
 y' = y - dt grad u(y) + sqrt(2 dt) eta, eq. 19, at kT = 1):
 
-    x' = x + (eps^2 / 2) grad log pi_w(x) + eps xi,      xi ~ N(0, I).                          (L1)
+    x' = x + (eps^2 / 2) grad log pi_w(x) + eps xi,      xi ~ N(0, I).
 
 - **ULA** (unadjusted): every proposal with finite density is taken. Its stationary law is pi_w only up to
   O(eps^2), but the path ratio is exact (SNF eq. 20): with the backward move x' -> x by the same rule,
 
       dS = log N(x; x' + (eps^2/2) g(x'), eps^2) - log N(x'; x + (eps^2/2) g(x), eps^2)
-         = -1/2 |xi_b|^2 + 1/2 |xi|^2,    xi_b = (x - x' - (eps^2/2) g(x')) / eps,                 (L2)
+         = -1/2 |xi_b|^2 + 1/2 |xi|^2,    xi_b = (x - x' - (eps^2/2) g(x')) / eps,
 
   which is SNF eq. 20 (dS = -(|eta_b|^2 - |eta|^2)/2). Path weights (SNF eq. 11) therefore stay exact.
-- **MALA** (Roberts & Tweedie 1996): (L1) as an MH proposal with log ratio log pi(x') - log pi(x) + (L2); in
+- **MALA** (Roberts & Tweedie 1996): the same move as an MH proposal with log ratio log pi(x') - log pi(x) + dS; in
   detailed balance, so dS = log pi_w(x) - log pi_w(x') when accepted, 0 when rejected.
 - **Underdamped** (BAOAB, Leimkuhler & Matthews 2013), velocities as auxiliary variables: a fresh v0 ~ N(0, I)
   at each call (full refresh), then ``n_steps`` steps of
@@ -53,12 +53,12 @@ def _ensure_grad(point, log_q_fn, log_p_fn):
 
 
 def langevin_mean(x: jax.Array, grad_log_pi: jax.Array, eps) -> jax.Array:
-    """The mean of the move (L1) from x: x + (eps^2 / 2) grad log pi(x)."""
+    """The mean of the overdamped Langevin move (module docstring) from x: x + (eps^2 / 2) grad log pi(x)."""
     return x + 0.5 * eps**2 * grad_log_pi
 
 
 def _langevin_proposal(key, point: Point, w, eps, log_q_fn, log_p_fn):
-    """(L1) and the log backward/forward proposal ratio (L2)."""
+    """The overdamped Langevin move and its log backward/forward proposal ratio dS (module docstring)."""
     xi = jax.random.normal(key, point.x.shape, point.x.dtype)
     x_new = langevin_mean(point.x, annealed_grad(point, w), eps) + eps * xi
     proposal = make_point(x_new, log_q_fn, log_p_fn, with_grad=True)
@@ -76,7 +76,7 @@ def _unadjusted(point: Point, proposal: Point, w, ok: jax.Array, d_s: jax.Array)
 
 
 def ula_step(key, point: Point, w, step_size, log_q_fn, log_p_fn) -> tuple[Point, KernelInfo]:
-    """One unadjusted Langevin move (L1) with its exact path ratio dS (L2, SNF eq. 20)."""
+    """One unadjusted Langevin move with its exact path ratio dS (SNF eq. 20; module docstring)."""
     point = _ensure_grad(point, log_q_fn, log_p_fn)
     eps = as_step_size(step_size, point.x)
     proposal, d_s = _langevin_proposal(key, point, w, eps, log_q_fn, log_p_fn)

@@ -3,7 +3,7 @@ differences between states, each with bootstrap standard errors (NumPy, outside 
 
 **Collective variables** (CVs) of conformations x ``(n, 3N)`` in nm, by atom indices (0-based):
 
-- 4 atoms (i, j, k, l): the torsion (D1) of :mod:`boltzflow.molecules.metrics`, in degrees in (-180, 180],
+- 4 atoms (i, j, k, l): the dihedral angle of :mod:`boltzflow.molecules.metrics`, in degrees in (-180, 180],
   periodic;
 - 2 atoms (i, j): the distance |x_j - x_i| in nm.
 

@@ -6,7 +6,7 @@ use them.
 **Dihedral angle** of atoms (i, j, k, l), IUPAC sign convention (the same as OpenMM and mdtraj), in (-pi, pi]:
 
     b1 = x_j - x_i,  b2 = x_k - x_j,  b3 = x_l - x_k,
-    angle = atan2(|b2| b1 . (b2 x b3),  (b1 x b2) . (b2 x b3)).                                      (D1)
+    angle = atan2(|b2| b1 . (b2 x b3),  (b1 x b2) . (b2 x b3)).
 
 Looking along j -> k, the angle is positive when l is turned clockwise from i; cis = 0, trans = pi.
 
@@ -115,7 +115,7 @@ def wrap_angle(a) -> np.ndarray:
 
 
 def dihedral(x, i: int, j: int, k: int, l: int) -> np.ndarray:  # noqa: E741
-    """Dihedral angle (D1) of atoms (i, j, k, l) in each conformation of ``x`` ``(n, 3N)``: ``(n,)`` in (-pi, pi].
+    """Dihedral angle of atoms (i, j, k, l) in each conformation of ``x`` ``(n, 3N)``: ``(n,)`` in (-pi, pi].
 
     NaN where the angle is undefined (three collinear atoms) or the positions are not finite."""
     p = _positions(x)

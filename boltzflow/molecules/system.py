@@ -127,7 +127,7 @@ def openmmtools_data_dir() -> str:
 
 def as_one_residue(topology, name: str):
     """The same atoms and bonds as one residue called ``name``: for force fields with a template for a whole small
-    molecule (CHARMM36's ALAD, alanine dipeptide), which openmm.app otherwise reaches only after ~30 s of failed
+    molecule (CHARMM36's ALAD, alanine dipeptide), which openmm.app otherwise reaches only after slow, failed
     patch searches over the residues.
 
     Example:
@@ -326,7 +326,7 @@ def minimize(molecule: MolecularSystem, positions: np.ndarray | None = None, tol
 
     ``tolerance`` is the RMS force in kJ/mol/nm at which it stops; ``max_iterations = 0`` means until converged.
     The result is kept for the process (every internal-coordinate flow of a molecule starts from its minimum, and
-    building one per command -- train, then evaluate -- would minimise again; about 2 s for alanine dipeptide).
+    building one per command -- train, then evaluate -- would minimise again).
     """
     start = np.asarray(molecule.positions if positions is None else positions, np.float64)
     key = (molecule.system_xml, start.tobytes(), float(tolerance), int(max_iterations))

@@ -5,7 +5,7 @@ format chosen by the file's suffix (:data:`FORMATS`), and, when given, the impor
 ``FILE.log_w.npy`` (float64, one per frame, in frame order): a frame i stands for the Boltzmann distribution with the
 self-normalised weight
 
-    W_i = exp(log w_i) / sum_j exp(log w_j),        log w = log p - log q,                                (T1)
+    W_i = exp(log w_i) / sum_j exp(log w_j),        log w = log p - log q,
 
 so that an average over p is sum_i W_i f(x_i), not the plain mean over frames. A tool that averages frames
 plainly needs unweighted frames: :meth:`boltzflow.run.Run.resample` draws them by systematic importance resampling.

@@ -18,14 +18,14 @@ xi_j ~ N(0, I) is
 and the backward noise of each move, the one that would take v_j back to y_j by the same Langevin rule
 (SNF eq. 19), is eta_j = (y_j - m_j(v_j)) / eps_j. The map
 
-    T_theta : (z, xi_1, ..., xi_M)  ->  u = (x, eta_1, ..., eta_M)                                    (P1)
+    T_theta : (z, xi_1, ..., xi_M)  ->  u = (x, eta_1, ..., eta_M)
 
 is a bijection for every theta (invert it backwards: v_M = G_{M+1}^-1(x), y_j = m_j(v_j) + eps_j eta_j,
 v_{j-1} = G_j^-1(y_j), xi_j = (v_j - m_j(y_j)) / eps_j), i.e. the SNF is a normalizing flow on the augmented
 space of (sample, noises). In u-coordinates the two path measures are
 
-    Q_theta(u) = q0(z) prod_j N(xi_j) / |det dT_theta/d(z, xi)|,       (pushforward of q0 x N(0, I)^M)    (P2)
-    P(u)       = p(x) prod_j N(eta_j)                                    (x ~ p, fresh backward noises)    (P3)
+    Q_theta(u) = q0(z) prod_j N(xi_j) / |det dT_theta/d(z, xi)|,       (pushforward of q0 x N(0, I)^M)
+    P(u)       = p(x) prod_j N(eta_j)                                    (x ~ p, fresh backward noises)
 
 with |det dT/d(z, xi)| = prod of the flow layers' |det J| (the eps_j factors of xi -> v and of v -> eta
 cancel). log P - log Q is exactly the SNF path weight (eq. 11 with the ULA ratio dS = |xi|^2/2 - |eta|^2/2,
@@ -44,10 +44,11 @@ FAB minimises the alpha-divergence between the path measures,
 marginal one, as the SNF paper's path KL (eq. 13) does for KL. With P fixed, FAB's gradient, its AIS target
 g = P^alpha Q^(1-alpha) (P^2/Q for alpha = 2), its loss -E_g[log Q_theta(u)] and its buffer's weight correction
 (1 - alpha)(log Q_theta - log Q_old) carry over unchanged: :func:`path_space` returns a
-:class:`~boltzflow.flows.paths.Space` whose points are u (dimension (M + 1) d) and whose log q is (P2); AIS's
-HMC moves x and the noises jointly. The path weights of the trained SNF (P3 / P2) then give its importance weights.
+:class:`~boltzflow.flows.paths.Space` whose points are u (dimension (M + 1) d) and whose log q is log Q_theta; AIS's
+HMC moves x and the noises jointly. The path weights of the trained SNF (P / Q_theta) then give its importance
+weights.
 
-Limits. Metropolised blocks (Metropolis, HMC, MALA) have a point mass at rejection, so no bijection (P1) exists
+Limits. Metropolised blocks (Metropolis, HMC, MALA) have a point mass at rejection, so no bijection T_theta exists
 and :func:`path_space` refuses them. Underdamped blocks would need the velocities as further noises (not done).
 Non-finite densities are not rejected (there is no accept step): a path through one has a non-finite log Q and
 is dropped by AIS and the buffer like any non-finite sample.
@@ -116,8 +117,8 @@ def _log_normal(e):
 
 
 def noise_to_path(model: Flow, z, xis):
-    """The bijection (P1): z (n, d) and forward noises xis (M, n, d) -> u = (x, eta_1..eta_M) (n, (M+1) d), with
-    log Q_theta(u) = log q0(z) + sum_j log N(xi_j) - sum log|det J_G| (P2)."""
+    """The bijection T_theta (module docstring): z (n, d) and forward noises xis (M, n, d) -> u = (x, eta_1..eta_M)
+    (n, (M+1) d), with log Q_theta(u) = log q0(z) + sum_j log N(xi_j) - sum log|det J_G|."""
     moves, tail = _plan(model)
     v, log_q, etas = z, model.base.log_prob(z), []
     for (layers, block), xi in zip(moves, xis):
@@ -140,7 +141,7 @@ def sample_path(model: Flow, key: jax.Array, n: int):
 
 
 def path_log_q(model: Flow, u):
-    """log Q_theta(u), (P2), by inverting (P1)."""
+    """log Q_theta(u) (module docstring), by inverting T_theta."""
     moves, tail = _plan(model)
     parts = _split(model, u)
     v, log_q = _push(tail, parts[0], inverse=True)
@@ -155,7 +156,7 @@ def path_log_q(model: Flow, u):
 
 
 def path_log_p(target, u):
-    """log P(u) = log p(x) + sum_j log N(eta_j), (P3): unnormalised, normaliser Z; no parameters."""
+    """log P(u) = log p(x) + sum_j log N(eta_j) (module docstring): unnormalised, normaliser Z; no parameters."""
     x, etas = u[:, : target.dim], u[:, target.dim:]
     return target.log_prob(x) + _log_normal(etas.reshape(u.shape[0], -1, target.dim)).sum(axis=1)
 
