@@ -17,9 +17,10 @@ from boltzflow.flows.paths import model_space, path_weights, samples_below_last
 from boltzflow.targets.particles import ParticleTarget, dw4, lj13, random_rotation
 
 
-def _random_flow(target, key, n_layers=2, noise=0.05, dtype=jnp.float32):
+def _random_flow(target, key, n_layers=2, noise=0.05, dtype=jnp.float32, angular=False):
     """An E-ACF flow with every parameter perturbed (a new flow is the identity, which would test nothing)."""
-    flow = make_eacf(key, target.dim, target.particles, n_layers=n_layers, hidden=16, blocks=2, dtype=dtype)
+    flow = make_eacf(key, target.dim, target.particles, n_layers=n_layers, hidden=16, blocks=2, dtype=dtype,
+                     angular=angular)
     params, static = eqx.partition(flow, eqx.is_inexact_array)
     leaves, tree = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
@@ -62,8 +63,8 @@ def test_frame_is_orthonormal_and_equivariant_under_orthogonal_maps():
         np.testing.assert_allclose(r2, r, rtol=1e-5)
 
 
-@pytest.mark.parametrize("make", [dw4, lj13])
-def test_layers_are_equivariant_and_log_q_invariant(make):
+@pytest.mark.parametrize("make, angular", [(dw4, False), (lj13, False), (dw4, True), (lj13, True)])
+def test_layers_are_equivariant_and_log_q_invariant(make, angular):
     """Rotating (or reflecting), permuting and translating the input of the coupling layers moves their output the
     same way and leaves log|det| unchanged; the base density and the path weights are invariant too: to 1e-8 in
     float64, to float32 rounding in float32 (ill-determined frames scale isotropically, so they amplify none)."""
@@ -72,7 +73,7 @@ def test_layers_are_equivariant_and_log_q_invariant(make):
             dtype = jnp.float64 if x64 else jnp.float32
             target = make()
             n, d = target.n_particles, target.spatial_dim
-            flow = _random_flow(target, jax.random.key(0), dtype=dtype)
+            flow = _random_flow(target, jax.random.key(0), dtype=dtype, angular=angular)
             inner = Flow(flow.base, flow.layers[:-1])
             z = inner.base.sample(jax.random.key(1), 256)
             out, log_det = _forward(inner, z)
@@ -93,13 +94,13 @@ def test_layers_are_equivariant_and_log_q_invariant(make):
                                            **tol)
 
 
-@pytest.mark.parametrize("make", [dw4, lj13])
-def test_inverse_and_log_det_are_exact(make):
+@pytest.mark.parametrize("make, angular", [(dw4, False), (lj13, False), (dw4, True), (lj13, True)])
+def test_inverse_and_log_det_are_exact(make, angular):
     """float64: the inverse undoes the forward and log|det| equals autodiff's; float32: forward and inverse agree
     to rounding (the frames are built from the same floats both ways)."""
     with jax.enable_x64(True):
         target = make()
-        flow = _random_flow(target, jax.random.key(2), dtype=jnp.float64)
+        flow = _random_flow(target, jax.random.key(2), dtype=jnp.float64, angular=angular)
         inner = Flow(flow.base, flow.layers[:-1])
         z = inner.base.sample(jax.random.key(3), 8)
         out, log_det = _forward(inner, z)
@@ -108,7 +109,7 @@ def test_inverse_and_log_det_are_exact(make):
         np.testing.assert_allclose(log_det_inv, -log_det, atol=1e-9)
         jac = eqx.filter_jit(jax.vmap(jax.jacfwd(lambda v: inner.forward(v[None])[0][0])))(z[:3])
         np.testing.assert_allclose(jnp.linalg.slogdet(jac)[1], log_det[:3], atol=1e-8)
-    flow = _random_flow(target, jax.random.key(2), n_layers=4)  # errors compounding through layers
+    flow = _random_flow(target, jax.random.key(2), n_layers=4, angular=angular)  # errors compounding through layers
     inner = Flow(flow.base, flow.layers[:-1])
     z = inner.base.sample(jax.random.key(3), 1000)
     out, log_det = _forward(inner, z)

@@ -236,6 +236,7 @@ def make_eacf(
     bins: int = 8,
     augment_scale: float = 0.1,
     base_scale: float = 0.5,
+    angular: bool = False,
     dtype=jnp.float32,
 ) -> Flow:
     """An E(n)-equivariant augmented coupling flow (E-ACF) for a particle target
@@ -254,6 +255,8 @@ def make_eacf(
         bins: bins of each layer's radial spline (of log distance to the origin).
         augment_scale: eta / length, the augmented target's (and the base's) spread of A around the positions.
         base_scale: s / length, the spread of the base's centre-of-mass-free coordinates.
+        angular: each layer also moves each point's angle about its frame's last axes by a circular spline (the
+            polar angle in 2-D, the azimuth in 3-D), besides its radius.
         dtype: float32 (default) or float64.
 
     Example:
@@ -269,7 +272,8 @@ def make_eacf(
         raise BoltzflowError(f"eacf: {n} particles in {d} dimensions have {(n - 1) * d} coordinates, not {dim}")
     if n_layers < 2:
         raise BoltzflowError(f"eacf needs n_layers >= 2, got {n_layers}")
-    net = dict(max_log_scale=max_log_scale, bins=bins, hidden=hidden, blocks=blocks, activation=activation, dtype=dtype)
+    net = dict(max_log_scale=max_log_scale, bins=bins, hidden=hidden, blocks=blocks, activation=activation, dtype=dtype,
+               angular=angular)
     layers = tuple(EquivariantCoupling(k, n, d, "a" if i % 2 == 0 else "x", length, **net)
                    for i, k in enumerate(jax.random.split(key, n_layers)))
     base = AugmentedBase(n, d, base_scale * length, augment_scale * length, dtype)

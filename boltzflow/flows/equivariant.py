@@ -19,13 +19,16 @@ v = sum_j (p_i - p_j) w_ij, w invariant), log-scales a_i and a spline g_i. With 
 sigma = log(|u| / l):
 
     u -> u exp(g_i(sigma) - sigma)                           log|det| = log g_i'(sigma) + d (g_i(sigma) - sigma)
+    phi -> h_i(phi)  (angular: true)                        log|det| = log h_i'(phi)
     u -> Q_i diag(exp(a~_i)) Q_i^T u + s_i,   x_i' = o_i + u,  log|det| = sum_k a~_ik = sum_k a_ik
     a~_ik = mean_k a_ik + t_i (a_ik - mean_k a_ik),           t_i = prod_k R_kk^2 / (R_kk^2 + (0.1 l)^2)
 
-(R_kk from the frame's QR): where a frame is ill-determined the scaling fades to isotropic, so rounding is not
-amplified. After X moves, X' and A are shifted by -mean(X'), which keeps y centre-of-mass free and leaves the
-log-determinant unchanged (the unshifted map commutes with joint translations) and b unchanged, so forward and
-inverse build the same frames from the same floats.
+(R_kk from the frame's QR), phi = atan2(v_2, v_1) the angle of v = Q_i^T u in its first two axes (the azimuth in
+3-D) and h_i a circular spline whose parameters are scaled by t_i: where a frame is ill-determined the scaling
+fades to isotropic and the angle's map to the identity, so rounding is not amplified. After X moves, X' and A are
+shifted by -mean(X'), which keeps y centre-of-mass free and leaves the log-determinant unchanged (the unshifted map
+commutes with joint translations) and b unchanged, so forward and inverse build the same frames from the same
+floats.
 """
 
 from __future__ import annotations
@@ -189,6 +192,8 @@ class EquivariantCoupling(Layer):
         length: the target's length scale (its pair potential's preferred distance): the EGNN's distances are in
             this unit and frames are trusted once their vectors' independent parts exceed :data:`FRAME_TRUST` of it.
         max_log_scale: bound c on each log-scale, a = c tanh(u / c).
+        bins: bins of the radial spline (and of the angular one).
+        angular: also a circular spline of each point's angle about its frame's last axes (module docstring).
         hidden, blocks, activation: EGNN width, message-passing blocks, activation.
         dtype: parameter dtype.
     """
@@ -199,15 +204,32 @@ class EquivariantCoupling(Layer):
     update: str = eqx.field(static=True)
     max_log_scale: float = eqx.field(static=True)
     bins: int = eqx.field(static=True)
+    angular: bool = eqx.field(static=True)
 
     def __init__(self, key, n_particles: int, spatial_dim: int, update: str, length: float,
                  max_log_scale: float = 3.0, bins: int = 8, hidden: int = 32, blocks: int = 3,
-                 activation: str = "silu", dtype=jnp.float32):
+                 activation: str = "silu", dtype=jnp.float32, angular: bool = False):
         if update not in ("x", "a"):
             raise BoltzflowError(f"update must be 'x' or 'a', got {update!r}")
         self.n_particles, self.spatial_dim, self.update = int(n_particles), int(spatial_dim), update
-        self.max_log_scale, self.bins = float(max_log_scale), int(bins)
-        self.net = EGNN(key, spatial_dim, spatial_dim + 3 * self.bins, length, hidden, blocks, activation, dtype)
+        self.max_log_scale, self.bins, self.angular = float(max_log_scale), int(bins), bool(angular)
+        n_out = spatial_dim + 3 * self.bins * (2 if self.angular else 1)
+        self.net = EGNN(key, spatial_dim, n_out, length, hidden, blocks, activation, dtype)
+
+    def _angle(self, v, raw, inverse: bool):
+        """Frame coordinates v (B, n, d) -> the angle phi = atan2(v_2, v_1) of the first two moved by the circular
+        spline of ``raw`` (B, n, 3K) on [-pi, pi), the other coordinates and rho = |(v_1, v_2)| kept, and the
+        log-determinant per point, log g'(phi) (rho d rho d phi is the area element; in 3-D phi is the azimuth
+        about the third axis). Points with rho = 0 stay where they are."""
+        rho2 = v[..., 0] ** 2 + v[..., 1] ** 2
+        on_axis = rho2 == 0
+        phi = jnp.arctan2(jnp.where(on_axis, 0.0, v[..., 1]), jnp.where(on_axis, 1.0, v[..., 0]))
+        w, h, dv = rq_spline_params(raw, True)
+        phi_new, log_d = (rq_spline_inverse if inverse else rq_spline_forward)(phi, w, h, dv, math.pi, True)
+        rho = jnp.sqrt(jnp.where(on_axis, 1.0, rho2))
+        first = jnp.where(on_axis[..., None], v[..., :2],
+                          rho[..., None] * jnp.stack([jnp.cos(phi_new), jnp.sin(phi_new)], axis=-1))
+        return jnp.concatenate([first, v[..., 2:]], axis=-1), jnp.where(on_axis, 0.0, log_d)
 
     def _radial(self, u, raw, inverse: bool):
         """u (B, n, d) -> u r'/r, r = |u|, with s' = g(s) for s = log(r / l) and g the spline of ``raw`` (the
@@ -236,15 +258,29 @@ class EquivariantCoupling(Layer):
         mean = jnp.mean(log_scale, axis=-1, keepdims=True)
         trust = jnp.prod(r_diag**2 / (r_diag**2 + (FRAME_TRUST * self.net.length) ** 2), axis=-1, keepdims=True)
         log_scale = mean + trust * (log_scale - mean)  # isotropic where the frame is ill-determined
-        rotate = lambda u, sign: jnp.einsum(  # noqa: E731  Q diag(exp(sign a~)) Q^T u
-            "bikl,bil->bik", frame, jnp.einsum("bikl,bik->bil", frame, u) * jnp.exp(sign * log_scale))
+        k3 = 3 * self.bins
+        radial_raw = theta[..., d_: d_ + k3]
+        to_frame = lambda u: jnp.einsum("bikl,bik->bil", frame, u)  # noqa: E731  Q^T u
+        from_frame = lambda v: jnp.einsum("bikl,bil->bik", frame, v)  # noqa: E731  Q v
+        # the angle's spline fades to the identity (raw 0) where the frame is ill-determined, as the scaling does
+        angle_raw = trust * theta[..., d_ + k3:] if self.angular else None
         if inverse:
-            u, log_radial = self._radial(rotate(moved - shift - origin, -1.0), theta[..., d_:], True)
-            log_det = jnp.sum(log_radial, axis=1) - jnp.sum(log_scale, axis=(1, 2))
+            v = to_frame(moved - shift - origin) * jnp.exp(-log_scale)
+            log_angle = 0.0
+            if self.angular:
+                v, log_angle = self._angle(v, angle_raw, True)
+                log_angle = jnp.sum(log_angle, axis=1)
+            u, log_radial = self._radial(from_frame(v), radial_raw, True)
+            log_det = jnp.sum(log_radial, axis=1) + log_angle - jnp.sum(log_scale, axis=(1, 2))
         else:
-            u, log_radial = self._radial(moved - origin, theta[..., d_:], False)
-            u = rotate(u, 1.0) + shift
-            log_det = jnp.sum(log_radial, axis=1) + jnp.sum(log_scale, axis=(1, 2))
+            u, log_radial = self._radial(moved - origin, radial_raw, False)
+            v = to_frame(u)
+            log_angle = 0.0
+            if self.angular:
+                v, log_angle = self._angle(v, angle_raw, False)
+                log_angle = jnp.sum(log_angle, axis=1)
+            u = from_frame(v * jnp.exp(log_scale)) + shift
+            log_det = jnp.sum(log_radial, axis=1) + log_angle + jnp.sum(log_scale, axis=(1, 2))
         moved = origin + u
         if self.update == "a":
             return pack(z[:, :m], None, moved), log_det
