@@ -1,52 +1,22 @@
-"""FAB for stochastic normalizing flows: the alpha-divergence bootstrap in path space.
+"""FAB for stochastic normalizing flows: the alpha-divergence bootstrap in path space (derivation:
+docs/concepts/path-weights.md, "FAB for an SNF, in path space").
 
-An SNF has no tractable marginal density q(x), so FAB (boltzflow.train.fab), which needs log q at arbitrary
-points, cannot run on x. It can run on whole paths. For an SNF whose stochastic blocks are unadjusted Langevin
-(ULA) moves, exchanging each move's forward noise for its backward noise turns the SNF into a normalizing flow on
-(sample, noises), with a tractable density, and turns the backward path law into a target that does not depend
-on the parameters. FAB then applies verbatim.
-
-Path variables: the noise swap
-------------------------------
-Write the SNF as deterministic maps G_j (products of the flow layers between moves, possibly the identity) and
-M ULA moves (a block of n_steps moves contributes n_steps). With m_j(a) = a + (eps_j^2/2) grad log pi_j(a)
-(log pi_j = (1 - lambda_j) log q0 + lambda_j log p, SNF sec. 4), a forward path from z ~ q0 and forward noises
-xi_j ~ N(0, I) is
-
-    v_0 = z,   y_j = G_j(v_{j-1}),   v_j = m_j(y_j) + eps_j xi_j,   x = G_{M+1}(v_M),
-
-and the backward noise of each move, the one that would take v_j back to y_j by the same Langevin rule
-(SNF eq. 19), is eta_j = (y_j - m_j(v_j)) / eps_j. The map
+An SNF has no tractable marginal q(x), so FAB (boltzflow.train.fab), which needs log q at arbitrary points, runs on
+whole paths. For an SNF whose stochastic blocks are unadjusted Langevin (ULA) moves, with deterministic maps G_j
+between the M moves, m_j(a) = a + (eps_j^2/2) grad log pi_j(a) (SNF sec. 4), forward noises xi_j and the backward
+noises eta_j = (y_j - m_j(v_j)) / eps_j (SNF eq. 19), the map
 
     T_theta : (z, xi_1, ..., xi_M)  ->  u = (x, eta_1, ..., eta_M)
 
-is a bijection for every theta (invert it backwards: v_M = G_{M+1}^-1(x), y_j = m_j(v_j) + eps_j eta_j,
-v_{j-1} = G_j^-1(y_j), xi_j = (v_j - m_j(y_j)) / eps_j), i.e. the SNF is a normalizing flow on the augmented
-space of (sample, noises). In u-coordinates the two path measures are
+is a bijection for every theta, and in u the two path measures are
 
-    Q_theta(u) = q0(z) prod_j N(xi_j) / |det dT_theta/d(z, xi)|,       (pushforward of q0 x N(0, I)^M)
-    P(u)       = p(x) prod_j N(eta_j)                                    (x ~ p, fresh backward noises)
+    Q_theta(u) = q0(z) prod_j N(xi_j) / |det dT_theta/d(z, xi)|,      P(u) = p(x) prod_j N(eta_j),
 
-with |det dT/d(z, xi)| = prod of the flow layers' |det J| (the eps_j factors of xi -> v and of v -> eta
-cancel). log P - log Q is exactly the SNF path weight (eq. 11 with the ULA ratio dS = |xi|^2/2 - |eta|^2/2,
-eq. 20), and P's normaliser is Z. P does not depend on theta: this is the choice of coordinates that makes FAB
-apply verbatim. (In the coordinates (z, v_1, ..., v_M) the backward density depends on theta through the G_j,
-and the alpha = 2 surrogate gains a term 2 E_g[log P_theta] that is unbounded below on a fixed set of samples: a
-first implementation in those coordinates diverged within a few hundred steps.)
-
-The divergence
---------------
-FAB minimises the alpha-divergence between the path measures,
-
-    D_alpha(P || Q_theta) = -1/(alpha(1-alpha)) int P^alpha Q_theta^(1-alpha) du  >=  D_alpha(p || q_theta)
-
-(an f-divergence of joint laws bounds that of the marginals of x: data processing), so lowering it lowers the
-marginal one, as the SNF paper's path KL (eq. 13) does for KL. With P fixed, FAB's gradient, its AIS target
-g = P^alpha Q^(1-alpha) (P^2/Q for alpha = 2), its loss -E_g[log Q_theta(u)] and its buffer's weight correction
-(1 - alpha)(log Q_theta - log Q_old) carry over unchanged: :func:`path_space` returns a
-:class:`~boltzflow.flows.paths.Space` whose points are u (dimension (M + 1) d) and whose log q is log Q_theta; AIS's
-HMC moves x and the noises jointly. The path weights of the trained SNF (P / Q_theta) then give its importance
-weights.
+with |det dT| the product of the flow layers' |det J|. log P - log Q_theta is the SNF path weight (eq. 11 with the
+ULA ratio, eq. 20), P's normaliser is Z, and P does not depend on theta, so FAB applies verbatim:
+:func:`path_space` returns a :class:`~boltzflow.flows.paths.Space` whose points are u (dimension (M + 1) d) and
+whose log q is log Q_theta; AIS's HMC moves x and the noises jointly. The path divergence bounds the marginal one
+(D_alpha(P || Q_theta) >= D_alpha(p || q_theta)).
 
 Limits. Metropolised blocks (Metropolis, HMC, MALA) have a point mass at rejection, so no bijection T_theta exists
 and :func:`path_space` refuses them. Underdamped blocks would need the velocities as further noises (not done).
