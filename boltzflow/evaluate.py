@@ -42,7 +42,6 @@ import jax
 import jax.numpy as jnp
 
 from boltzflow.ais import ais_from_settings
-from boltzflow.errors import BoltzflowError
 from boltzflow.estimators import WeightSums, stream_sums
 from boltzflow.experiment import CHECK_FILES, Experiment
 from boltzflow.explore import check_flow
@@ -86,8 +85,6 @@ def evaluate(exp: Experiment, key: jax.Array, n_samples: int = 10_000, ais_state
     baseline (:func:`baseline_report`, the check's first exploration: run once, shared with the check). ``paths``:
     for a stochastic model (an SNF, an augmented flow), the paths pooled into each weight and each estimate of log q
     (boltzflow.flows.paths.path_weights), reported as ``paths``; a flow ignores it."""
-    if paths < 1:
-        raise BoltzflowError(f"paths must be a positive integer, got {paths}")
     space = exp.space("evaluate --ais") if with_ais else None  # before any work: the error comes first
     setup = CheckSetup(check_budget, None if check_dir is None else Path(check_dir))
     check = (exp.config.explore.wants("check", exp.target) if check is None else check) and setup

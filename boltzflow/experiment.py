@@ -76,9 +76,8 @@ class Experiment:
         by one jitted program, chunk i from ``jax.random.fold_in(key, i)``, so memory is bounded by the chunk, not
         by n, and of two draws of at least one chunk with the same key the shorter is the start of the longer."""
         self._require_sampler("weighted samples")
-        if n < 1 or chunk < 1 or paths < 1:
-            raise BoltzflowError(f"weighted samples: n, chunk and paths must be positive, got n={n}, chunk={chunk}, "
-                                 f"paths={paths}")
+        if n < 1 or chunk < 1:
+            raise BoltzflowError(f"weighted samples: n and chunk must be positive, got n={n}, chunk={chunk}")
         chunk = device_chunk(chunk, n)
         draw = jax.jit(lambda k: path_weights(self.model, self.target, k, chunk, paths)[:2])
         parts = [to_host(draw(jax.random.fold_in(key, i))) for i in range(-(-n // chunk))]

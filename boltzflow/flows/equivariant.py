@@ -219,8 +219,11 @@ class EquivariantCoupling(Layer):
     def _angle(self, v, raw, inverse: bool):
         """Frame coordinates v (B, n, d) -> the angle phi = atan2(v_2, v_1) of the first two moved by the circular
         spline of ``raw`` (B, n, 3K) on [-pi, pi), the other coordinates and rho = |(v_1, v_2)| kept, and the
-        log-determinant per point, log g'(phi) (rho d rho d phi is the area element; in 3-D phi is the azimuth
-        about the third axis). Points with rho = 0 stay where they are."""
+        log-determinant per configuration (B,), the sum of log g'(phi) over its points (rho d rho d phi is the area
+        element; in 3-D phi is the azimuth about the third axis). Points with rho = 0 stay where they are; without
+        ``angular`` nothing moves."""
+        if not self.angular:
+            return v, 0.0
         rho2 = v[..., 0] ** 2 + v[..., 1] ** 2
         on_axis = rho2 == 0
         phi = jnp.arctan2(jnp.where(on_axis, 0.0, v[..., 1]), jnp.where(on_axis, 1.0, v[..., 0]))
@@ -229,7 +232,7 @@ class EquivariantCoupling(Layer):
         rho = jnp.sqrt(jnp.where(on_axis, 1.0, rho2))
         first = jnp.where(on_axis[..., None], v[..., :2],
                           rho[..., None] * jnp.stack([jnp.cos(phi_new), jnp.sin(phi_new)], axis=-1))
-        return jnp.concatenate([first, v[..., 2:]], axis=-1), jnp.where(on_axis, 0.0, log_d)
+        return jnp.concatenate([first, v[..., 2:]], axis=-1), jnp.sum(jnp.where(on_axis, 0.0, log_d), axis=1)
 
     def _radial(self, u, raw, inverse: bool):
         """u (B, n, d) -> u r'/r, r = |u|, with s' = g(s) for s = log(r / l) and g the spline of ``raw`` (the
@@ -265,20 +268,12 @@ class EquivariantCoupling(Layer):
         # the angle's spline fades to the identity (raw 0) where the frame is ill-determined, as the scaling does
         angle_raw = trust * theta[..., d_ + k3:] if self.angular else None
         if inverse:
-            v = to_frame(moved - shift - origin) * jnp.exp(-log_scale)
-            log_angle = 0.0
-            if self.angular:
-                v, log_angle = self._angle(v, angle_raw, True)
-                log_angle = jnp.sum(log_angle, axis=1)
+            v, log_angle = self._angle(to_frame(moved - shift - origin) * jnp.exp(-log_scale), angle_raw, True)
             u, log_radial = self._radial(from_frame(v), radial_raw, True)
             log_det = jnp.sum(log_radial, axis=1) + log_angle - jnp.sum(log_scale, axis=(1, 2))
         else:
             u, log_radial = self._radial(moved - origin, radial_raw, False)
-            v = to_frame(u)
-            log_angle = 0.0
-            if self.angular:
-                v, log_angle = self._angle(v, angle_raw, False)
-                log_angle = jnp.sum(log_angle, axis=1)
+            v, log_angle = self._angle(to_frame(u), angle_raw, False)
             u = from_frame(v * jnp.exp(log_scale)) + shift
             log_det = jnp.sum(log_radial, axis=1) + log_angle + jnp.sum(log_scale, axis=(1, 2))
         moved = origin + u

@@ -43,6 +43,7 @@ def path_weights(model: Flow, target, key: jax.Array, n: int, paths: int = 1):
     give asymptotically unbiased estimates; logmeanexp(log w) estimates log Z. ``paths`` > 1 (a stochastic model):
     each forward path pooled with ``paths - 1`` backward paths from its x (module docstring), a weight of lower
     variance at the cost of those paths."""
+    _check_paths(paths)
     x, log_q0, ds, infos = model.sample_with_path(key, n)
     log_q = log_q0 - ds
     if paths > 1 and model.stochastic:
@@ -60,10 +61,16 @@ def backward_path(model: Flow, x: jax.Array, key: jax.Array):
 def backward_log_q(model: Flow, x: jax.Array, key: jax.Array, paths: int = 1) -> jax.Array:
     """log q(x) per sample (n,): exact for a flow; for an SNF the log-mean-exp of ``paths`` backward-path
     estimates, a lower bound in expectation that tightens as ``paths`` grows (module docstring)."""
+    _check_paths(paths)
     log_q = backward_path(model, x, key)[1]
     if paths > 1 and model.stochastic:
         log_q = _pooled(log_q, model, x, jax.random.fold_in(key, 0), paths - 1)
     return log_q
+
+
+def _check_paths(paths: int) -> None:
+    if paths < 1:
+        raise BoltzflowError(f"paths must be a positive integer, got {paths}")
 
 
 def _pooled(log_q: jax.Array, model: Flow, x: jax.Array, key: jax.Array, extra: int) -> jax.Array:
