@@ -17,6 +17,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import SUITE_XLA_FLAGS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -117,6 +118,49 @@ def test_python_blocks_run(page, tmp_path):
     assert r.returncode == 0, f"{name}: a python block failed:\n{r.stderr[-6000:]}"
 
 
+SHELL = re.compile(r"^```(?:bash|sh|console)[^\n]*\n(.*?)^```\s*$", re.S | re.M)
+
+
+def shell_commands(page: Path) -> list[list[str]]:
+    """The commands of a page's ```bash blocks, split as the shell would (comments and leading ``VAR=value``
+    assignments dropped)."""
+    import shlex
+
+    out = []
+    for block in SHELL.findall(page.read_text()):
+        for line in block.splitlines():
+            words = shlex.split(line, comments=True)
+            while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):
+                words = words[1:]
+            if words:
+                out.append(words)
+    return out
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if shell_commands(p)], ids=lambda p: str(p.relative_to(ROOT)))
+def test_shell_blocks_name_real_commands(page):
+    """The ```bash blocks are trainings of minutes to hours, run by hand (their Python equivalents run above): here
+    every ``boltzflow`` line parses with the command's own parser, every preset it trains exists, and every script
+    a ``bash`` line runs is in the repository."""
+    from boltzflow.cli import parser
+    from boltzflow.config import presets
+
+    commands = shell_commands(page)
+    for words in commands:
+        if words[0] == "bash":
+            assert (ROOT / words[1]).is_file(), f"{page.name}: {' '.join(words)}: no such script"
+        elif words[0] == "boltzflow":
+            try:
+                args = parser().parse_args(words[1:])
+            except SystemExit:
+                pytest.fail(f"{page.name}: `{' '.join(words)}` does not parse")
+            if args.command == "train":
+                assert args.config in presets() or (ROOT / args.config).is_file(), f"{' '.join(words)}: no preset"
+        else:
+            assert words[0] in {"source", "pip", "python"}, f"{page.name}: a command nobody checks: {words[0]}"
+    assert commands
+
+
 def api_modules() -> list[str]:
     """The modules the API reference documents (the ``::: module`` lines of docs/api/*.md)."""
     return sorted({m for page in (DOCS / "api").glob("*.md") for m in re.findall(r"^::: ([\w.]+)", page.read_text(),
@@ -183,7 +227,10 @@ def test_api_reference_docstrings_pass_pydocstyle():
 
 
 def _env() -> dict:
-    """This environment, with the repository importable and mkdocs' end-of-life banner off."""
+    """This environment, with the repository importable and mkdocs' end-of-life banner off; the examples are trainings
+    (run time, not compile time), so they run with XLA's usual optimisation, not the suite's (tests/conftest.py)."""
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
+    if env.get("XLA_FLAGS") == SUITE_XLA_FLAGS:
+        del env["XLA_FLAGS"]
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return env

@@ -63,7 +63,9 @@ def test_frame_is_orthonormal_and_equivariant_under_orthogonal_maps():
         np.testing.assert_allclose(r2, r, rtol=1e-5)
 
 
-@pytest.mark.parametrize("make, angular", [(dw4, False), (lj13, False), (dw4, True), (lj13, True)])
+# the angular spline (an option no preset uses) in the long run only
+@pytest.mark.parametrize("make, angular", [(dw4, False), (lj13, False), pytest.param(dw4, True, marks=pytest.mark.slow),
+                                           pytest.param(lj13, True, marks=pytest.mark.slow)])
 def test_layers_are_equivariant_and_log_q_invariant(make, angular):
     """Rotating (or reflecting), permuting and translating the input of the coupling layers moves their output the
     same way and leaves log|det| unchanged; the base density and the path weights are invariant too: to 1e-8 in
@@ -94,7 +96,9 @@ def test_layers_are_equivariant_and_log_q_invariant(make, angular):
                                            **tol)
 
 
-@pytest.mark.parametrize("make, angular", [(dw4, False), (lj13, False), (dw4, True), (lj13, True)])
+# the angular spline (an option no preset uses) in the long run only
+@pytest.mark.parametrize("make, angular", [(dw4, False), (lj13, False), pytest.param(dw4, True, marks=pytest.mark.slow),
+                                           pytest.param(lj13, True, marks=pytest.mark.slow)])
 def test_inverse_and_log_det_are_exact(make, angular):
     """float64: the inverse undoes the forward and log|det| equals autodiff's; float32: forward and inverse agree
     to rounding (the frames are built from the same floats both ways)."""

@@ -40,7 +40,9 @@ def _boltzflow(*args: str) -> subprocess.Popen:
     if ignored:  # a handler set here is reset to the default in the child by exec; an ignored signal stays ignored
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # without the suite's compilation cache (tests/conftest.py): the interrupts are meant to meet compilations
+        env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+        return subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     finally:
         if ignored:
             signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -75,6 +75,7 @@ def test_bad_arguments_fail_in_one_line(tmp_path):
     np.testing.assert_allclose(geometric_temperatures(300, 600, 3), [300, 300 * 2**0.5, 600])
 
 
+@pytest.mark.slow  # 20 s; the same command on a particle target (reduced units) stays in CI
 def test_md_command_on_alanine_dipeptide(tmp_path):
     pytest.importorskip("openmm", reason="OpenMM is not installed")
     from boltzflow.cli import main

@@ -215,7 +215,8 @@ def test_double_well_free_energy_reweighted():
     assert np.all(np.abs(mass - exact) < 4 * se), (centres, mass, exact, se)
 
 
-@pytest.mark.parametrize("kernel", ["ula", "metropolis"])
+# the Metropolis SNF in the long run (20 s): the same pooling, with its own kernel's path ratios
+@pytest.mark.parametrize("kernel", ["ula", pytest.param("metropolis", marks=pytest.mark.slow)])
 def test_pooled_paths_keep_log_z_and_lower_the_variance(kernel):
     """Weights pooling a forward path with K - 1 backward paths from its x (paths=K) are importance weights of p:
     logmeanexp(log w_K) = log Z within 3 s.e. for K = 1, 4, 16; their ESS grows with K (the same forward paths,

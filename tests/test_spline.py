@@ -124,8 +124,10 @@ def test_circular_spline_is_periodic_and_stays_on_the_circle():
     x = jax.random.uniform(jax.random.key(3), (n,), minval=-PI, maxval=PI)
     y, ld = rq_spline_forward(x, w, h, d, BOUND, True)
     for m in (-3, -1, 1, 2):
+        # float32 rounds x + 2 pi m (|.| < 7 pi: ulp 9.5e-7) and its wrap back to [-pi, pi) by up to an ulp each,
+        # and f' <= 6.6 (above) carries that to y: up to ~1.3e-5, which 5e-5 bounds
         y2, ld2 = rq_spline_forward(x + 2 * m * math.pi, w, h, d, BOUND, True)
-        assert jnp.all(_circ_dist(y2, y) < 1e-5)
+        assert jnp.all(_circ_dist(y2, y) < 5e-5)
         np.testing.assert_allclose(ld2, ld, atol=1e-4)
     xs = jnp.linspace(-20, 20, n * 41).reshape(41, n)
     ys = jax.vmap(lambda v: rq_spline_forward(v, w, h, d, BOUND, True)[0])(xs)

@@ -16,48 +16,13 @@ weights ``w_start`` of the density x_0 came from (pi_0). Both users build on it:
 Everything is a ``lax.scan`` (over levels, then inner moves); gradients pass through reparameterised moves
 (an SNF's step sizes and lambdas are trained through them).
 
-Sequential Monte Carlo (Del Moral, Doucet & Jasra 2006: the SMC sampler with MCMC moves), with ``smc`` an
-:class:`SMC`. The batch is split into ``n_groups`` contiguous groups of m = n / n_groups particles, each an SMC run.
-At level k, after the increment log w_i += log pi_k(x_i) - log pi_{k-1}(x_i) (Neal's, above) and before the moves,
-a group whose Kish ESS fraction (boltzflow.estimators) is below ``threshold`` is resampled systematically
-(Kitagawa 1996: one uniform u, ancestors at the positions (u + j) / m of the cumulative normalised weights) and its
-running weights are reset to their mean, remembered in a per-particle offset:
-
-    c_g <- c_g + log mean_{i in g} w_i,        log w_i <- 0 (i in g),
-
-so that c_g + log mean_{i in g} w_i estimates log Z_k - log Z_0 of the group at every level: the SMC estimate of
-the normalising constant, unbiased in Z (Del Moral 2004), and the groups' spread gives its standard error.
-
-Adaptive levels (``cess``; Zhou, Johansen & Aston 2016). The path is the segment w(beta) = w_0 + beta (w_end - w_0)
-(every path here is geometric, i.e. linear in w), so the increment of a step beta -> beta + delta is delta l_i with
-l_i = log pi_{w_end}(x_i) - log pi_{w_0}(x_i), known from the cached densities without any evaluation. Each level
-takes the largest delta <= 1 - beta whose conditional ESS, averaged over the groups,
-
-    CESS(delta) = (sum_i W_i e^(delta l_i))^2 / sum_i W_i e^(2 delta l_i),     W = the group's normalised weights,
-
-is at least ``cess`` (bisection, 30 halvings); levels left after beta reached 1 move at the end density, and
-``AnnealInfo.betas`` records the schedule. With ``levels_at_end`` = m, only m levels move at the end density and the
-rest are skipped (``lax.cond``: no evaluation), so a run costs the levels its path needs, ``AnnealInfo.levels_run``,
-not the L it may use. The schedule depends on all groups (a weak coupling of the groups the standard error
-ignores).
-
-Step sizes tuned within the run (``tune_rate`` = r; the population-based adaptation of adaptive SMC samplers,
-Fearnhead & Taylor 2013): level k moves with eps_k exp(t_k), and after its moves
-
-    t_{k+1} = t_k + r (acc_k - target),        t_1 = 0,   acc_k the level's mean acceptance over all particles,
-
-(clipped to +-LOG_CLIP), so one pass of n particles needs no separate adaptation passes: pi_{k+1} is close to pi_k
-by construction (CESS), so the step size that suited level k nearly suits k + 1. Each particle's step is further
-jittered by exp(u), u ~ U(-``jitter``, ``jitter``) drawn afresh at every move (Neal 2011 suggests randomising
-eps; independent of the state, so each move still leaves pi_k invariant): HMC's acceptance falls off a cliff as
-eps crosses the stability limit of the narrowest direction, and without the jitter this tuning swung between
-acceptance 0.99 and 0 on a 3-D Gaussian; with it the population's acceptance is a smooth function of eps and the
-tuning settles. Like adaptive levels, the tuning makes the kernels depend on the particles (a bias of order 1 / n,
-negligible at the particle numbers used).
-
-Only kernels that leave each pi_k invariant (Metropolis-adjusted) keep SMC exact; after a
-resampling the path ratio dS of an ancestor no longer belongs to a path, so SMC's users take Neal's weights plus
-the offset (``AnnealInfo.log_w_offset``).
+Sequential Monte Carlo (Del Moral, Doucet & Jasra 2006), with ``smc`` an :class:`SMC`: the batch split into
+``n_groups`` SMC runs, each resampled systematically when its Kish ESS fraction falls below ``threshold``, its
+weights reset to their mean and remembered in an offset, so that offset + log mean w estimates log Z_k - log Z_0
+(``AnnealInfo.log_w_offset``); optionally adaptive levels (the largest step whose conditional ESS is at least
+``cess``; Zhou, Johansen & Aston 2016) and step sizes tuned within the run from each level's acceptance
+(``tune_rate``, with a per-move ``jitter``; Fearnhead & Taylor 2013). Only Metropolis-adjusted kernels keep SMC exact.
+The formulas and why: docs/concepts/ais.md, "Sequential Monte Carlo".
 """
 
 from __future__ import annotations
@@ -78,8 +43,8 @@ class SMC(NamedTuple):
     """Resample a group below ESS fraction ``threshold``; ``n_groups`` independent groups; ``cess``: None for the
     given levels, else the conditional ESS each adaptive level keeps; ``levels_at_end``: with ``cess``, the levels
     that move at the end density before the rest are skipped (None: all move); ``tune_rate``: tune the step size
-    within the run towards the kernel's target acceptance (the rule in the module docstring; None: the given step
-    sizes), each particle's jittered by a factor exp(U(-``jitter``, ``jitter``)). Module docstring."""
+    within the run towards the kernel's target acceptance (the rule in docs/concepts/ais.md; None: the given step
+    sizes), each particle's jittered by a factor exp(U(-``jitter``, ``jitter``))."""
 
     threshold: float = 0.5
     n_groups: int = 8
@@ -92,10 +57,10 @@ class SMC(NamedTuple):
 class AnnealInfo(NamedTuple):
     """accept: (L,) mean acceptance per level (over samples and moves; unadjusted kernels: fraction of moves
     taken); n_nonfinite: () moves rejected because a density was not finite; log_w_standard: (n,) Neal's
-    increments over the L levels (module docstring). With SMC: log_w_offset (n,) the groups' offsets c_g (module
-    docstring), n_resampled () group resamplings, betas (L,) the levels' positions on the path, w_last (2,) the
-    last level's weights and levels_run () the levels that moved (L unless ``SMC.levels_at_end`` skipped some; a
-    skipped level's accept is 0)."""
+    increments over the L levels (module docstring). With SMC: log_w_offset (n,) the groups' offsets c_g
+    (docs/concepts/ais.md), n_resampled () group resamplings, betas (L,) the levels' positions on the path, w_last
+    (2,) the last level's weights and levels_run () the levels that moved (L unless ``SMC.levels_at_end`` skipped
+    some; a skipped level's accept is 0)."""
 
     accept: jax.Array
     n_nonfinite: jax.Array
@@ -108,7 +73,7 @@ class AnnealInfo(NamedTuple):
 
 
 def _resample_groups(key, tree, log_w, offset, threshold: float, n_groups: int):
-    """Resample systematically, resetting the weights as in the module docstring, each of ``n_groups`` groups whose
+    """Resample systematically, resetting the weights (docs/concepts/ais.md), each of ``n_groups`` groups whose
     ESS fraction is below ``threshold``; ``tree``'s leaves (n, ...) follow their ancestors. Returns (tree, log_w,
     offset, number of groups resampled)."""
     n = log_w.shape[0]
@@ -125,7 +90,7 @@ def _resample_groups(key, tree, log_w, offset, threshold: float, n_groups: int):
 
 
 def _next_beta(log_w, slope, beta, cess: float, n_groups: int):
-    """The adaptive step of the module docstring: the largest beta' in (beta, 1] with mean group CESS >= cess."""
+    """The adaptive step (docs/concepts/ais.md): the largest beta' in (beta, 1] with mean group CESS >= cess."""
     ok = jnp.isfinite(log_w) & jnp.isfinite(slope)
     lw = jnp.where(ok, log_w, -jnp.inf).reshape(n_groups, -1)
     sl = jnp.where(ok, slope, 0.0).reshape(n_groups, -1)

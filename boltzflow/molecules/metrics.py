@@ -1,73 +1,18 @@
 """How close a sampler gets to a molecule's Boltzmann distribution, judged on torsion angles (NumPy, outside jit).
 
-Conformations are batches ``(n, 3 N)`` (or ``(n, N, 3)``) of Cartesian positions in nm, as the molecular targets
-use them.
+Conformations are batches ``(n, 3 N)`` (or ``(n, N, 3)``) of Cartesian positions in nm.
 
-**Dihedral angle** of atoms (i, j, k, l), IUPAC sign convention (the same as OpenMM and mdtraj), in (-pi, pi]:
+- :func:`dihedral`: the angle of atoms (i, j, k, l) in (-pi, pi], IUPAC sign (as OpenMM and mdtraj), with
+  b1 = x_j - x_i, b2 = x_k - x_j, b3 = x_l - x_k: angle = atan2(|b2| b1 . (b2 x b3), (b1 x b2) . (b2 x b3)).
+- :func:`named_torsions`: phi, psi, omega, the methyl rotations gamma1, gamma2, ... and every other rotatable
+  bond (``torsion C3-C10``), found from the topology, never from fixed indices.
+- :func:`histogram_kl`: FAB's histogram KL (Midgley et al. 2023, as fab-torch computes it for the Ramachandran
+  plot): densities p (reference), q (model, optionally importance-weighted) from normalised histograms on
+  [-pi, pi]^d, KL(p || q) = sum_bins p log((p + eps) / (q + eps)) * bin_area, eps = 1e-10, 100 bins per axis.
+- :func:`basin_populations` (alanine dipeptide's phi <= 0 / phi > 0, alpha_R / beta) and :func:`pose_rmsd` (each
+  guest's heavy-atom RMSD from its starting pose after superposing the host).
 
-    b1 = x_j - x_i,  b2 = x_k - x_j,  b3 = x_l - x_k,
-    angle = atan2(|b2| b1 . (b2 x b3),  (b1 x b2) . (b2 x b3)).
-
-Looking along j -> k, the angle is positive when l is turned clockwise from i; cis = 0, trans = pi.
-
-**Named torsions** (:func:`named_torsions`) are found from the topology (bonds, atom names, elements, residues),
-never from fixed indices:
-
-- ``phi``  = C(i-1) - N(i) - CA(i) - C(i) and ``psi`` = N(i) - CA(i) - C(i) - N(i+1) for each residue i that has
-  them, where N, CA, C are the atoms so named in residue i (C bonded to CA), C(i-1) the carbon of another residue
-  bonded to N(i), N(i+1) the nitrogen of another residue bonded to C(i);
-- ``omega`` = X - C - N - Y for each peptide bond C(i) - N(i+1) between residues, X the carbon bonded to C(i) in
-  its residue (CA, or the methyl carbon of an ACE cap), Y the carbon bonded to N(i+1) in its residue (CA, or the
-  methyl carbon of an NME cap);
-- ``gamma1``, ``gamma2``, ... (the SNF paper's names for alanine dipeptide's methyl rotations), one per methyl
-  group (a carbon with three hydrogens and one heavy neighbour), in the order of the carbon's index:
-  H - C - X - Y with H the methyl's lowest-index hydrogen, X its heavy neighbour and Y the lowest-index heavy
-  neighbour of X other than C that is not a terminal atom (has a heavy neighbour besides X); so for alanine
-  dipeptide gamma1 = H1-CH3-C-N (ACE), gamma2 = HB1-CB-CA-N (ALA), gamma3 = H1-C-N-C (NME), as in the
-  internal-coordinate Z-matrix of the Boltzmann-generator / FAB alanine dipeptide flows;
-- ``torsion <j>-<k>``, one per other rotatable bond j - k: a bond in no ring (a bridge of the bond graph) whose
-  two atoms each have a neighbour besides the other, hydrogens counted (so hydroxyl, amine and thiol rotations
-  count, as the methyl rotations do; a terminal atom, a carbonyl O or any H, has nothing to turn), and that is not
-  the axis j - k of a torsion named above (phi, psi, omega, gamma). Its atoms are i - j - k - l with j < k (atom
-  indices), i the first neighbour of j other than k and l the first neighbour of k other than j, heavy atoms
-  before hydrogens, then the lowest index. In a molecule of one residue ``<j>`` and ``<k>`` are the atom names
-  (``torsion C3-C10``); in a molecule of several the residue, as ``<residue name><n>`` with n counting the
-  residues from 1 in topology order (mdtraj's way of writing a residue; not the PDB's residue numbers, which the
-  system does not keep), comes before them once when both atoms are in it (``torsion B22:C3-C10``: atoms C3 and
-  C10 of residue B2, the 2nd) and before each atom otherwise (``torsion LIG1:C4-ALA2:CB``). Two bonds that would
-  get the same name (repeated atom names) both get their atom indices appended (``torsion C-C [3-7]``). They come
-  after the gammas, in the order of (j, k). Alanine dipeptide has none (its only bonds between two non-terminal
-  atoms are the phi, psi, omega and methyl axes), nor has toluene (its methyl is gamma1; its other bonds are in
-  the ring or end in an H). Bond orders are not read: a double bond outside a ring (C=C, an amide C-N outside a
-  peptide backbone) is named too, its marginal a narrow one; a torsion about a bond next to a linear group
-  (alkyne, nitrile) is ill-defined.
-
-One torsion of a kind is named plainly (``phi``); several are numbered from 1 along the atom order (``phi_1``,
-``phi_2``, ...). A methyl rotation is 3-fold symmetric (the three hydrogens are equivalent, so its marginal has
-three equal modes); its marginal is compared on the raw dihedral over (-pi, pi], as the SNF paper plots it, not
-folded onto (-pi/3, pi/3]: a sampler that fills the three wells unequally is penalised.
-
-**Histogram KL** as Midgley et al. (2023, FAB) compute it for the Ramachandran plot (fab-torch,
-``fab/utils/aldp.py``): densities p (reference) and q (model) from normalised histograms (``density=True``) on
-[-pi, pi]^d with ``bins`` bins per axis (default 100 per axis: FAB's 100 x 100 for the Ramachandran plot; fab-torch's
-training-time evaluation used 200 bins for the 1-D phi and psi marginals and 64 per axis for its plots), and
-
-    KL(p || q) = sum_bins p log((p + eps) / (q + eps)) * bin_area,    eps = 1e-10 (FAB's eps, on densities).
-
-The model histogram may carry self-normalised importance weights W_i proportional to exp(log_w_i) (the
-"reweighted" KL, estimating KL(p || target) from model samples); a non-finite log weight counts as weight 0, and
-with no positive weight (or no reference sample) the KL is NaN, without a warning. Angles outside (-pi, pi] are
-wrapped into it; a sample whose angle is not finite is left out (as fab-torch drops NaN dihedrals). More:
-docs/concepts/free-energies.md.
-
-**Poses** (:func:`pose_rmsd`) of a system of several molecules (a host and its guest, a protein and a ligand): each
-molecule but the largest is in its *starting pose* when, after the largest is superposed on the starting structure
-(Kabsch, heavy atoms), its heavy atoms lie within an RMSD of 0.2 nm of theirs (docking's usual 2 Angstrom).
-
-**Basins** (:func:`basin_populations`) of alanine dipeptide's Ramachandran plot: the half-planes phi <= 0
-(C7eq / beta / PII and alpha_R) and phi > 0 (alpha_L / C7ax, the rare side), and within phi <= 0 the split
-alpha_R = {psi in [-120 deg, 50 deg)} against beta = the rest (C7eq, beta, PII). The psi limits are the usual
-rough choice, sitting in the low-density gaps; move them with ``alpha_r_psi``.
+The naming rules, the basins, the poses and the KL's conventions: docs/concepts/free-energies.md.
 """
 
 from __future__ import annotations
@@ -83,7 +28,7 @@ from boltzflow.errors import BoltzflowError
 from boltzflow.molecules.system import MolecularSystem
 from boltzflow.molecules.zmatrix import components, ring_bonds
 
-#: eps of the histogram KL (module docstring), as in FAB's evaluation.
+#: eps of the histogram KL (docs/concepts/free-energies.md), as in FAB's evaluation.
 EPS = 1e-10
 #: Default bins per axis of the histogram KL.
 BINS = 100
@@ -267,7 +212,7 @@ def _methyls(molecule) -> list[tuple[int, int, int, int]]:
 
 
 def _rotatable(molecule, axes: set[tuple[int, int]]) -> dict[str, tuple[int, int, int, int]]:
-    """``torsion <j>-<k>`` of each rotatable bond whose axis is not in ``axes`` (module docstring)."""
+    """``torsion <j>-<k>`` of each rotatable bond whose axis is not in ``axes`` (docs/concepts/free-energies.md)."""
     names, elements = molecule.atom_names, molecule.elements
     res = np.asarray(molecule.residue_index).tolist()
     res_names = getattr(molecule, "residue_names", None)
@@ -300,8 +245,9 @@ def _rotatable(molecule, axes: set[tuple[int, int]]) -> dict[str, tuple[int, int
 
 def named_torsions(molecule: MolecularSystem) -> dict[str, tuple[int, int, int, int]]:
     """Backbone phi / psi / omega, methyl rotations gamma1, gamma2, ... and the other rotatable bonds' torsions
-    (``torsion C3-C10``, ...) found from the topology (module docstring). Works on anything with ``atom_names``,
-    ``elements``, ``residue_index`` and ``bonds`` (and ``residue_names`` for the residues in the names)."""
+    (``torsion C3-C10``, ...) found from the topology (the rules: docs/concepts/free-energies.md). Works on anything
+    with ``atom_names``, ``elements``, ``residue_index`` and ``bonds`` (and ``residue_names`` for the residues in the
+    names)."""
     out: dict[str, tuple[int, int, int, int]] = {}
     bb = _backbone(molecule)
     _numbered("phi", [p for p, _ in bb if p is not None], out)
@@ -324,13 +270,13 @@ def ramachandran_pairs(molecule: MolecularSystem) -> list[tuple[str, str]]:
 # weights and histograms
 
 
-#: RMSD (nm) within which a molecule is in its starting pose (module docstring).
+#: RMSD (nm) within which a molecule is in its starting pose (docs/concepts/free-energies.md).
 POSE_RMSD = 0.2
 
 
 def pose_rmsd(x, molecule: MolecularSystem) -> np.ndarray:
     """``(n, C - 1)`` heavy-atom RMSD (nm) of each molecule but the largest from its starting pose, after the largest
-    is superposed on the starting structure (module docstring); ``(n, 0)`` for one molecule.
+    is superposed on the starting structure (docs/concepts/free-energies.md); ``(n, 0)`` for one molecule.
 
     Example:
         >>> in_pose = pose_rmsd(x, molecule) <= POSE_RMSD  # doctest: +SKIP
@@ -450,7 +396,7 @@ def molecular_metrics(molecule: MolecularSystem, ref_x, model_x, model_log_w=Non
 
 
 def basin_populations(phi, psi, log_w=None, alpha_r_psi: tuple[float, float] = ALPHA_R_PSI) -> dict:
-    """Fractions of (weighted) mass in alanine dipeptide's Ramachandran basins (module docstring):
+    """Fractions of (weighted) mass in alanine dipeptide's Ramachandran basins (docs/concepts/free-energies.md):
     ``phi_negative``, ``phi_positive`` (the two sum to 1), ``alpha_R`` and ``beta`` (the two sum to
     ``phi_negative``), each with ``<basin>_se``, the self-normalised standard error sqrt(sum W_i^2 (1_i - p)^2)
     (for independent samples; for a correlated chain use :func:`block_standard_error` on the indicators).

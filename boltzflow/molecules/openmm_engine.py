@@ -1,72 +1,15 @@
 """The ``openmm`` engine: OpenMM itself evaluates energies and forces, in worker processes, callable from jitted JAX.
 
-Design
-------
-**Why processes.** An ``openmm.Context`` evaluates one conformation at a time and holds the GIL while its Python
-wrapper runs; a batch of conformations is embarrassingly parallel, so the batch is split across worker processes,
-each holding its own Context (CPU platform, 1 thread by default, or the Reference platform). Processes also keep
-OpenMM's threads, its memory and any crash inside its C++ away from the process that runs JAX: a worker that dies
-is restarted and its part of the batch sent again (below: failures), the training process lives on.
+A batch of conformations ``(n, 3 n_atoms)`` in nm is split across a pool of worker processes, each with its own
+``openmm.Context``; each returns energies (kJ/mol) and forces (kJ/mol/nm) of its share. The pool starts on the first
+evaluation, is cached per (System, platform, properties, workers), restarts a worker that dies (boundedly) and
+ends with its parent. A conformation OpenMM cannot evaluate gets energy ``+inf`` and zero forces.
 
-**Why not fork.** By the time a target is evaluated JAX has started its thread pools; ``fork`` copies only the
-calling thread, and a child that touches a lock another thread held at the fork deadlocks. Workers are therefore
-fresh interpreters -- what multiprocessing's ``spawn`` start method makes -- started here with
-:class:`subprocess.Popen` (``python -c "...; _worker_main(fd)"``) and spoken to over a
-:func:`multiprocessing.connection.Pipe` (a socket pair; one end is passed to the child with ``pass_fds``).
-(:mod:`subprocess` forks and execs in C, with no Python code in between, which is safe with threads.)
-Starting them directly rather than through ``multiprocessing.get_context("spawn").Process`` avoids the one trap of
-multiprocessing's spawn: the child re-imports the parent's ``__main__`` script, so a user script without an
-``if __name__ == "__main__":`` guard would run again, training and all, inside every worker. A worker imports only
-numpy, OpenMM and this module (JAX is imported lazily, by :meth:`OpenMMEngine.energy_fn`, in the parent only).
+:meth:`OpenMMEngine.energy_fn` wraps the pool for JAX: one :func:`jax.pure_callback` returns energies and forces,
+and a :func:`jax.custom_vjp` uses the forces as the gradient (dE/dx = -F), so ``jax.grad`` and ``jax.vmap`` work
+under ``jax.jit`` without a second evaluation; forward mode and second derivatives do not.
 
-**Lifecycle.** A pool starts lazily, on the first evaluation, and starts its workers in parallel. Pools are cached
-per (System XML, platform, platform properties, number of workers), so rebuilding a target with the same molecule
-reuses the running pool instead of starting a second one. A pool ends by :meth:`OpenMMEngine.close` (or leaving
-the engine's ``with`` block), by an :mod:`atexit` handler that closes every pool (a stop message, a short wait,
-then SIGKILL), or when the parent dies: the worker's end of the socket then reads end-of-file and the worker exits,
-so no worker outlives its parent even after a SIGKILL. Workers ignore SIGINT -- a Ctrl-C in a terminal is sent to
-the whole foreground process group -- so only the parent sees it: the ``KeyboardInterrupt`` is raised in the
-parent while it waits for results, the pool (whose workers are mid-batch, with replies in flight) is killed and
-dropped from the cache, and the ``KeyboardInterrupt`` propagates. The next evaluation starts a fresh pool.
-Python runs signal handlers in the main thread only, so this holds where the evaluation runs there: a direct call,
-or a jitted call whose inputs were ready (XLA's CPU client then runs the computation, host callback included, in
-the calling thread). A jitted call whose inputs are still being computed -- the usual case inside a training step
--- runs later on one of XLA's threads; the Ctrl-C then takes effect when the jitted call returns to Python (after
-the batch: a training step or one AIS pass), and the workers are closed at exit as usual.
-
-**Failures.** A conformation OpenMM cannot evaluate -- non-finite coordinates (which OpenMM refuses), an exception
-from OpenMM, or a non-finite energy or force -- gets energy ``+inf`` and zero forces; the rest of the batch is
-unaffected. A target turns the non-finite energy into ``log p = -inf``.
-
-A worker that dies (killed, out of memory, a crash in OpenMM's C++) is noticed when sending it its part of a batch
-fails (a broken pipe) or when its reply cannot be read (end-of-file): it is restarted -- a fresh process with the
-same System and platform -- and sent its part again, while the replies of the other workers are kept. Each restart
-is one line on stderr (``boltzflow: OpenMM worker 1 (pid 1234) died (exit code -9, SIGKILL); restarted it (restart
-1 of 3 in this batch, 1 of 10 in all)``). Restarts are bounded, :data:`MAX_RESTARTS_PER_BATCH` in one batch and
-:data:`MAX_RESTARTS` over a pool's life, so a worker that dies on every batch (or on every try of one) does not loop
-forever: beyond them, or when a restarted worker does not start, the pool is killed and dropped (the next evaluation
-starts a fresh one) and a one-line :class:`~boltzflow.errors.BoltzflowError` names the worker, its exit code and the
-way to resume. Raised inside a jitted function, the error reaches the caller wrapped by JAX: a ``JaxRuntimeError``
-(or, from a call that took JAX's C++ fast path, a plain ``ValueError``) whose message is ``INTERNAL: CpuCallback
-error calling callback:`` and the callback's traceback, last line ``BoltzflowError: MESSAGE``. JAX's own log of that
-traceback (``jax.pure_callback failed``, logger ``jax._src.callback``) is left out for a
-:class:`~boltzflow.errors.BoltzflowError`, whose message says it all.
-
-**Units.** Positions in nm, energies in kJ/mol, forces in kJ/mol/nm (OpenMM's own units). A System's
-``CMMotionRemover`` acts only when an integrator steps and adds no energy or force; the workers drop it anyway,
-and ``groups`` (a bit mask of force groups, default all) selects which force groups are summed.
-
-JAX
----
-:meth:`OpenMMEngine.energy_fn` returns ``energy(x)``, ``x`` of shape ``(..., 3 * n_atoms)`` (flattened
-conformations in nm) -> ``(...)`` kJ/mol, in ``x``'s dtype. It calls the pool through :func:`jax.pure_callback`
-(one host call returns both the energies and the forces) and is differentiable through :func:`jax.custom_vjp`:
-the forward pass keeps the forces as the residual, and since ``F = -dE/dx`` the backward pass is
-``x_bar = -g[..., None] * F`` for the cotangent ``g`` of the energies -- no second evaluation. So ``jax.grad`` and
-``jax.value_and_grad`` of anything built on ``energy`` work under ``jax.jit``; ``jax.vmap`` works (the callback is
-declared with ``vmap_method="expand_dims"``: a vmapped call reaches the host as one call with an extra leading
-axis, which the host function flattens into the batch). Forward-mode (``jax.jvp``) and second derivatives are not
-available: the pool gives first derivatives only.
+Why processes (not threads, not forks), the lifecycle, Ctrl-C and failures: docs/concepts/openmm-engine.md.
 """
 
 from __future__ import annotations
