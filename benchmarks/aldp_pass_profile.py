@@ -13,6 +13,8 @@ space AIS runs in (the internal coordinates below the flow's last layer):
 - ``log_p_grad``: the target's log p with its gradient in that space (internal -> Cartesian, the force field), one
   batch; ``energy_grad``: the force field alone on Cartesian positions;
 - ``sample``: the flow's forward pass drawing a batch with its log q;
+- ``log_q_grad_no_spline``: ``log_q_grad`` with every spline transformer replaced by an affine stand-in on the same
+  conditioner outputs (shift and log-scale from its first two): what log q would cost if the spline were free;
 
 Beside each part: the cores it kept busy (process CPU time over wall-clock time while it ran).
 
@@ -51,6 +53,25 @@ def timed(fn, *args, repeats: int, name: str) -> float:
     return statistics.median(times)
 
 
+def _without_spline(space, model, n: int):
+    """log q + gradient, jitted, with RQSpline's maps replaced by an affine map of the same parameters while it is
+    traced (only for this measurement: the class is restored before returning)."""
+    from boltzflow.flows.coupling import RQSpline
+
+    def affine(self, v, theta, circular):
+        return v * jnp.exp(0.1 * jnp.tanh(theta[..., 1])) + theta[..., 0], 0.1 * jnp.tanh(theta[..., 1])
+
+    fn = eqx.filter_jit(jax.value_and_grad(lambda v, m: jnp.sum(space.log_q(m, v))))
+    saved = RQSpline.forward, RQSpline.inverse
+    RQSpline.forward = RQSpline.inverse = affine
+    try:
+        x, _ = eqx.filter_jit(lambda m, k: space.sample_and_log_q(m, k, n))(model, jax.random.key(0))
+        jax.block_until_ready(fn(x, model))  # traced and compiled with the stand-in
+    finally:
+        RQSpline.forward, RQSpline.inverse = saved
+    return fn
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="aldp_fab_cpu")
@@ -80,6 +101,8 @@ def main(argv=None) -> None:
             key, (n, target.dim), x.dtype)
         parts["energy_grad"] = timed(jax.jit(jax.value_and_grad(lambda v: jnp.sum(target.energy_kj(v)))), xc,
                                      repeats=args.repeats, name="energy_grad")
+    parts["log_q_grad_no_spline"] = timed(_without_spline(space, model, n), x, model, repeats=args.repeats,
+                                          name="log_q_grad_no_spline")
     ais_state = ais.init_state(x.dtype)
     parts["ais_pass"] = timed(eqx.filter_jit(lambda m, k: ais.run(k, ais_state,
                                                                   lambda kk, mm: space.sample_and_log_q(m, kk, mm),
@@ -99,6 +122,7 @@ def main(argv=None) -> None:
     print(f"  AIS pass as {evals} x (log_q_grad + log_p_grad) + sample: {1e3 * model_ais:.1f} ms "
           f"({100 * evals * parts['log_q_grad'] / parts['ais_pass']:.0f} % flow, "
           f"{100 * evals * parts['log_p_grad'] / parts['ais_pass']:.0f} % target of the measured pass)")
+    print(f"  the spline's share of log_q_grad: {100 * (1 - parts['log_q_grad_no_spline'] / parts['log_q_grad']):.0f} %")
     print(f"  fab_step - ais_pass = {1e3 * (parts['fab_step'] - parts['ais_pass']):.1f} ms "
           f"(buffer and {settings.n_updates} gradient updates)")
 

@@ -25,36 +25,25 @@ starting structure's stereoisomer: log p = -inf where a stereocentre has the oth
 (:class:`boltzflow.molecules.chirality.Chirality`), so AIS, FAB's buffer and every importance weight drop such
 samples, as the FAB paper filters them during training.
 
-Report (:meth:`MoleculeTarget.metrics`): ``chirality_fraction``, the model samples with the reference structure's
-handedness (the others get weight 0 in what follows, as FAB filters them), and, where the target has reference MD
-samples, the KL of each named torsion's marginal and of the (phi, psi) histogram, unweighted and ``_reweighted``
-(boltzflow.molecules.metrics: FAB's histogram KL, 100 bins per axis), E_p[log q] on the reference samples in two
-conventions, and the phi > 0 population of the reweighted model beside the reference's (of each residue:
-``phi_positive_2_reweighted`` for residue 2 of a peptide):
+Report (:meth:`MoleculeTarget.metrics`): ``chirality_fraction`` (the model samples with the reference structure's
+handedness; the others get weight 0 in what follows, as FAB filters them) and, where the target has reference MD
+samples: the histogram KL of each named torsion's marginal and of the (phi, psi) plot, unweighted and
+``_reweighted`` (boltzflow.molecules.metrics); the phi > 0 population of each residue, reweighted, beside the
+reference's; and E_p[log q] on the reference samples in two conventions:
 
-- ``mean_log_q_reference``: log q(x) of the Cartesian conformation, including the internal-coordinate layer's
-  log-det: boltzflow's own density over the 3N coordinates of a molecule with uniformly distributed orientation
-  (Haar measure, d^3w at the identity) and unit-density position (boltzflow.flows.internal);
-- ``mean_log_q_reference_frame`` (where the target has a ``phi`` torsion C' - N - CA - C): the same density over
-  the 3N - 6 coordinates of the canonical frame CA at the origin, N on +x, C in the xy plane, the convention of
-  the FAB paper's E_p[log q] (its Table 2; fab-torch's alanine dipeptide transform, frame atoms CA, N, C):
-  log q_frame = log q(x) + log(b1^2 b2 sin a), b1 = |N - CA|, b2 = |C - CA|, a = angle(N, CA, C)
-  (boltzflow.molecules.metrics.frame_log_jacobian). On alanine dipeptide's reference that term averages
-  -5.78 nats (nm units), so the frame value is about 5.78 nats below ``mean_log_q_reference``;
-- ``mean_log_p_reference`` (and ``_frame``): E_ref[log p~] - log Z_hat, p~ = exp(-u) and log Z_hat this report's
-  importance estimate: -H(p), the entropy of the reference's distribution on the same scale, which no model's
-  E_p[log q] exceeds; ``forward_kl_reference`` = mean_log_p_reference - mean_log_q_reference = KL(p || q) (scale-
-  free; an upper bound for an SNF, whose log q is a lower bound). Since E_p[log q] = -H(p) - KL(p || q), an
-  E_p[log q] measured on another reference set (another temperature, another MD) is comparable only through these.
+- ``mean_log_q_reference``: log q(x) of the Cartesian conformation, the internal-coordinate layer's log-det
+  included (uniformly distributed orientation and unit-density position, boltzflow.flows.internal);
+- ``mean_log_q_reference_frame`` (where the target has a ``phi`` torsion): the density of the 3N - 6 coordinates
+  of the canonical frame CA, N, C, the FAB paper's convention (its Table 2):
+  log q_frame = log q(x) + log(b1^2 b2 sin a) (boltzflow.molecules.metrics.frame_log_jacobian);
+- ``mean_log_p_reference`` (and ``_frame``): E_ref[log p~] - log Z_hat = -H(p) on the same scale, which no model's
+  E_p[log q] exceeds, and ``forward_kl_reference`` = KL(p || q), their difference (scale-free).
 
-A system of several molecules (a host and its guest) adds ``pose_fraction`` and ``pose_fraction_reweighted``
-(``_1``, ``_2``, ... with several guests): the fraction of the model's samples, raw and importance-weighted, in which
-each molecule but the largest is in its starting pose (heavy-atom RMSD <= 0.2 nm after the largest is superposed,
-boltzflow.molecules.metrics.pose_rmsd).
-
-Of each model sample the report keeps the named torsions' angles (float32), its handedness and log weight: 37 bytes
-a sample for alanine dipeptide's 7 torsions (and the pose RMSDs, 4 bytes each, for several molecules). Pictures:
-Ramachandran plot and torsion marginals (boltzflow.plot.plot_molecule_samples).
+The frame convention: docs/concepts/internal-coordinates.md; what E_p[log q] measures: docs/benchmarks.md.
+A system of several molecules adds ``pose_fraction`` and ``pose_fraction_reweighted`` (``_1``, ``_2``, ... with
+several guests): the fraction of samples with each guest in its starting pose (boltzflow.molecules.metrics.pose_rmsd).
+Of each model sample the report keeps the named torsions' angles (float32), its handedness and log weight (37 bytes
+for alanine dipeptide). Pictures: Ramachandran plot and torsion marginals (boltzflow.plot.plot_molecule_samples).
 """
 
 from __future__ import annotations
