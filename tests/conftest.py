@@ -11,18 +11,24 @@ import pytest
 # the suite runs in two worker processes (pyproject's addopts): on a GPU neither may take 75 % of its memory up front
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-# The suite is compile-bound: most tests trace and compile small programs once and run them for milliseconds. So
-# (1) XLA's CPU code is compiled without LLVM's optimisations (the same computations, compiled faster and run
-# slower; the documentation's examples, which are trainings, keep the usual level: tests/test_docs.py), and (2)
-# compiled programs are shared through a compilation cache in a fresh directory of this run, which the workers and
-# the subprocesses the tests start inherit. A user's own XLA_FLAGS or cache directory is kept as it is.
+# The default run (-m 'not slow', what CI runs) is compile-bound: most tests trace and compile small programs once and
+# run them for milliseconds. So (1) there XLA's CPU code is compiled without LLVM's optimisations (the same
+# computations, compiled faster and run slower; not in the slow run, whose statistical tests are run-time-bound, nor
+# for the documentation's examples, which are trainings: tests/test_docs.py), and (2) compiled programs are shared
+# through a compilation cache in a fresh directory of this run, which the workers and the subprocesses the tests
+# start inherit. A user's own XLA_FLAGS or cache directory is kept as it is.
 SUITE_XLA_FLAGS = "--xla_backend_optimization_level=0"
-if "XLA_FLAGS" not in os.environ:
-    os.environ["XLA_FLAGS"] = SUITE_XLA_FLAGS
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="boltzflow-tests-xla-cache-")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
     atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+
+
+def pytest_configure(config):
+    """Before any JAX backend starts (module comment above): the compile settings of the default run."""
+    if "XLA_FLAGS" not in os.environ and config.option.markexpr == "not slow":
+        os.environ["XLA_FLAGS"] = SUITE_XLA_FLAGS
+
 
 # user-target modules used by the CLI tests live next to the tests
 sys.path.insert(0, str(Path(__file__).parent / "data"))
