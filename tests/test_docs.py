@@ -25,7 +25,8 @@ DOCS = ROOT / "docs"
 # The pages written for the site (docs/benchmarks.md is the benchmarks' own record, and has no Python blocks).
 PAGES = [ROOT / "README.md", *sorted(p for p in DOCS.rglob("*.md") if p.name != "benchmarks.md")]
 
-BLOCK = re.compile(r"^```python[^\n]*\n(.*?)^```\s*$", re.S | re.M)
+# a fenced block whose language is one of those put in {} (python: the examples that run; bash: the commands)
+BLOCK = r"^```(?:{})[^\n]*\n(.*?)^```\s*$"
 
 RUNNER = textwrap.dedent("""
     import json, sys, traceback
@@ -43,7 +44,12 @@ RUNNER = textwrap.dedent("""
 
 def python_blocks(page: Path) -> list[str]:
     """The ```python fenced blocks of a Markdown page, in order."""
-    return BLOCK.findall(page.read_text())
+    return fenced_blocks(page, "python")
+
+
+def fenced_blocks(page: Path, languages: str) -> list[str]:
+    """The fenced blocks of a Markdown page whose language is one of ``languages`` (``a|b``), in order."""
+    return re.findall(BLOCK.format(languages), page.read_text(), re.S | re.M)
 
 
 def test_mkdocs_build_strict(tmp_path):
@@ -118,16 +124,13 @@ def test_python_blocks_run(page, tmp_path):
     assert r.returncode == 0, f"{name}: a python block failed:\n{r.stderr[-6000:]}"
 
 
-SHELL = re.compile(r"^```(?:bash|sh|console)[^\n]*\n(.*?)^```\s*$", re.S | re.M)
-
-
 def shell_commands(page: Path) -> list[list[str]]:
     """The commands of a page's ```bash blocks, split as the shell would (comments and leading ``VAR=value``
     assignments dropped)."""
     import shlex
 
     out = []
-    for block in SHELL.findall(page.read_text()):
+    for block in fenced_blocks(page, "bash|sh|console"):
         for line in block.splitlines():
             words = shlex.split(line, comments=True)
             while words and re.fullmatch(r"[A-Z_][A-Z0-9_]*=\S*", words[0]):
@@ -145,17 +148,17 @@ def test_shell_blocks_name_real_commands(page):
     from boltzflow.cli import parser
     from boltzflow.config import presets
 
-    commands = shell_commands(page)
+    commands, command_parser, names = shell_commands(page), parser(), presets()
     for words in commands:
         if words[0] == "bash":
             assert (ROOT / words[1]).is_file(), f"{page.name}: {' '.join(words)}: no such script"
         elif words[0] == "boltzflow":
             try:
-                args = parser().parse_args(words[1:])
+                args = command_parser.parse_args(words[1:])
             except SystemExit:
                 pytest.fail(f"{page.name}: `{' '.join(words)}` does not parse")
             if args.command == "train":
-                assert args.config in presets() or (ROOT / args.config).is_file(), f"{' '.join(words)}: no preset"
+                assert args.config in names or (ROOT / args.config).is_file(), f"{' '.join(words)}: no preset"
         else:
             assert words[0] in {"source", "pip", "python"}, f"{page.name}: a command nobody checks: {words[0]}"
     assert commands
