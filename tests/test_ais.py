@@ -245,7 +245,7 @@ def test_no_intermediate_is_plain_importance_sampling():
     ais = build_ais(log_p, "hmc", n_intermediate=0, alpha=2.0)
     res, state = run_once(ais, 100, seed=8, adapt=True)
     x, lq = sample_q(jax.random.split(jax.random.key(8))[0], 100)
-    np.testing.assert_allclose(res.x, x)
+    np.testing.assert_allclose(res.x, x, rtol=1e-6)  # compiled there, eager here: float32 rounding may differ
     np.testing.assert_allclose(res.log_w, 2.0 * (log_p(x) - lq), rtol=1e-6, atol=1e-5)
     assert res.info.accept.shape == (0,) and state.log_local.shape == (0,)
 

@@ -78,8 +78,13 @@ print(json.dumps({"metrics": out, "seen": seen}))
 """
 
 
+def _device_flags(n: int) -> str:
+    """XLA_FLAGS giving a process ``n`` CPU devices, beside the suite's own compile settings (tests/conftest.py)."""
+    return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={n}".strip()
+
+
 def _run_on_4_devices(script: str, *args: str) -> dict:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    env = {**os.environ, "XLA_FLAGS": _device_flags(4),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -138,7 +143,7 @@ def test_one_device_sets_no_mesh_and_constrains_nothing():
 def _cli(args: list[str], log: Path, n_devices: int = 1) -> subprocess.Popen:
     """``boltzflow ARGS`` in a process of its own with ``n_devices`` CPU devices, its output to the file ``log`` (not a
     pipe: a process blocked on a full pipe would stall the other host in a collective)."""
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n_devices}",
+    env = {**os.environ, "XLA_FLAGS": _device_flags(n_devices),
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     with open(log, "w") as f:
         return subprocess.Popen([sys.executable, "-c", "from boltzflow.cli import main; main()", *args], env=env,
