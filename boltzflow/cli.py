@@ -272,10 +272,18 @@ def _plot(args) -> None:
     print(f"wrote the plots of {args.run}")
 
 
+def _md_target_spec(arg: str, engine: str, temperature: float | None) -> dict:
+    """md's target: a preset name, ``module:function``, or a config file (its target section: the molecule a
+    training of yours uses), with --engine and --temperature where given."""
+    spec = load_config(arg).target if arg.endswith((".yaml", ".yml")) else arg
+    if isinstance(spec, str):
+        spec = {"function": spec} if ":" in spec else {"name": spec}
+    return {**spec, **({"engine": engine} if engine != "jax" else {}),
+            **({"temperature": temperature} if temperature is not None else {})}
+
+
 def _md(args) -> None:
-    spec = {"name": args.target, **({"engine": args.engine} if args.engine != "jax" else {}),
-            **({"temperature": args.temperature} if args.temperature is not None else {})}
-    target = make_target(spec)
+    target = make_target(_md_target_spec(args.target, args.engine, args.temperature))
     if isinstance(target, MoleculeTarget):  # kJ/mol, kelvin, dalton
         t0, boltzmann, energy = target.temperature, GAS_CONSTANT, target.energy_kj
         masses = np.repeat(target.molecule.masses, 3)
@@ -436,8 +444,9 @@ def parser() -> argparse.ArgumentParser:
     pl.set_defaults(func=_plot)
     m = sub.add_parser("md", help="reference samples of a molecular target by replica-exchange Langevin MD "
                                   "(resumable)")
-    m.add_argument("target", help="molecular target preset (aldp_implicit, aldp_vacuum, ace_ala3_nme_implicit) or "
-                                  "particle target (dw4, lj13, lj55: reduced units, times in thousandths of the "
+    m.add_argument("target", help="molecular target preset (aldp_implicit, aldp_vacuum, ace_ala3_nme_implicit), a "
+                                  "config file (its target section: a molecule of your own) or module:function, or "
+                                  "a particle target (dw4, lj13, lj55: reduced units, times in thousandths of the "
                                   "target's time unit where the options say fs / ps / ns)")
     m.add_argument("--temperature", type=float, help="kelvin (default: the target's; molecules only)")
     m.add_argument("--t-max", type=float, help="highest replica temperature (default: no replica exchange); for a "

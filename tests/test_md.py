@@ -94,13 +94,14 @@ def test_md_command_on_alanine_dipeptide(tmp_path):
 
 
 def test_md_command_on_a_particle_target_runs_in_reduced_units(tmp_path):
-    """`boltzflow md dw4`: replicas at 1 .. t_max times the target's temperature, k_B = 1, masses 1, from the
+    """`boltzflow md CONFIG` of a config whose target is dw4: replicas at 1 .. t_max times the target's temperature, k_B = 1, masses 1, from the
     lattice start; the saved samples are centre-of-mass-free coordinates whose energies are -log p."""
     from boltzflow.cli import main
     from boltzflow.targets.particles import dw4
 
-    out = tmp_path / "md"
-    assert main(["md", "dw4", "--t-max", "3", "--replicas", "3", "--chains", "2", "--ns", "0.002",
+    out, config = tmp_path / "md", tmp_path / "mine.yaml"
+    config.write_text("target: dw4\n")  # a config file's target section (a user's molecule) as the target
+    assert main(["md", str(config), "--t-max", "3", "--replicas", "3", "--chains", "2", "--ns", "0.002",
                  "--equilibration-ps", "0.5", "--save-ps", "0.5", "--exchange-ps", "0.05", "--dt-fs", "5",
                  "--out", str(out), "--no-progress"]) == 0
     report = json.loads((out / "md.json").read_text())
