@@ -51,6 +51,7 @@ def _invariants(flow, z, x):
     inner = Flow(flow.base, flow.layers[:-1])
     return inner.base.log_prob(z), inner.log_prob(x), flow.layers[-1].forward(x)[1]
 
+
 @functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _symmetry(key, d, n, reflect):
     kr, kp, kt = jax.random.split(key, 3)
