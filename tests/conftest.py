@@ -17,7 +17,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # seven of the test files; neither in the slow run, whose statistical tests are run-time-bound, nor for the
 # documentation's examples, which are trainings: tests/test_docs.py), and (2) compiled programs are shared through a
 # compilation cache in a fresh directory of this run, which the workers and the subprocesses the tests start
-# inherit. A user's own XLA_FLAGS or cache directory is kept as it is.
+# inherit. A user's own XLA_FLAGS or cache directory is kept as it is. (Both are flags of the pinned jaxlib: XLA
+# stops at a flag it does not know, so a jax upgrade checks them.)
 SUITE_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="boltzflow-tests-xla-cache-")
