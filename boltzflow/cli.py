@@ -39,7 +39,7 @@ import yaml
 
 from boltzflow.allocator import retain_freed_memory
 from boltzflow.checkpoint import check_writable, write_atomic, write_json
-from boltzflow.config import load_config, presets
+from boltzflow.config import is_config_file, load_config, presets
 from boltzflow.errors import BoltzflowError
 from boltzflow.estimators import resample
 from boltzflow.molecules.free_energy import (backbone_states, collective_variables, cv_values,
@@ -275,7 +275,7 @@ def _plot(args) -> None:
 def _md_target_spec(arg: str, engine: str, temperature: float | None) -> dict:
     """md's target: a preset name, ``module:function``, or a config file (its target section: the molecule a
     training of yours uses), with --engine and --temperature where given."""
-    spec = load_config(arg).target if arg.endswith((".yaml", ".yml")) else arg
+    spec = load_config(arg).target if is_config_file(arg) else arg
     if isinstance(spec, str):
         spec = {"function": spec} if ":" in spec else {"name": spec}
     return {**spec, **({"engine": engine} if engine != "jax" else {}),

@@ -126,10 +126,16 @@ def _target(spec, method: str):
     return spec
 
 
+def is_config_file(spec: str | Path) -> bool:
+    """Whether ``spec`` names a config file rather than a preset: a ``.yaml`` / ``.yml`` name or any existing path."""
+    path = Path(spec)
+    return path.suffix in (".yaml", ".yml") or path.exists()
+
+
 def read_config(spec: str | Path) -> tuple[dict, str]:
     """The raw mapping of a YAML file or a preset, and where it came from (``name`` defaults to the file's stem)."""
     path = Path(spec)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if is_config_file(path):
         if not path.is_file():
             raise BoltzflowError(f"config file not found: {path}")
         text, source = path.read_text(), str(path)
