@@ -262,12 +262,15 @@ def train(out: str | Path | None, settings: TrainSettings, model, optimizer, met
         cost of passing the state's few hundred arrays in and out, which is several ms for a small flow."""
         dynamic, static = eqx.partition(state, eqx.is_array)
 
-        def body(_, carry):
-            st, _, _ = carry
+        @jax.jit  # traced once: eval_shape's trace below is reused by the loop's (jit caches traces by signature)
+        def step(st):
             new, metrics, k_eval = one_step(eqx.combine(st, static))
             return replicated(eqx.filter(new, eqx.is_array)), metrics, k_eval
 
-        shapes = jax.eval_shape(lambda d: body(0, (d, None, None))[1:], dynamic)  # traced, not compiled
+        def body(_, carry):
+            return step(carry[0])
+
+        shapes = jax.eval_shape(step, dynamic)[1:]  # traced, not compiled
         zeros = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
         dynamic, metrics, k_eval = jax.lax.fori_loop(0, n, body, (dynamic, *zeros))
         return eqx.combine(dynamic, static), metrics, jax.random.wrap_key_data(k_eval)
