@@ -49,6 +49,19 @@ def test_zero_parameters_are_exactly_the_identity():
         np.testing.assert_array_equal(ld, 0)
 
 
+def test_knot_derivatives_are_the_centred_softplus_to_float32_rounding():
+    """d = 1 + (1 - m) (softplus(r) - log 2) / log 2: the float32 evaluation against float64 softplus, and its
+    gradient against the sigmoid, over the range below the cap at 60."""
+    r = np.concatenate([np.linspace(-80, 59.99, 14_001), [0.0]]).astype(np.float32)  # below the cap: a kink
+    exact = np.logaddexp(r.astype(np.float64), 0.0) - math.log(2.0)
+    got = np.asarray(jax.jit(spline._centred_softplus)(r))
+    # absolute error within a few float32 ulps of the result's scale (|exact| + 1: the sum 1/2 + e^r / 2 is rounded)
+    assert np.all(np.abs(got - exact) <= 4 * np.finfo(np.float32).eps * (np.abs(exact) + 1))
+    assert got[-1] == 0.0
+    grad = np.asarray(jax.jit(jax.vmap(jax.grad(spline._centred_softplus)))(r))
+    np.testing.assert_allclose(grad, 1 / (1 + np.exp(-r.astype(np.float64))), rtol=1e-5, atol=1e-30)
+
+
 def test_real_spline_matches_flowjax():
     from flowjax.bijections import RationalQuadraticSpline
 
