@@ -42,6 +42,7 @@ from boltzflow.checkpoint import check_writable, write_atomic, write_json
 from boltzflow.config import is_config_file, load_config, presets
 from boltzflow.errors import BoltzflowError
 from boltzflow.estimators import resample
+from boltzflow.experiment import CHUNK
 from boltzflow.molecules.free_energy import (backbone_states, collective_variables, cv_values,
                                              free_energy_surface, periodic_cvs, state_free_energies, time_blocks)
 from boltzflow.molecules.free_energy_plot import plot_free_energy_surface
@@ -406,7 +407,7 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="evaluate a run directory; writes DIR/eval.json", parents=[scale, weights])
     e.add_argument("run")
     e.add_argument("--samples", type=int, default=10_000)
-    e.add_argument("--chunk", type=int, default=4096, help="samples drawn and reduced at a time (split over devices)")
+    e.add_argument("--chunk", type=int, default=CHUNK, help="samples drawn and reduced at a time (split over devices)")
     e.add_argument("--ais", action="store_true", help="also evaluate AIS targeting p, started from the flow")
     e.add_argument("--baseline", action="store_true",
                    help="also report the equal-cost baseline: tempered SMC with HMC moves given the training's "

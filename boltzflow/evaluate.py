@@ -43,7 +43,7 @@ import jax.numpy as jnp
 
 from boltzflow.ais import ais_from_settings
 from boltzflow.estimators import WeightSums, stream_sums
-from boltzflow.experiment import CHECK_FILES, Experiment
+from boltzflow.experiment import CHECK_FILES, CHUNK, Experiment
 from boltzflow.explore import check_flow
 from boltzflow.explore_cache import load_exploration, save_exploration
 from boltzflow.flows.paths import Space, backward_log_q, block_metrics, path_weights
@@ -72,7 +72,7 @@ def importance_metrics(target, sums: WeightSums, prefix: str = "") -> dict:
 
 
 def evaluate(exp: Experiment, key: jax.Array, n_samples: int = 10_000, ais_state=None, with_ais: bool = False,
-             chunk: int = 4096, check: bool | None = False, check_budget: int | None = None,
+             chunk: int = CHUNK, check: bool | None = False, check_budget: int | None = None,
              check_dir: Path | None = None, baseline: bool = False, paths: int = 1) -> dict:
     """All metrics of the trained model in ``exp`` as a flat dict of floats (see the module docstring).
 

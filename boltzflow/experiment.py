@@ -48,6 +48,11 @@ from boltzflow.vae.model import VAE, make_vae
 from boltzflow.vae.report import VAEData
 
 
+#: model samples drawn by one compiled call where a caller does not say (sampling, evaluation, pictures): memory
+#: grows with it (an equivariant flow on LJ-55 holds ~55^2 pair features per sample), the time per sample barely
+CHUNK = 4096
+
+
 @dataclass
 class Experiment:
     config: Config
@@ -69,7 +74,7 @@ class Experiment:
             raise BoltzflowError(f"{purpose} needs a model with a tractable density (a flow, or an SNF with "
                                  f"unadjusted Langevin blocks through its path space): {e}") from None
 
-    def weighted_samples(self, key: jax.Array, n: int, chunk: int = 65_536,
+    def weighted_samples(self, key: jax.Array, n: int, chunk: int = CHUNK,
                          paths: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """n model samples x with their path log weights log w (boltzflow.flows.paths.path_weights, ``paths`` per
         sample), as host (numpy) arrays: drawn ``chunk`` at a time (rounded up to a multiple of the devices in use)

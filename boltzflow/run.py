@@ -26,8 +26,8 @@ import numpy as np
 from boltzflow.config import Config, load_config
 from boltzflow.errors import BoltzflowError
 from boltzflow.evaluate import draw_pictures, evaluate
-from boltzflow.experiment import (Experiment, build_experiment, build_method, check_resumable, clear_run_dir, load_run,
-                                  precision, prepare_run_dir, run_config, write_run_files)
+from boltzflow.experiment import (CHUNK, Experiment, build_experiment, build_method, check_resumable, clear_run_dir,
+                                  load_run, precision, prepare_run_dir, run_config, write_run_files)
 from boltzflow.plot import plot_training
 from boltzflow.targets import FunctionTarget, Target
 from boltzflow.train.loop import read_checkpoint_info, read_history, train, write_checkpoint
@@ -74,7 +74,7 @@ class Run:
         """The trained model (the parameter average where ``train.ema_decay`` keeps one)."""
         return self.experiment.model
 
-    def sample(self, key: jax.Array, n: int, chunk: int = 65_536, paths: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    def sample(self, key: jax.Array, n: int, chunk: int = CHUNK, paths: int = 1) -> tuple[np.ndarray, np.ndarray]:
         """Samples of the model with their importance log weights.
 
         Args:
@@ -95,7 +95,7 @@ class Run:
         with precision(self.config):
             return self.experiment.weighted_samples(key, n, chunk, paths)
 
-    def evaluate(self, key: jax.Array, n: int = 10_000, *, ais: bool = False, chunk: int = 4096,
+    def evaluate(self, key: jax.Array, n: int = 10_000, *, ais: bool = False, chunk: int = CHUNK,
                  check: bool | None = None, baseline: bool = False, paths: int = 1) -> dict:
         """The report of ``boltzflow evaluate``: ESS, log Z with its standard error, and what the target adds.
 
