@@ -48,8 +48,8 @@ from boltzflow.vae.model import VAE, make_vae
 from boltzflow.vae.report import VAEData
 
 
-#: model samples drawn by one compiled call where a caller does not say (sampling, evaluation, pictures): memory
-#: grows with it (an equivariant flow on LJ-55 holds ~55^2 pair features per sample), the time per sample barely
+#: model samples drawn by one compiled call where a caller does not say (sampling, evaluation, pictures); memory
+#: grows with it (an equivariant flow on LJ-55 holds ~55^2 pair features per sample)
 CHUNK = 4096
 
 
