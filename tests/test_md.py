@@ -94,8 +94,9 @@ def test_md_command_on_alanine_dipeptide(tmp_path):
 
 
 def test_md_command_on_a_particle_target_runs_in_reduced_units(tmp_path):
-    """`boltzflow md CONFIG` of a config whose target is dw4: replicas at 1 .. t_max times the target's temperature, k_B = 1, masses 1, from the
-    lattice start; the saved samples are centre-of-mass-free coordinates whose energies are -log p."""
+    """`boltzflow md CONFIG` of a config whose target is dw4: replicas at 1 .. t_max times the target's
+    temperature, k_B = 1, masses 1, from the lattice start; the saved samples are centre-of-mass-free coordinates
+    whose energies are -log p."""
     from boltzflow.cli import main
     from boltzflow.targets.particles import dw4
 
