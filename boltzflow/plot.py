@@ -1,28 +1,36 @@
-"""Pictures people look at: target contours with samples, training curves, free-energy profiles. Files only (Agg
-backend)."""
+"""Pictures people look at: target contours with samples, training curves, free-energy profiles. Files only
+(matplotlib figures made without pyplot, so the caller's backend and figures are left as they are)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import matplotlib
+import jax.numpy as jnp
+import matplotlib.colors
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from boltzflow.molecules.metrics import angle_density, named_torsions, ramachandran_pairs, torsion_angles  # noqa: E402
-from boltzflow.train.loop import read_history  # noqa: E402
+from boltzflow.molecules.metrics import (
+    angle_density,
+    named_torsions,
+    ramachandran_pairs,
+    torsion_angles,
+)
+from boltzflow.train.loop import read_history
 
 
 def _save(fig, path) -> Path:
     """Lay out, write (PNG at 110 dpi) and close ``fig``; returns the path."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
+
+
+def _subplots(nrows: int = 1, ncols: int = 1, **kwargs):
+    """A figure and its axes as ``pyplot.subplots`` makes them, without pyplot: the caller's process keeps its
+    backend (a notebook's included), and nothing is left open to close."""
+    fig = Figure(figsize=kwargs.pop("figsize"))
+    return fig, fig.subplots(nrows, ncols, **kwargs)
 
 
 def _pairs(dim: int, max_pairs: int = 3) -> list[tuple[int, int]]:
@@ -36,7 +44,7 @@ def plot_samples(target, x, path, title: str = "", exact=None, max_points: int =
     """
     x = np.asarray(x)[:max_points]
     pairs = _pairs(target.dim)
-    fig, axes = plt.subplots(1, len(pairs), figsize=(4.2 * len(pairs), 4), squeeze=False)
+    fig, axes = _subplots(1, len(pairs), figsize=(4.2 * len(pairs), 4), squeeze=False)
     for ax, (i, j) in zip(axes[0], pairs):
         ref = np.asarray(exact)[:, [i, j]] if exact is not None else x[:, [i, j]]
         finite = ref[np.all(np.isfinite(ref), axis=1)]
@@ -60,7 +68,7 @@ def plot_image_grid(rows, shape, path, title: str = "") -> Path:
     images and their reconstructions, or its samples); ``shape`` = (h, w)."""
     rows = [(label, np.asarray(images)) for label, images in rows]
     n = max(images.shape[0] for _, images in rows)
-    fig, axes = plt.subplots(len(rows), n, figsize=(0.9 * n, 0.95 * len(rows) + 0.3 * bool(title)), squeeze=False)
+    fig, axes = _subplots(len(rows), n, figsize=(0.9 * n, 0.95 * len(rows) + 0.3 * bool(title)), squeeze=False)
     for (label, images), line in zip(rows, axes):
         for i, ax in enumerate(line):
             if i < images.shape[0]:
@@ -77,7 +85,7 @@ def plot_image_grid(rows, shape, path, title: str = "") -> Path:
 def plot_training(rows: list[dict], path) -> Path:
     """Loss against step, and flow ESS against training wall-clock, from a run's logged metrics (its history)."""
     path = Path(path)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (a, b) = _subplots(1, 2, figsize=(10, 3.6))
     steps = [r["step"] for r in rows]
     a.plot(steps, [r.get("loss", np.nan) for r in rows], lw=0.8)
     a.set(xlabel="step", ylabel="loss", title="training loss")
@@ -105,7 +113,7 @@ def plot_ess_curves(runs: dict, path, title: str | None = None, x: str = "time")
     if x not in ESS_CURVE_AXES:
         raise ValueError(f"x must be one of {sorted(ESS_CURVE_AXES)}, got {x!r}")
     key, scale, xlabel = ESS_CURVE_AXES[x]
-    fig, ax = plt.subplots(figsize=(6.4, 3.8))
+    fig, ax = _subplots(figsize=(6.4, 3.8))
     colours = {}
     for label, run_dir in runs.items():
         pts = [(r[key] * scale, r["flow_ess"]) for r in read_history(Path(run_dir)) if "flow_ess" in r and key in r]
@@ -128,7 +136,7 @@ def plot_free_energy(centres, f_exact, profiles: dict, path, xlabel: str = "$x_1
     ``profiles`` maps a legend label to an array ``(n_trainings, n_bins)`` of estimates (NaN where a bin is empty);
     each is drawn as its mean over trainings with a band of ± one standard deviation. Units: kT."""
     centres, f_exact = np.asarray(centres), np.asarray(f_exact)
-    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    fig, ax = _subplots(figsize=(6.4, 4.8))
     shift = np.min(f_exact)
     ax.plot(centres, f_exact - shift, color="k", lw=2.2, label="exact (quadrature)")
     for i, (label, f) in enumerate(profiles.items()):
@@ -172,8 +180,8 @@ def plot_ramachandran(panels, path, bins: int = 100) -> Path:
     vmax = positive.max()
     norm = matplotlib.colors.LogNorm(vmin=max(positive.min(), vmax * 1e-6), vmax=vmax)
     n = len(panels)
-    fig, axes = plt.subplots(1, n + 1, figsize=(3.9 * n + 0.6, 4.0),
-                             gridspec_kw={"width_ratios": [1.0] * n + [0.06]})
+    fig, axes = _subplots(1, n + 1, figsize=(3.9 * n + 0.6, 4.0),
+                          gridspec_kw={"width_ratios": [1.0] * n + [0.06]})
     edges = np.linspace(-np.pi, np.pi, bins + 1)
     mesh = None
     for i, (ax, (title, *_), d) in enumerate(zip(axes[:n], panels, dens)):
@@ -209,7 +217,7 @@ def plot_torsion_marginals(named: dict, path, log_scale: bool = True, bins: int 
     n = len(named)
     ncols = min(n, 5)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.6 * ncols, 3.1 * nrows), squeeze=False)
+    fig, axes = _subplots(nrows, ncols, figsize=(3.6 * ncols, 3.1 * nrows), squeeze=False)
     for ax in axes.ravel()[n:]:
         fig.delaxes(ax)
     edges = np.linspace(-np.pi, np.pi, bins + 1)
@@ -242,7 +250,7 @@ def plot_histograms(panels: dict, path, title: str = "", bins: int = 80) -> Path
     """Histogram densities side by side: ``panels`` maps a panel's x label to a list of ``(label, values,
     weights or None)``, each drawn as a step line over the range of all its values (non-finite values and their
     weights left out; the weights normalised)."""
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    fig, axes = _subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
     for ax, (xlabel, lines) in zip(axes[0], panels.items()):
         finite = [np.asarray(v, np.float64)[np.isfinite(v)] for _, v, _ in lines]
         both = np.concatenate([f for f in finite if f.size])

@@ -119,3 +119,23 @@ def test_free_energy_profile_plot_with_empty_bins(tmp_path, saved):
     assert _not_blank(img)
     other = _image(plot_free_energy(centres, f, {"model": est + 3.0}, tmp_path / "fe2.png"))
     assert other.shape == img.shape and np.abs(other - img).max() > 0.5
+
+
+def test_plotting_leaves_the_callers_matplotlib_as_it_was(tmp_path):
+    """A notebook's backend survives importing boltzflow and drawing with it (a fresh process: the backend is
+    chosen once per process); pyplot is not even imported."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys, matplotlib
+matplotlib.use("svg")
+import boltzflow, boltzflow.molecules.free_energy_plot
+from boltzflow.plot import plot_training
+plot_training({_rows()!r}, {str(tmp_path / "t.png")!r})
+assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+assert "matplotlib.pyplot" not in sys.modules
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "t.png").stat().st_size > 1000

@@ -1,6 +1,6 @@
 """The picture of a free-energy surface (boltzflow.molecules.free_energy): F over two collective variables as
 colours, kJ/mol from 0 at the most probable bin up to 12 kT, empty bins white, states outlined and named, beside the
-reference's where there is one. Files only (Agg)."""
+reference's where there is one. Files only (no pyplot: the caller's backend is left as it is)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,11 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from boltzflow.molecules.free_energy import FreeEnergySurface  # noqa: E402
+from boltzflow.molecules.free_energy import FreeEnergySurface
 
 #: the colour scale's top, in kT (higher free energies show in its top colour)
 CAP_KT = 12.0
@@ -52,7 +50,8 @@ def plot_free_energy_surface(surface: FreeEnergySurface, path: str | os.PathLike
     finite = np.concatenate([p.free_energy[np.isfinite(p.free_energy)] for p, _ in panels])
     # colours up to CAP_KT kT: bins holding a few light samples reach far higher free energies than any basin
     vmax = float(min(finite.max(), CAP_KT * surface.kT)) if finite.size else None
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 4.6), squeeze=False, layout="constrained")
+    fig = Figure(figsize=(5.6 * len(panels), 4.6), layout="constrained")  # not pyplot's: the caller keeps its backend
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (panel, what) in zip(axes[0], panels):
         mesh = _draw(ax, panel, states, periodic, vmax=vmax)
         ax.set_title(f"{what} (ESS {panel.n_effective:,.0f})", fontsize=10)
@@ -60,7 +59,6 @@ def plot_free_energy_surface(surface: FreeEnergySurface, path: str | os.PathLike
     fig.colorbar(mesh, ax=list(axes[0]), label="free energy (kJ/mol)", extend="max" if vmax is not None and
                  vmax < finite.max() else "neither")
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return Path(path)
 
 
@@ -72,8 +70,8 @@ def _draw(ax, surface: FreeEnergySurface, states, periodic, vmax: float | None):
     for i, (name, box) in enumerate((states or {}).items()):
         for x0, x1 in _intervals(box.get(x_name), ex):
             for y0, y1 in _intervals(box.get(y_name), ey):
-                ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.2, ls="--",
-                                           color=f"C{i + 1}"))
+                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.2, ls="--",
+                                       color=f"C{i + 1}"))
         x0, x1 = _intervals(box.get(x_name), ex)[0]
         y0, y1 = _intervals(box.get(y_name), ey)[0]
         ax.text(0.5 * (x0 + x1), 0.5 * (y0 + y1), name, color=f"C{i + 1}", ha="center", va="center", fontsize=9,
