@@ -14,8 +14,8 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 # The default run (-m 'not slow', what CI runs) is compile-bound: most tests trace and compile small programs once and
 # run them for milliseconds. So (1) there XLA's CPU code is compiled without LLVM's optimisations and with XLA's
 # older fusion code generator (the same computations, compiled faster and run slower: with both, 30 % less time on
-# seven of the test files; neither in the slow run, whose statistical tests are run-time-bound, nor for the
-# documentation's examples, which are trainings: tests/test_docs.py), and (2) compiled programs are shared through a
+# seven of the test files, 15-45 % on the documentation's examples, which are sized to compile more than they run;
+# not in the slow run, whose statistical tests are run-time-bound), and (2) compiled programs are shared through a
 # compilation cache in a fresh directory of this run, which the workers and the subprocesses the tests start
 # inherit. A user's own XLA_FLAGS or cache directory is kept as it is. (Both are flags of the pinned jaxlib: XLA
 # stops at a flag it does not know, so a jax upgrade checks them.)

@@ -17,7 +17,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import SUITE_XLA_FLAGS
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -230,10 +229,8 @@ def test_api_reference_docstrings_pass_pydocstyle():
 
 
 def _env() -> dict:
-    """This environment, with the repository importable and mkdocs' end-of-life banner off; the examples are trainings
-    (run time, not compile time), so they run with XLA's usual optimisation, not the suite's (tests/conftest.py)."""
+    """This environment (the suite's compile settings included: the examples are sized to compile more than they run),
+    with the repository importable and mkdocs' end-of-life banner off."""
     env = dict(os.environ, NO_MKDOCS_2_WARNING="1")
-    if env.get("XLA_FLAGS") == SUITE_XLA_FLAGS:
-        del env["XLA_FLAGS"]
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
     return env
