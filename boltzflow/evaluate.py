@@ -96,7 +96,8 @@ def evaluate(exp: Experiment, key: jax.Array, n_samples: int = 10_000, ais_state
     return _flag_nonfinite(out)
 
 
-def draw_pictures(exp: Experiment, out_dir: Path, key: jax.Array) -> list[Path]:
+def draw_pictures(exp: Experiment, out_dir: Path, key: jax.Array,
+                  baseline: tuple[np.ndarray, np.ndarray] | None = None) -> list[Path]:
     """The pictures of ``exp``'s model as its target draws them (its ``draw``: model samples over the target's
     contours, a molecule's torsions, a VAE's reconstructions and samples).
 
@@ -104,12 +105,14 @@ def draw_pictures(exp: Experiment, out_dir: Path, key: jax.Array) -> list[Path]:
         exp: the experiment.
         out_dir: the folder they go to.
         key: for the samples drawn.
+        baseline: the equal-cost baseline's weighted samples (x, log w), for the targets that draw them beside the
+            model's (:func:`kept_baseline`).
 
     Returns:
         The paths written.
     """
     return exp.target.draw(Pictures(exp.config.name, Path(out_dir), key, exp.model, exp.weighted_samples,
-                                    plot_samples, plot_molecule_samples, plot_image_grid, plot_histograms))
+                                    plot_samples, plot_molecule_samples, plot_image_grid, plot_histograms, baseline))
 
 
 class CheckSetup(NamedTuple):
@@ -118,6 +121,16 @@ class CheckSetup(NamedTuple):
 
     budget: int | None
     cache: Path | None
+
+
+def kept_baseline(exp: Experiment, setup: CheckSetup) -> tuple[np.ndarray, np.ndarray] | None:
+    """The equal-cost baseline's weighted samples (x, log w) where ``setup.cache`` keeps them (an evaluation with the
+    missing-mass check or ``baseline`` made them: :func:`baseline_report`), else None; nothing is run."""
+    path, meta = _exploration_file(exp, _check_key(exp), 0, _check_budget(exp, setup), setup.cache)
+    if path is None or not path.is_file():  # (a VAE's run, with no target density, never has one)
+        return None
+    e = load_exploration(path, meta, exp.target.log_prob)
+    return None if e is None else (e.x, e.log_w)
 
 
 def _sampled_report(exp: Experiment, key: jax.Array, n_samples: int, chunk: int, space: Space | None, ais_state: Any,
@@ -192,7 +205,7 @@ def missing_mass_check(exp: Experiment, key, log_z: float, log_z_stderr: float, 
 
     flow_log_w = stream_sums(lambda k, valid: ((), {"log_w": path_weights(model, target, k, chunk, paths)[1]}), key,
                              n_flow, chunk)[1]["log_w"]
-    out = check_flow(look, jax.random.fold_in(seed_key(exp.config.train.seed), CHECK_STREAM), flow_log_w, log_z)
+    out = check_flow(look, _check_key(exp), flow_log_w, log_z)
     diff = out["explore_log_z"] - log_z
     se = float(np.hypot(out["explore_log_z_stderr"], log_z_stderr))
     return out | {"explore_budget": budget, "explore_reused": sum(reused),
@@ -204,18 +217,27 @@ def _check_budget(exp: Experiment, setup: CheckSetup) -> int | None:
     return exp.config.explore.budget if exp.config.explore.budget is not None else setup.budget
 
 
+def _check_key(exp: Experiment) -> jax.Array:
+    """The key of the run's missing-mass check (and of its first exploration, the baseline)."""
+    return jax.random.fold_in(seed_key(exp.config.train.seed), CHECK_STREAM)
+
+
+def _exploration_file(exp: Experiment, key, slot: int, budget: int | None, cache: Path | None):
+    """Where exploration number ``slot`` of the run's check is kept (None: nowhere) and what it is kept with."""
+    used = {f: v for f, v in dataclasses.asdict(exp.config.explore).items() if f not in ("check", "seed_buffer")}
+    meta = {"settings": used, "budget": budget, "key": np.asarray(jax.random.key_data(key)).ravel().tolist(),
+            "dtype": str(np.dtype(jnp.result_type(float))), "dim": exp.target.dim}
+    return (None if cache is None else cache / CHECK_FILES[slot]), meta
+
+
 def _exploration(exp: Experiment, key, slot: int, budget: int | None, cache: Path | None):
     """Exploration number ``slot`` of the run's check (key ``key``), taken from ``cache`` where it was kept with the
     same settings, else run and kept there; returns it and whether it was taken from the cache."""
-    settings, target, dtype = exp.config.explore, exp.target, jnp.result_type(float)
-    used = {f: v for f, v in dataclasses.asdict(settings).items() if f not in ("check", "seed_buffer")}
-    meta = {"settings": used, "budget": budget, "key": np.asarray(jax.random.key_data(key)).ravel().tolist(),
-            "dtype": str(np.dtype(dtype)), "dim": target.dim}
-    path = None if cache is None else cache / CHECK_FILES[slot]
-    e = None if path is None else load_exploration(path, meta, target.log_prob)
+    path, meta = _exploration_file(exp, key, slot, budget, cache)
+    e = None if path is None else load_exploration(path, meta, exp.target.log_prob)
     if e is not None:
         return e, True
-    e = settings.run(key, target, dtype, budget=budget)
+    e = exp.config.explore.run(key, exp.target, jnp.result_type(float), budget=budget)
     if path is not None and writes_files():
         save_exploration(path, e, meta)
     return e, False
@@ -229,8 +251,7 @@ def baseline_report(exp: Experiment, key: jax.Array, chunk: int, setup: CheckSet
     and the target's metrics of its weighted samples (``key`` for the target's exact samples), with
     ``baseline_target_evals`` and ``baseline_converged``."""
     target = exp.target
-    e, _ = _exploration(exp, jax.random.fold_in(seed_key(exp.config.train.seed), CHECK_STREAM), 0,
-                        _check_budget(exp, setup), setup.cache)
+    e, _ = _exploration(exp, _check_key(exp), 0, _check_budget(exp, setup), setup.cache)
     x = jnp.asarray(e.x, jnp.result_type(float))
     log_w = jnp.where(jnp.isfinite(jnp.asarray(e.log_w)), jnp.asarray(e.log_w, x.dtype), -jnp.inf)
     sums = WeightSums.of(log_w, jnp.ones(len(e.log_w), bool), target.test_values(x))

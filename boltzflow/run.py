@@ -25,7 +25,7 @@ import numpy as np
 
 from boltzflow.config import Config, load_config
 from boltzflow.errors import BoltzflowError
-from boltzflow.evaluate import draw_pictures, evaluate
+from boltzflow.evaluate import CheckSetup, draw_pictures, evaluate, kept_baseline
 from boltzflow.experiment import (CHUNK, Experiment, build_experiment, build_method, check_resumable, clear_run_dir,
                                   load_run, precision, prepare_run_dir, run_config, write_run_files)
 from boltzflow.plot import plot_training
@@ -129,7 +129,8 @@ class Run:
                             baseline=baseline, paths=paths)
 
     def plot(self, out: str | Path | None = None) -> list[Path]:
-        """Draw the run's pictures (the model's samples as its target shows them, the training curves).
+        """Draw the run's pictures (the model's samples as its target shows them, beside the equal-cost baseline's
+        where the run directory keeps them and the target draws them; the training curves).
 
         Args:
             out: a directory (default: the run directory).
@@ -141,8 +142,9 @@ class Run:
         if out is None:
             raise BoltzflowError("plot: this run was trained in memory; give a directory")
         out.mkdir(parents=True, exist_ok=True)
+        kept = CheckSetup(self.summary.get("target_evals") or None, self.out)  # as evaluate() keeps the baseline
         with precision(self.config):
-            paths = draw_pictures(self.experiment, out, jax.random.key(123))
+            paths = draw_pictures(self.experiment, out, jax.random.key(123), kept_baseline(self.experiment, kept))
         return [*paths, plot_training(self.history, out / "training.png")]
 
     def save(self, path: str | Path) -> Path:

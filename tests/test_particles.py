@@ -199,3 +199,24 @@ def test_particle_pictures_show_energies_and_distances(tmp_path):
                             "method": {"name": "fab"}})
     paths = draw_pictures(build_experiment(cfg), tmp_path, jax.random.key(0))
     assert [p.name for p in paths] == ["particles.png"] and paths[0].stat().st_size > 10_000
+
+
+def test_particle_pictures_show_the_baseline_the_run_keeps(tmp_path, saved):
+    """Once an evaluation with the baseline has kept its exploration in the run directory, the pictures draw its
+    reweighted energies and distances beside the model's and the reference's; before, they do not (nothing is
+    run to make them)."""
+    from boltzflow.config import config_from_dict
+    from boltzflow.evaluate import CheckSetup, baseline_report, draw_pictures, kept_baseline
+    from boltzflow.experiment import build_experiment
+
+    exp = build_experiment(config_from_dict({"target": "dw4", "flow": {"type": "eacf", "n_layers": 2, "hidden": 8,
+                                                                        "blocks": 1}, "method": {"name": "fab"}}))
+    setup = CheckSetup(30_000, tmp_path)
+    assert kept_baseline(exp, setup) is None
+    report = baseline_report(exp, jax.random.key(1), 1024, setup)
+    x, log_w = kept_baseline(exp, setup)
+    assert len(x) == len(log_w) == report["baseline_samples"]
+    assert kept_baseline(exp, CheckSetup(60_000, tmp_path)) is None  # another budget: another baseline
+    draw_pictures(exp, tmp_path, jax.random.key(0), (x, log_w))
+    labels = [[line.get_label() for line in ax.get_lines()] for ax in saved[-1].axes]
+    assert labels == [["reference", "model", "model, reweighted", "SMC baseline, reweighted"]] * 2

@@ -194,7 +194,8 @@ class ParticleTarget(Target):
 
     def draw(self, pictures: Pictures) -> list[Path]:
         """``particles.png``: the energies E / tau and the interatomic distances of 20,000 model samples, raw and
-        reweighted, beside the reference's where the target has one (the E-ACF paper's figures)."""
+        reweighted, beside the reference's where the target has one and the equal-cost baseline's (reweighted) where
+        the run keeps them (the E-ACF paper's figures)."""
         x, log_w = pictures.weighted_samples(pictures.key, 20_000)
         w = normalised_weights(log_w)
         energy = -np.asarray(self.log_prob(jnp.asarray(x)), np.float64)
@@ -203,6 +204,12 @@ class ParticleTarget(Target):
         panels = {"energy E / tau": [("model", energy, None), ("model, reweighted", energy, w)],
                   "interatomic distance": [("model", dist.ravel(), None),
                                            ("model, reweighted", dist.ravel(), np.repeat(w, pairs))]}
+        if pictures.baseline is not None:
+            xb, wb = jnp.asarray(pictures.baseline[0], x.dtype), normalised_weights(pictures.baseline[1])
+            distances = np.asarray(pair_distances(self.positions(xb)), np.float64)
+            panels["energy E / tau"].append(("SMC baseline, reweighted", -np.asarray(self.log_prob(xb)), wb))
+            panels["interatomic distance"].append(("SMC baseline, reweighted", distances.ravel(),
+                                                   np.repeat(wb, pairs)))
         if self.reference_path is not None:
             ref = jnp.asarray(np.asarray(load_reference(self.reference_path)["x"], np.float32)[:20_000])
             panels["energy E / tau"].insert(0, ("reference", -np.asarray(self.log_prob(ref)), None))

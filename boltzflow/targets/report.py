@@ -72,6 +72,7 @@ class Pictures:
         model: the model.
         weighted_samples: ``(key, n) -> (x, log w)`` of the model, host arrays.
         plot_samples, plot_molecule_samples, plot_image_grid, plot_histograms: the functions of boltzflow.plot.
+        baseline: the equal-cost baseline's weighted samples (x, log w) where the run keeps them, else None.
     """
 
     name: str
@@ -83,6 +84,7 @@ class Pictures:
     plot_molecule_samples: Callable[..., list[Path]]
     plot_image_grid: Callable[..., Path]
     plot_histograms: Callable[..., Path]
+    baseline: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def quadratic_test_function(dim: int) -> Callable[[jax.Array], jax.Array]:
