@@ -60,6 +60,7 @@ class Experiment:
     model: Any
     auto: dict | None = None  # how a flow: {type: auto} was resolved (boltzflow.autoflow.resolve); None otherwise
     explore: dict | None = None  # the summary of the exploration that seeded the method (build_method), if any
+    _draws: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)  # see _draw
 
     def space(self, purpose: str) -> Space:
         """Where AIS runs for this model: x-space for a flow (or the internal coordinates below its last layer,
@@ -84,9 +85,18 @@ class Experiment:
         if n < 1 or chunk < 1:
             raise BoltzflowError(f"weighted samples: n and chunk must be positive, got n={n}, chunk={chunk}")
         chunk = device_chunk(chunk, n)
-        draw = jax.jit(lambda k: path_weights(self.model, self.target, k, chunk, paths)[:2])
-        parts = [to_host(draw(jax.random.fold_in(key, i))) for i in range(-(-n // chunk))]
+        draw = self._draw(chunk, paths)
+        parts = [to_host(draw(self.model, jax.random.fold_in(key, i))) for i in range(-(-n // chunk))]
         return tuple(np.concatenate(c)[:n] for c in zip(*parts))
+
+    def _draw(self, chunk: int, paths: int):
+        """The compiled draw of ``chunk`` weighted samples, kept per (chunk, paths) with the model as its argument:
+        the next call, and the model after more training, reuse the program (a function closing over the model
+        compiled it again at every call)."""
+        if (chunk, paths) not in self._draws:
+            self._draws[chunk, paths] = eqx.filter_jit(lambda model, k: path_weights(model, self.target, k, chunk,
+                                                                                     paths)[:2])
+        return self._draws[chunk, paths]
 
     def _require_sampler(self, purpose: str) -> None:
         if isinstance(self.model, VAE):

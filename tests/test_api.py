@@ -81,6 +81,27 @@ def test_save_load_and_the_python_target(tmp_path):
     np.testing.assert_array_equal(w0, w1)
 
 
+def test_sampling_again_compiles_nothing():
+    """run.sample's program is compiled once per (chunk, paths) and reused by later calls, with other keys and by
+    sizes beyond a chunk (a program closing over the model was compiled again at every call: 2 s each on a small
+    flow)."""
+    run = _fit(key=jax.random.key(0), config={"train": {**SMALL["train"], "steps": 2}})
+    first = run.sample(jax.random.key(3), 100)
+    run.sample(jax.random.key(3), 100, chunk=50)
+    compiled = []
+    listener = lambda event, seconds, **kw: compiled.append(event) if "backend_compile" in event else None  # noqa: E731
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        x, log_w = run.sample(jax.random.key(3), 100)
+        run.sample(jax.random.key(4), 100)
+        run.sample(jax.random.key(5), 100, chunk=50)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiled == []
+    np.testing.assert_array_equal(x, first[0])
+    np.testing.assert_array_equal(log_w, first[1])
+
+
 def test_resume_after_interruption_equals_an_uninterrupted_run(tmp_path):
     whole = _fit(key=jax.random.key(4))
 
