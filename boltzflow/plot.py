@@ -10,17 +10,12 @@ import matplotlib.colors
 import numpy as np
 from matplotlib.figure import Figure
 
-from boltzflow.molecules.metrics import (
-    angle_density,
-    named_torsions,
-    ramachandran_pairs,
-    torsion_angles,
-)
+from boltzflow.molecules.metrics import angle_density, named_torsions, ramachandran_pairs, torsion_angles
 from boltzflow.train.loop import read_history
 
 
 def _save(fig, path) -> Path:
-    """Lay out, write (PNG at 110 dpi) and close ``fig``; returns the path."""
+    """Lay out and write ``fig`` (PNG at 110 dpi); returns the path."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     return Path(path)
