@@ -113,6 +113,7 @@ def test_settings_reference_follows_the_code(monkeypatch):
 def test_pages_have_python_blocks():
     """The collector finds the blocks it should (a regex that matches nothing would pass every page)."""
     assert len(python_blocks(DOCS / "getting-started.md")) >= 4
+    assert ROOT / "README.md" in SHELL_COMMANDS and DOCS / "getting-started.md" in SHELL_COMMANDS
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if python_blocks(p)], ids=lambda p: str(p.relative_to(ROOT)))
