@@ -196,25 +196,24 @@ class ParticleTarget(Target):
         """``particles.png``: the energies E / tau and the interatomic distances of 20,000 model samples, raw and
         reweighted, beside the reference's where the target has one and the equal-cost baseline's (reweighted) where
         the run keeps them (the E-ACF paper's figures)."""
-        x, log_w = pictures.weighted_samples(pictures.key, 20_000)
-        w = normalised_weights(log_w)
-        energy = -np.asarray(self.log_prob(jnp.asarray(x)), np.float64)
-        dist = np.asarray(pair_distances(self.positions(jnp.asarray(x))), np.float64)
-        pairs = dist.shape[1]
-        panels = {"energy E / tau": [("model", energy, None), ("model, reweighted", energy, w)],
-                  "interatomic distance": [("model", dist.ravel(), None),
-                                           ("model, reweighted", dist.ravel(), np.repeat(w, pairs))]}
-        if pictures.baseline is not None:
-            xb, wb = jnp.asarray(pictures.baseline[0], x.dtype), normalised_weights(pictures.baseline[1])
-            distances = np.asarray(pair_distances(self.positions(xb)), np.float64)
-            panels["energy E / tau"].append(("SMC baseline, reweighted", -np.asarray(self.log_prob(xb)), wb))
-            panels["interatomic distance"].append(("SMC baseline, reweighted", distances.ravel(),
-                                                   np.repeat(wb, pairs)))
+        panels = {"energy E / tau": [], "interatomic distance": []}
+
+        def add(points, *lines) -> None:  # the energies and every pair's distance of points, one line per (label, log w)
+            points = jnp.asarray(points)
+            energy = -np.asarray(self.log_prob(points), np.float64)
+            dist = np.asarray(pair_distances(self.positions(points)), np.float64)
+            for label, log_w in lines:
+                w = normalised_weights(log_w)
+                panels["energy E / tau"].append((label, energy, w))
+                panels["interatomic distance"].append((label, dist.ravel(), None if w is None else
+                                                       np.repeat(w, dist.shape[1])))
+
         if self.reference_path is not None:
-            ref = jnp.asarray(np.asarray(load_reference(self.reference_path)["x"], np.float32)[:20_000])
-            panels["energy E / tau"].insert(0, ("reference", -np.asarray(self.log_prob(ref)), None))
-            panels["interatomic distance"].insert(0, ("reference", np.asarray(pair_distances(
-                self.positions(ref))).ravel(), None))
+            add(np.asarray(load_reference(self.reference_path)["x"], np.float32)[:20_000], ("reference", None))
+        x, log_w = pictures.weighted_samples(pictures.key, 20_000)
+        add(x, ("model", None), ("model, reweighted", log_w))
+        if pictures.baseline is not None:
+            add(np.asarray(pictures.baseline[0], x.dtype), ("SMC baseline, reweighted", pictures.baseline[1]))
         return [pictures.plot_histograms(panels, pictures.out_dir / "particles.png", title=pictures.name)]
 
     def __repr__(self) -> str:
