@@ -122,11 +122,16 @@ class Run:
             >>> report = run.evaluate(jax.random.key(2), n=10_000)
             >>> log_z, stderr = report["log_z"], report["log_z_stderr"]
         """
-        ais_state = getattr(self.state.method_state, "ais_state", None)
+        ais_state, setup = getattr(self.state.method_state, "ais_state", None), self._check_setup()
         with precision(self.config):
             return evaluate(self.experiment, key, n_samples=n, ais_state=ais_state, with_ais=ais, chunk=chunk,
-                            check=check, check_budget=self.summary.get("target_evals") or None, check_dir=self.out,
-                            baseline=baseline, paths=paths)
+                            check=check, check_budget=setup.budget, check_dir=setup.cache, baseline=baseline,
+                            paths=paths)
+
+    def _check_setup(self) -> CheckSetup:
+        """The missing-mass check's (and the baseline's) budget, the training's target evaluations, and the run
+        directory that keeps its explorations."""
+        return CheckSetup(self.summary.get("target_evals") or None, self.out)
 
     def plot(self, out: str | Path | None = None) -> list[Path]:
         """Draw the run's pictures (the model's samples as its target shows them, beside the equal-cost baseline's
@@ -142,9 +147,9 @@ class Run:
         if out is None:
             raise BoltzflowError("plot: this run was trained in memory; give a directory")
         out.mkdir(parents=True, exist_ok=True)
-        kept = CheckSetup(self.summary.get("target_evals") or None, self.out)  # as evaluate() keeps the baseline
         with precision(self.config):
-            paths = draw_pictures(self.experiment, out, jax.random.key(123), kept_baseline(self.experiment, kept))
+            paths = draw_pictures(self.experiment, out, jax.random.key(123),
+                                  kept_baseline(self.experiment, self._check_setup()))
         return [*paths, plot_training(self.history, out / "training.png")]
 
     def save(self, path: str | Path) -> Path:
