@@ -50,10 +50,8 @@ def _kill(pid: int) -> None:
 
 def _dying_bootstrap() -> str:
     """The workers' bootstrap for a worker that exits (code 3) when asked to evaluate: one that dies on every try."""
-    return oe._BOOTSTRAP.replace(
-        "from boltzflow.molecules.openmm_engine import _worker_main; ",
-        "import os, boltzflow.molecules.openmm_engine as m; m._evaluate_batch = lambda *a: os._exit(3); "
-        "from boltzflow.molecules.openmm_engine import _worker_main; ")
+    assert "m.main(" in oe._BOOTSTRAP
+    return oe._BOOTSTRAP.replace("m.main(", "import os; m.evaluate_batch = lambda *a: os._exit(3); m.main(")
 
 
 def _one_line_error(text: str, limit: int = MAX_RESTARTS_PER_BATCH) -> None:

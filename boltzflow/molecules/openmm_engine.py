@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Connection, Pipe, wait
+from pathlib import Path
 
 import numpy as np
 
@@ -49,84 +50,12 @@ RESUME_HINT = "the last checkpoint is kept; run the same command to resume"
 
 ALL_GROUPS = 0xFFFFFFFF
 
-# --------------------------------------------------------------------------------------------------- the worker
-
-
-def _evaluate_batch(context, positions: np.ndarray, groups: int, energy_unit, force_unit):
-    """Energies ``(n,)`` and forces ``(n, n_atoms, 3)`` of ``positions`` ``(n, n_atoms, 3)`` with one Context; a
-    conformation that cannot be evaluated gets ``+inf`` and zero forces."""
-    n, n_atoms, _ = positions.shape
-    energies = np.full(n, np.inf)
-    forces = np.zeros((n, n_atoms, 3))
-    for i in range(n):
-        p = positions[i]
-        if not np.isfinite(p).all():
-            continue
-        try:
-            context.setPositions(p)
-            state = context.getState(getEnergy=True, getForces=True, groups=groups)
-            e = state.getPotentialEnergy().value_in_unit(energy_unit)
-            f = np.asarray(state.getForces(asNumpy=True).value_in_unit(force_unit), np.float64)
-        except Exception:  # OpenMM raises plain Exceptions (e.g. "Particle coordinate is NaN")
-            continue
-        if np.isfinite(e) and np.isfinite(f).all():
-            energies[i] = e
-            forces[i] = f
-    return energies, forces
-
-
-def _make_context(system_xml: str, platform: str, properties: dict):
-    import openmm
-
-    system = openmm.XmlSerializer.deserialize(system_xml)
-    for k in reversed(range(system.getNumForces())):
-        if isinstance(system.getForce(k), openmm.CMMotionRemover):
-            system.removeForce(k)
-    try:
-        plat = openmm.Platform.getPlatformByName(platform)
-    except Exception:
-        names = [openmm.Platform.getPlatform(k).getName() for k in range(openmm.Platform.getNumPlatforms())]
-        raise BoltzflowError(f"OpenMM platform {platform!r} is not available; available: {', '.join(names)}") from None
-    return openmm.Context(system, openmm.VerletIntegrator(0.001), plat, dict(properties))
-
-
-def _worker_main(fd: int) -> None:
-    """Entry point of a worker process (SIGINT is already ignored by the bootstrap).
-
-    Protocol on the connection: first ``("init", system_xml, platform, properties)`` -> ``("ready", pid)`` or
-    ``("error", message)``; then ``("eval", positions, groups)`` -> ``("ok", energies, forces)`` or ``("error",
-    message)``, until ``None`` or end-of-file (the parent closed its end or died).
-    """
-    import traceback
-
-    import openmm.unit as unit
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    conn = Connection(fd)
-    try:
-        _, system_xml, platform, properties = conn.recv()
-        try:
-            context = _make_context(system_xml, platform, properties)
-        except Exception as e:
-            conn.send(("error", str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__))
-            return
-        conn.send(("ready", os.getpid()))
-        energy_unit, force_unit = unit.kilojoule_per_mole, unit.kilojoule_per_mole / unit.nanometer
-        while True:
-            msg = conn.recv()
-            if msg is None:
-                return
-            _, positions, groups = msg
-            try:
-                conn.send(("ok", *_evaluate_batch(context, positions, groups, energy_unit, force_unit)))
-            except Exception:
-                conn.send(("error", traceback.format_exc()))
-    except (EOFError, OSError):  # the parent is gone
-        return
-
-
-_BOOTSTRAP = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); import sys; sys.path.insert(0, {root!r}); "
-              "from boltzflow.molecules.openmm_engine import _worker_main; _worker_main({fd})")
+#: The workers' program (boltzflow.molecules.openmm_worker), loaded by its path: a worker never imports the
+#: boltzflow package (and so JAX). The bootstrap is a format string of the file's ``path`` and the connection's ``fd``.
+WORKER_FILE = Path(__file__).with_name("openmm_worker.py")
+_BOOTSTRAP = ("import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); import importlib.util as u; "
+              "s = u.spec_from_file_location('openmm_worker', {path!r}); m = u.module_from_spec(s); "
+              "s.loader.exec_module(m); m.main({fd})")
 
 # ----------------------------------------------------------------------------------------------------- the pool
 
@@ -159,13 +88,12 @@ class _Pool:
 
     def _spawn(self) -> tuple[subprocess.Popen, Connection]:
         """A fresh worker process, sent its init message (its reply is read by :meth:`_await_ready`)."""
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", MKL_NUM_THREADS="1")
         parent_end, child_end = Pipe(duplex=True)
         fd = child_end.fileno()
         try:
-            proc = subprocess.Popen([sys.executable, "-c", _BOOTSTRAP.format(root=root, fd=fd)], pass_fds=(fd,),
-                                    stdin=subprocess.DEVNULL, env=env)
+            proc = subprocess.Popen([sys.executable, "-c", _BOOTSTRAP.format(path=str(WORKER_FILE), fd=fd)],
+                                    pass_fds=(fd,), stdin=subprocess.DEVNULL, env=env)
         except BaseException:
             parent_end.close()
             raise
