@@ -2,6 +2,7 @@
 
 import json
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,13 +36,17 @@ def test_internal_coordinate_flow_and_its_ais_space(aldp):
     assert sum(flow.base.circular) == 7  # phi, psi, two omegas, three methyl rotations
     space = model_space(flow, aldp)
     assert space.dim == 60
-    z, log_q_z = space.sample_and_log_q(flow, jax.random.key(1), 64)
-    x = space.to_x(z)
+
+    @eqx.filter_jit  # one compilation of everything below (op by op, each operation would compile on its own)
+    def weights(flow, key):
+        z, log_q_z = space.sample_and_log_q(flow, key, 64)
+        x = space.to_x(z)
+        return space.log_p(z) - log_q_z, aldp.log_prob(x) - flow.log_prob(x), space.log_q(flow, z), log_q_z
+
+    w_latent, w_x, log_q_again, log_q_z = weights(flow, jax.random.key(1))
     # the pulled-back target gives the same importance weights as x-space: log p_z - log q_z = log p(x) - log q(x)
-    w_latent = space.log_p(z) - log_q_z
-    w_x = aldp.log_prob(x) - flow.log_prob(x)
     np.testing.assert_allclose(np.asarray(w_latent), np.asarray(w_x), rtol=1e-4, atol=2e-2)
-    np.testing.assert_allclose(np.asarray(space.log_q(flow, z)), np.asarray(log_q_z), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(np.asarray(log_q_again), np.asarray(log_q_z), rtol=1e-5, atol=1e-3)
     assert model_space(make_flow({"type": "nsf", "n_layers": 2}, jax.random.key(0), 66), aldp).dim == 66
     assert flow_space(aldp).dim == 66
 
