@@ -204,9 +204,10 @@ def run_replica_exchange(out: str, energy_fn: Callable, masses: np.ndarray, x0: 
 
     Returns the report (also written to ``out/md.json``): samples, simulated time, force evaluations, wall-clock,
     ns/day per replica and for the whole batch, exchange acceptance per neighbour pair.
-    ``out/samples.npz`` holds ``x`` (n, D) float32 (chain-major within each save), ``energy`` (kJ/mol), ``chain``,
-    ``time_ps`` (simulated time of each chain at the save); a run stopped by its time limit writes the samples so
-    far (``finished: false`` in the report), and its rerun overwrites them with the longer set.
+    ``out/samples.npz`` holds ``x`` (n, D) float32 (chain-major within each save), ``energy`` (kJ/mol, or
+    reduced), ``chain``, ``time_ps`` (simulated time of each chain at the save); a run stopped by its time limit
+    writes the samples so far (``finished: false`` in the report), and its rerun overwrites them with the longer
+    set.
     """
     temperatures = np.asarray(temperatures, np.float64)
     masses = np.asarray(masses, np.float64)
@@ -266,7 +267,7 @@ def run_replica_exchange(out: str, energy_fn: Callable, masses: np.ndarray, x0: 
                       **{k: np.asarray(getattr(state, k)) for k in MDState._fields})
         write_atomic(ckpt_path, lambda f: np.savez(f, **arrays))
 
-    bar = None
+    bar, unit = None, " kJ/mol" if boltzmann == GAS_CONSTANT else " (reduced)"
     if progress:
         bar = tqdm(total=total_blocks, initial=done, unit="block", desc=f"MD ({n_chains}x{len(temperatures)})",
                    dynamic_ncols=True)
@@ -286,7 +287,7 @@ def run_replica_exchange(out: str, energy_fn: Callable, masses: np.ndarray, x0: 
             wall = wall0 + time.time() - start
             if bar is not None:
                 acc = np.asarray(state.swaps_accepted) / np.maximum(np.asarray(state.swaps_tried), 1)
-                bar.set_postfix_str(f"E0 {float(jnp.mean(state.energy[:, 0])):.1f} kJ/mol, swap acc "
+                bar.set_postfix_str(f"E0 {float(jnp.mean(state.energy[:, 0])):.1f}{unit}, swap acc "
                                     f"{acc.min() if acc.size else float('nan'):.2f}-{acc.max() if acc.size else 0:.2f}")
                 bar.update(1)
             if not np.all(np.isfinite(np.asarray(state.energy))):
