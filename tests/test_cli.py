@@ -117,10 +117,10 @@ SAME_STEP_AS = {"aldp_fab": "aldp_fab_cpu", "aldp_fab_nobuffer": "aldp_fab_nobuf
 #: left to the slow run: the presets whose build takes longest here (20-60 s: an SNF on a molecule, FAB on a 156-atom
 #: host and guest), and those whose flow and method a cheaper preset in CI builds the same way on a smaller target of
 #: the same kind or size (ace_ala3_nme_fab_cpu and aldp_fab as aldp_fab_cpu, many_well_32 as quick_many_well, gmm40 as
-#: quick_gmm; the E-ACF presets dw4_fab, lj13_fab_cpu and the GPU-sized lj13_fab and lj55_fab (about 2 min each),
-#: whose flow in FAB's space tests/test_equivariant_flow.py builds and runs): 5-19 s each
-SLOW_TO_BUILD = {"snf_aldp_vacuum", "aldp_snf_cpu", "hostguest_fab_cpu", "lj13_fab_cpu", "dw4_fab", "lj13_fab",
-                 "lj55_fab", "ace_ala3_nme_fab_cpu", "aldp_fab", "many_well_32", "gmm40"}
+#: quick_gmm, lj13_ml_cpu as dw4_ml; the E-ACF presets dw4_fab, lj13_fab_cpu and the GPU-sized lj13_fab and lj55_fab
+#: (about 2 min each), whose flow in FAB's space tests/test_equivariant_flow.py builds and runs): 5-19 s each
+SLOW_TO_BUILD = {"snf_aldp_vacuum", "aldp_snf_cpu", "hostguest_fab_cpu", "lj13_fab_cpu", "lj13_ml_cpu", "dw4_fab",
+                 "lj13_fab", "lj55_fab", "ace_ala3_nme_fab_cpu", "aldp_fab", "many_well_32", "gmm40"}
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW_TO_BUILD else n
