@@ -2,7 +2,8 @@
 of the System it is sent, evaluating the energies and forces of the batches it is sent until told to stop.
 
 It imports only the standard library, NumPy and OpenMM, never the ``boltzflow`` package: that brings JAX and the
-whole library, 3 s of CPU per worker start and per restart. The engine loads this file by its path.
+whole library into every worker, at every start and restart (what it cost: docs/benchmarks.md, "The test suite's
+time"). The engine loads this file by its path.
 """
 
 import os
