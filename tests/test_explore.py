@@ -188,8 +188,11 @@ def test_explore_settings_are_checked_and_auto_means_small_and_not_a_molecule():
 
 
 def test_fab_buffer_starts_with_the_seed_samples_weighted_for_p_squared_over_q():
-    """The seeding of FAB's buffer: the seed samples are its newest entries, with
-    log w = log v + (alpha - 1)(log p - log q) and log q_old = log q of the initial flow."""
+    """The seeding of FAB's buffer: the seed samples are its first entries, with
+    log w = log v + (alpha - 1)(log p - log q) and log q_old = log q of the initial flow; the first step's AIS adds
+    min_buffer_length samples on top of them, then its own pass."""
+    import equinox as eqx
+
     from boltzflow.config import config_from_dict
     from boltzflow.experiment import build_experiment
     from boltzflow.train.api import Problem
@@ -204,15 +207,20 @@ def test_fab_buffer_starts_with_the_seed_samples_weighted_for_p_squared_over_q()
     log_v = np.linspace(-1.0, 1.0, 100).astype(np.float32)
     opt = make_optimizer(cfg.train)
     problem = Problem(exp.target, 64, opt, exp.space("fab"), cfg.ais, seed=(x, log_v))
-    state = METHODS["fab"].build(cfg.method.settings, problem).init(jax.random.key(0), exp.model)
+    method = METHODS["fab"].build(cfg.method.settings, problem)
+    state = method.init(jax.random.key(0), exp.model)
     buf = state.buffer
-    idx = (int(buf.index) - 100 + np.arange(100)) % buf.x.shape[0]
-    np.testing.assert_allclose(np.asarray(buf.x)[idx], x, atol=1e-6)
+    assert int(buf.length) == 100 and int(buf.index) == 100
+    np.testing.assert_allclose(np.asarray(buf.x)[:100], x, atol=1e-6)
     log_q = np.asarray(exp.model.log_prob(jnp.asarray(x)))
     log_p = np.asarray(exp.target.log_prob(jnp.asarray(x)))
-    np.testing.assert_allclose(np.asarray(buf.log_w)[idx], log_v + (2.0 - 1.0) * (log_p - log_q), rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(np.asarray(buf.log_q_old)[idx], log_q, rtol=1e-5, atol=1e-4)
-    assert int(buf.length) == 128 + 100
+    np.testing.assert_allclose(np.asarray(buf.log_w)[:100], log_v + (2.0 - 1.0) * (log_p - log_q), rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(buf.log_q_old)[:100], log_q, rtol=1e-5, atol=1e-4)
+    _, opt_state, state, _ = eqx.filter_jit(method.step)(exp.model, opt.init(eqx.filter(exp.model, eqx.is_inexact_array)),
+                                                          state, jax.random.key(1))
+    assert int(state.buffer.length) == 100 + 128 + 64
+    cost = method.cost(exp.model)  # the fill counted: two passes of 64, each a step's less its 4 loss batches
+    assert cost.init["flow_evals"] == 2 * (cost.step["flow_evals"] - 4 * 64)
 
 
 def test_every_group_seeing_unseen_mass_is_evidence_even_when_one_outlier_inflates_the_error():

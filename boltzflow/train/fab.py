@@ -27,13 +27,14 @@ samples of g = p^alpha q^(1-alpha) too, with weights
     log w_j = log v_j + (alpha - 1)(log p~(x_j) - log q_theta(x_j))
 
 (v_j p~^(alpha-1) q^(1-alpha) integrates f against g), on the same scale as AIS weights (E[w] = Z_g for both), so
-they join the buffer after the first AIS fill as its newest entries. A mode the flow misses has q_theta tiny there,
-so its entries get the largest weights and are drawn first: the flow is pulled onto every mode the exploration
-found before its AIS ever visits it, and once it covers the mode its own AIS keeps it.
+they are the buffer's first entries, and AIS fills it on top. A mode the flow misses has q_theta tiny there, so its
+entries get the largest weights and are drawn first: the flow is pulled onto every mode the exploration found before
+its AIS ever visits it, and once it covers the mode its own AIS keeps it.
 
 The AIS transition kernel's step sizes are adapted during training (boltzflow.mcmc.step_size) and frozen at
-evaluation. The whole iteration (AIS pass, buffer insertion, L optimiser steps) is one jitted function. AIS, its
-weights and the step sizes: docs/concepts/ais.md.
+evaluation. The whole iteration (AIS pass, buffer insertion, L optimiser steps) is one jitted function; the first
+iteration runs the passes that fill the buffer before its own. AIS, its weights and the step sizes:
+docs/concepts/ais.md.
 
 Where FAB runs is a :class:`~boltzflow.flows.paths.Space`, chosen by the experiment (boltzflow.experiment):
 x-space for a flow, or, for an SNF with Langevin blocks, the space of its paths in the coordinates where the
@@ -150,20 +151,40 @@ def build_fab(s: FabSettings, problem: Problem) -> Method:
         raise BoltzflowError(f"min_buffer_length ({min_len}) must be at least the batch size ({n})")
     buffer = build_prioritised_buffer(space.dim, max_len, min_len)
     n_updates, clip = s.n_updates, s.w_adjust_clip
+    # Before the first minibatch AIS puts min_len samples in the buffer, on top of any seed samples as far as the
+    # buffer holds both; the first step runs these passes before its own (one AIS in the compiled step, not a
+    # second program compiled for the fill).
+    n_seed = 0 if problem.seed is None else min(len(problem.seed[0]), max_len)
+    fill_to = min(min_len + n_seed, max_len)
+    n_fill = math.ceil((fill_to - n_seed) / n)
 
-    def fill_once(model, state: FabState, key):
-        res, ais_state = run_ais(model, state.ais_state, key)
-        return FabState(ais_state, buffer.add(state.buffer, res.x, res.log_w, res.log_q)), res
+    def fill(model, state: FabState, key) -> tuple[FabState, dict]:
+        """The step's AIS pass into the buffer, after the ``n_fill`` that first fill it if it holds fewer than
+        ``fill_to`` samples; returns the new state and the metrics of the step's own pass."""
+        params, static = eqx.partition(model, eqx.is_array)
+
+        @jax.jit  # traced once: eval_shape's trace is reused by the loop's (jit caches traces by signature)
+        def one_pass(params, ais_state, buf, k):
+            res, new_ais_state = run_ais(eqx.combine(params, static), ais_state, k)
+            return new_ais_state, buffer.add(buf, res.x, res.log_w, res.log_q), ais_metrics(res, ais_state)
+
+        def body(carry):
+            i, ais_state, buf, _ = carry
+            return i + 1, *one_pass(params, ais_state, buf, jax.random.fold_in(key, i))
+
+        shapes = jax.eval_shape(one_pass, params, state.ais_state, state.buffer, key)[2]
+        zeros = jax.tree_util.tree_map(lambda a: jnp.zeros(a.shape, a.dtype), shapes)
+        n_passes = 1 + jnp.where(state.buffer.length < fill_to, n_fill, 0)
+        _, ais_state, buf, metrics = jax.lax.while_loop(lambda c: c[0] < n_passes, body,
+                                                        (jnp.zeros((), jnp.int32), *state, zeros))
+        return FabState(ais_state, buf), metrics
 
     def init(key, model) -> FabState:
         dtype = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))[0].dtype
-        state = FabState(ais.init_state(), buffer.init(dtype))
-        fill = eqx.filter_jit(fill_once)
-        for k in jax.random.split(key, math.ceil(min_len / n)):
-            state, _ = fill(model, state, k)
+        buf = buffer.init(dtype)
         if problem.seed is not None:
-            state = state._replace(buffer=seed_buffer(model, state.buffer, *problem.seed))
-        return state
+            buf = seed_buffer(model, buf, *problem.seed)
+        return FabState(ais.init_state(), buf)
 
     @eqx.filter_jit
     def _seed_entries(model, x, log_w):
@@ -173,7 +194,7 @@ def build_fab(s: FabSettings, problem: Problem) -> Method:
 
     def seed_buffer(model, buf, x, log_w):
         """The exploration's samples as buffer entries with the seeding weights log w_j of the module docstring,
-        the most recent ones."""
+        the first ones."""
         if space.from_x is None:
             raise BoltzflowError("FAB cannot seed its buffer in an SNF's path space; set explore.seed_buffer: false")
         dtype = buf.x.dtype
@@ -182,7 +203,7 @@ def build_fab(s: FabSettings, problem: Problem) -> Method:
 
     def step(model, opt_state, state: FabState, key):
         k_ais, k_buf = jax.random.split(key)
-        state, res = fill_once(model, state, k_ais)
+        state, ais_m = fill(model, state, k_ais)
 
         params, static = eqx.partition(model, eqx.is_array)
 
@@ -199,7 +220,7 @@ def build_fab(s: FabSettings, problem: Problem) -> Method:
             update, (params, opt_state, state.buffer), jax.random.split(k_buf, n_updates))
         model = eqx.combine(params, static)
         metrics = {"loss": losses.mean(), "grad_norm": gnorms.mean(),
-                   "buffer_ess": effective_sample_size(buf.log_w), **ais_metrics(res, state.ais_state)}
+                   "buffer_ess": effective_sample_size(buf.log_w), **ais_m}
         return model, opt_state, FabState(state.ais_state, buf), metrics
 
-    return Method(init=init, step=step, cost=lambda model: costs(model, math.ceil(min_len / n), n_updates))
+    return Method(init=init, step=step, cost=lambda model: costs(model, n_fill, n_updates))

@@ -239,7 +239,7 @@ def train(out: str | Path | None, settings: TrainSettings, model, optimizer, met
     history = []
     if resumed is None:
         t_init = time.perf_counter()
-        state = initial_state(model, optimizer, method, key, ts.ema_decay)  # FAB fills its buffer: training time
+        state = initial_state(model, optimizer, method, key, ts.ema_decay)  # e.g. seeding FAB's buffer: training time
         info["time_s"] = time.perf_counter() - t_init
         if files:
             (out / "metrics.jsonl").write_text("")

@@ -6,7 +6,7 @@
 - :func:`update_average`: the optional exponential moving average of the parameters (``train.ema_decay``) with the
   usual warm-up ``decay_t = min(decay, (1 + t) / (10 + t))``, kept beside the trained model; it is the model that
   evaluation, sampling and ``load_run`` use (the method itself, e.g. FAB's AIS, keeps using the online model).
-- :class:`TrainState`, :func:`initial_state` (step 0; FAB fills its buffer there) and :func:`state_like` (shapes
+- :class:`TrainState`, :func:`initial_state` (step 0; FAB's buffer empty or seeded) and :func:`state_like` (shapes
   only, to restore a checkpoint); :func:`read_state` restores one, and :func:`check_state_file` checks a checkpoint
   file against those shapes before any work: a file cut short, corrupt or holding another model is one line naming
   it and what is wrong.
@@ -120,7 +120,7 @@ def make_optimizer(train: TrainSettings) -> optax.GradientTransformation:
 
 
 def initial_state(model, optimizer, method: Method, key, ema_decay: float | None) -> TrainState:
-    """The TrainState of step 0 (for FAB with buffer this runs AIS to fill the buffer)."""
+    """The TrainState of step 0 (FAB's first step fills its buffer)."""
     k_method, k_run = jax.random.split(key)
     params = eqx.filter(model, eqx.is_inexact_array)
     # the average starts as a copy of the model (a separate buffer: training steps donate their input state)
