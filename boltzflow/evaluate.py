@@ -194,7 +194,6 @@ def missing_mass_check(exp: Experiment, key, log_z: float, log_z_stderr: float, 
     the run's own key (:data:`CHECK_STREAM`) and ``setup``'s budget, and are kept in and taken from ``setup.cache``
     (boltzflow.explore_cache); ``explore_seconds`` is what they cost when run, ``explore_reused`` the looks taken
     from the run directory."""
-    target, model = exp.target, exp.model
     budget = _check_budget(exp, setup)
     reused = []
 
@@ -203,8 +202,7 @@ def missing_mass_check(exp: Experiment, key, log_z: float, log_z_stderr: float, 
         reused.append(was_kept)
         return e, e.log_p - np.asarray(log_q(jnp.asarray(e.x, jnp.result_type(float))))
 
-    flow_log_w = stream_sums(lambda k, valid: ((), {"log_w": path_weights(model, target, k, chunk, paths)[1]}), key,
-                             n_flow, chunk)[1]["log_w"]
+    flow_log_w = exp.weighted_samples(key, n_flow, chunk, paths)[1]  # the program that Run.sample compiles
     out = check_flow(look, _check_key(exp), flow_log_w, log_z)
     diff = out["explore_log_z"] - log_z
     se = float(np.hypot(out["explore_log_z_stderr"], log_z_stderr))
