@@ -158,10 +158,10 @@ def build_fab(s: FabSettings, problem: Problem) -> Method:
     fill_to = min(min_len + n_seed, max_len)
     n_fill = math.ceil((fill_to - n_seed) / n)
 
-    def fill(model, state: FabState, key) -> tuple[FabState, dict]:
-        """The step's AIS pass into the buffer, after the ``n_fill`` that first fill it if it holds fewer than
-        ``fill_to`` samples; returns the new state and the metrics of the step's own pass."""
-        params, static = eqx.partition(model, eqx.is_array)
+    def fill(params, static, state: FabState, key) -> tuple[FabState, dict]:
+        """The step's AIS pass into the buffer (the model as ``eqx.partition`` splits it), after the ``n_fill`` that
+        first fill it if it holds fewer than ``fill_to`` samples; returns the new state and the metrics of the step's
+        own pass."""
 
         @jax.jit  # traced once: eval_shape's trace is reused by the loop's (jit caches traces by signature)
         def one_pass(params, ais_state, buf, k):
@@ -203,9 +203,8 @@ def build_fab(s: FabSettings, problem: Problem) -> Method:
 
     def step(model, opt_state, state: FabState, key):
         k_ais, k_buf = jax.random.split(key)
-        state, ais_m = fill(model, state, k_ais)
-
         params, static = eqx.partition(model, eqx.is_array)
+        state, ais_m = fill(params, static, state, k_ais)
 
         def update(carry, k):
             params, opt_state, buf = carry
