@@ -6,9 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import jax.numpy as jnp
-import matplotlib.colors
 import numpy as np
-from matplotlib.figure import Figure
 
 from boltzflow.molecules.metrics import angle_density, named_torsions, ramachandran_pairs, torsion_angles
 from boltzflow.train.loop import read_history
@@ -23,7 +21,10 @@ def _save(fig, path) -> Path:
 
 def _subplots(nrows: int = 1, ncols: int = 1, **kwargs):
     """A figure and its axes as ``pyplot.subplots`` makes them, without pyplot: the caller's process keeps its
-    backend (a notebook's included), and nothing is left open to close."""
+    backend (a notebook's included), and nothing is left open to close. matplotlib is imported here, not with
+    boltzflow: a process that draws nothing does not pay for it."""
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=kwargs.pop("figsize"))
     return fig, fig.subplots(nrows, ncols, **kwargs)
 
@@ -173,7 +174,9 @@ def plot_ramachandran(panels, path, bins: int = 100) -> Path:
                           log_w, bins) for _, phi, psi, log_w in panels]
     positive = np.concatenate([d[d > 0] for d in dens if d is not None] or [np.ones(1)])
     vmax = positive.max()
-    norm = matplotlib.colors.LogNorm(vmin=max(positive.min(), vmax * 1e-6), vmax=vmax)
+    from matplotlib.colors import LogNorm
+
+    norm = LogNorm(vmin=max(positive.min(), vmax * 1e-6), vmax=vmax)
     n = len(panels)
     fig, axes = _subplots(1, n + 1, figsize=(3.9 * n + 0.6, 4.0),
                           gridspec_kw={"width_ratios": [1.0] * n + [0.06]})

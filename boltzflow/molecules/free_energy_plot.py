@@ -9,8 +9,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 
 from boltzflow.molecules.free_energy import FreeEnergySurface
 
@@ -50,6 +48,8 @@ def plot_free_energy_surface(surface: FreeEnergySurface, path: str | os.PathLike
     finite = np.concatenate([p.free_energy[np.isfinite(p.free_energy)] for p, _ in panels])
     # colours up to CAP_KT kT: bins holding a few light samples reach far higher free energies than any basin
     vmax = float(min(finite.max(), CAP_KT * surface.kT)) if finite.size else None
+    from matplotlib.figure import Figure  # here, not with boltzflow: a process that draws nothing does not pay for it
+
     fig = Figure(figsize=(5.6 * len(panels), 4.6), layout="constrained")  # not pyplot's: the caller keeps its backend
     axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (panel, what) in zip(axes[0], panels):
@@ -64,6 +64,8 @@ def plot_free_energy_surface(surface: FreeEnergySurface, path: str | os.PathLike
 
 def _draw(ax, surface: FreeEnergySurface, states, periodic, vmax: float | None):
     """One surface with its states outlined on ``ax``; the mesh, for the colour bar."""
+    from matplotlib.patches import Rectangle
+
     (x_name, y_name), (ex, ey) = surface.names, surface.edges
     f = np.ma.masked_invalid(surface.free_energy.T)
     mesh = ax.pcolormesh(ex, ey, f, cmap="viridis", rasterized=True, vmin=0.0, vmax=vmax)
