@@ -48,7 +48,8 @@ def plot_free_energy_surface(surface: FreeEnergySurface, path: str | os.PathLike
     finite = np.concatenate([p.free_energy[np.isfinite(p.free_energy)] for p, _ in panels])
     # colours up to CAP_KT kT: bins holding a few light samples reach far higher free energies than any basin
     vmax = float(min(finite.max(), CAP_KT * surface.kT)) if finite.size else None
-    from matplotlib.figure import Figure  # here, not with boltzflow: a process that draws nothing does not pay for it
+    # imported here, not with boltzflow: a process that draws nothing does not pay for matplotlib
+    from matplotlib.figure import Figure
 
     fig = Figure(figsize=(5.6 * len(panels), 4.6), layout="constrained")  # not pyplot's: the caller keeps its backend
     axes = fig.subplots(1, len(panels), squeeze=False)

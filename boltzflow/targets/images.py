@@ -104,7 +104,8 @@ class ImageTarget(Target):
         if not (xmax > xmin and ymax > ymin):
             raise BoltzflowError(f"extent must be (xmin, xmax, ymin, ymax) with xmax > xmin, ymax > ymin, got {extent}")
         if blur > 0:
-            from scipy.ndimage import gaussian_filter  # here: every import of boltzflow would pay for scipy.ndimage
+            # imported here: every import of boltzflow would pay for scipy.ndimage
+            from scipy.ndimage import gaussian_filter
 
             img = gaussian_filter(img, blur, mode="constant", cval=0.0)
         grid = np.maximum(img / img.max(), floor)
