@@ -116,7 +116,7 @@ def test_no_import_cycle():
 
 def test_importing_the_library_and_its_command_does_not_import_matplotlib_or_scipy_ndimage():
     """Pictures and image targets import them when used: every process that imports boltzflow (each of the suite's
-    ~50, each user's script) would otherwise pay for them (0.4 s here)."""
+    ~50, each user's script) would otherwise pay for them (0.2-0.5 s here: docs/benchmarks.md)."""
     code = ("import sys, boltzflow, boltzflow.cli; "
             "print(sorted(m for m in ('matplotlib', 'scipy.ndimage') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
